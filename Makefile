@@ -1,0 +1,31 @@
+# Everything a fresh machine needs: `make demo` and `make test` create .venv and install into it.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP_QUIET := --quiet --disable-pip-version-check
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# pip's notes about absent local mirrors are noise; its exit status still counts (pipefail).
+	$(BIN)/python -m pip install $(PIP_QUIET) -e ".[dev]" 2>&1 | { grep -v "^WARNING: Location" || true; }
+	$(BIN)/python -c "import rifml, lightgbm, mlflow, shap, pandera"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/rifml demo --workdir rifml-demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_score.py --n $${N:-100000}
+
+clean:
+	rm -rf $(VENV) rifml-demo .pytest_cache

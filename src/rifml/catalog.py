@@ -1,0 +1,165 @@
+"""The marker catalog (configs/markers.yaml): names, units, ranges, bands, directions.
+
+Every marker list in rifml is read from here; no module spells marker names by hand.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property, lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from rifml.config import load_yaml
+from rifml.errors import RifmlInputError
+
+Compartment = Literal["blood", "endometrium"]
+Kind = Literal["percent", "ratio", "concentration", "count", "categorical"]
+Direction = Literal["above", "below"]
+Profile = Literal["balanced", "hyperactive", "hypoactive", "mixed"]
+
+
+class Flag(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    value: float
+    flag: str
+
+
+class Marker(BaseModel):
+    """One measured marker column."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    description: str
+    compartment: Compartment
+    kind: Kind
+    axis: str = "none"
+    unit: str
+    valid_range: tuple[float, float | None] | None = None
+    censorable: bool = False
+    concern: Literal["high", "low", "both", "none"]
+    reference_band: tuple[float, float] | None = None
+    signals: dict[Direction, Profile] = {}
+    transform: Literal["log", "none"] = "none"
+    drifts: bool = False
+    categories: dict[str, list[str]] | None = None
+    flag_at_or_above: Flag | None = None
+
+    @model_validator(mode="after")
+    def _kind_fits(self) -> "Marker":
+        if self.kind == "categorical":
+            if not self.categories:
+                raise ValueError(f"categorical marker {self.name} needs categories")
+        else:
+            if self.valid_range is None or self.reference_band is None:
+                raise ValueError(f"numeric marker {self.name} needs valid_range and reference_band")
+            low, high = self.valid_range
+            if high is not None and high < low:
+                raise ValueError(f"marker {self.name}: valid_range max is below min")
+            if self.kind == "percent" and (high is None or high > 100):
+                raise ValueError(f"percent marker {self.name}: valid_range must end at or below 100")
+            band_low, band_high = self.reference_band
+            if band_high < band_low:
+                raise ValueError(f"marker {self.name}: reference_band high is below low")
+        return self
+
+    @property
+    def is_numeric(self) -> bool:
+        return self.kind != "categorical"
+
+    @cached_property
+    def category_lookup(self) -> dict[str, str]:
+        """Lower-cased spelling -> canonical category."""
+        return {
+            alias.strip().lower(): canonical
+            for canonical, aliases in (self.categories or {}).items()
+            for alias in [canonical, *aliases]
+        }
+
+
+class ContextColumn(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    kind: Literal["text", "number"]
+    description: str
+    unit: str | None = None
+    valid_range: tuple[float, float | None] | None = None
+
+
+class Catalog(BaseModel):
+    """The whole catalog, validated when loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    catalog_version: str
+    id_column: str
+    label_column: str
+    profiles: tuple[Profile, ...]
+    markers: tuple[Marker, ...]
+    context: tuple[ContextColumn, ...]
+
+    @field_validator("profiles")
+    @classmethod
+    def _profiles_complete(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if sorted(value) != sorted(["balanced", "hyperactive", "hypoactive", "mixed"]):
+            raise ValueError("profiles must be exactly balanced, hyperactive, hypoactive, mixed")
+        return value
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> "Catalog":
+        names = [self.id_column, self.label_column]
+        names += [m.name for m in self.markers] + [c.name for c in self.context]
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                raise ValueError(f"column {name!r} is defined twice")
+            seen.add(name)
+        return self
+
+    @cached_property
+    def by_name(self) -> dict[str, Marker]:
+        return {m.name: m for m in self.markers}
+
+    @property
+    def marker_names(self) -> list[str]:
+        return [m.name for m in self.markers]
+
+    @property
+    def numeric_markers(self) -> list[Marker]:
+        return [m for m in self.markers if m.is_numeric]
+
+    @property
+    def categorical_markers(self) -> list[Marker]:
+        return [m for m in self.markers if not m.is_numeric]
+
+    def compartment_markers(self, compartment: Compartment) -> list[Marker]:
+        return [m for m in self.markers if m.compartment == compartment]
+
+    @property
+    def compartments(self) -> list[str]:
+        return list(dict.fromkeys(m.compartment for m in self.markers))
+
+    @property
+    def known_columns(self) -> list[str]:
+        return [self.id_column, *self.marker_names, *(c.name for c in self.context), self.label_column]
+
+
+@lru_cache(maxsize=8)
+def _load_cached(path: str | None) -> Catalog:
+    data = load_yaml(path, "markers.yaml")
+    try:
+        return Catalog.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise RifmlInputError(
+            f"marker catalog {path or 'configs/markers.yaml'} is malformed at {where or 'top level'}: {first['msg']}"
+        ) from exc
+
+
+def load_catalog(path: str | Path | None = None) -> Catalog:
+    """Load and validate the marker catalog (default: configs/markers.yaml)."""
+    return _load_cached(str(path) if path is not None else None)

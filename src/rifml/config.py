@@ -1,0 +1,34 @@
+"""Locating and loading the YAML files under configs/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rifml.errors import RifmlInputError
+
+
+def config_dir() -> Path:
+    """The configs folder: packaged inside a wheel, or at the repository root in a checkout."""
+    packaged = Path(__file__).parent / "configs"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "configs"
+
+
+def load_yaml(path: str | Path | None, default_name: str) -> dict[str, Any]:
+    """Read a YAML mapping from ``path`` or from configs/``default_name``."""
+    target = Path(path) if path is not None else config_dir() / default_name
+    try:
+        text = target.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RifmlInputError(f"cannot read config {target}: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RifmlInputError(f"config {target} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise RifmlInputError(f"config {target} must be a YAML mapping at top level")
+    return data
