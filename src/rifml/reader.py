@@ -1,0 +1,208 @@
+"""Reading panel files (CSV or Parquet) in chunks, with file-level checks.
+
+The edge of the pipeline: everything here touches files; validation of the cells
+is :mod:`rifml.validate`. A file is read twice: once for the patient ids (so the
+duplicate-id rule holds across chunks) and once for the rows, chunk by chunk, so
+a file larger than memory works.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rifml.catalog import Catalog
+from rifml.errors import RifmlInputError
+from rifml.validate import ValidatedChunk, validate_chunk
+
+DEFAULT_CHUNK_ROWS = 50_000
+PARQUET_MAGIC = b"PAR1"
+
+csv.field_size_limit(sys.maxsize)
+
+
+@dataclass
+class RawChunk:
+    """Raw cells of consecutive rows, their file line numbers, and which rows had a bad field count."""
+
+    frame: pd.DataFrame
+    rows: np.ndarray
+    bad_field_count: np.ndarray
+
+
+def _match_header(header: list[str], catalog: Catalog, path: Path) -> list[str]:
+    """Strip names and match known columns case-insensitively; refuse unusable headers."""
+    known = {name.lower(): name for name in catalog.known_columns}
+    names = [known.get(h.strip().lower(), h.strip()) for h in header]
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise RifmlInputError(f"{path}: column {name!r} appears twice in the header")
+        seen.add(name)
+    if catalog.id_column not in names:
+        raise RifmlInputError(
+            f"{path}: no {catalog.id_column} column (found: {', '.join(names[:8]) or 'nothing'}"
+            f"{', ...' if len(names) > 8 else ''})"
+        )
+    return names
+
+
+class PanelFile:
+    """An opened panel file: knows its format and header; yields raw chunks.
+
+    Parameters
+    ----------
+    path : str or Path
+        A .csv (or any delimited text) or .parquet file.
+    catalog : Catalog
+    chunk_rows : int
+        Rows per chunk.
+    """
+
+    def __init__(self, path: str | Path, catalog: Catalog, chunk_rows: int = DEFAULT_CHUNK_ROWS):
+        self.path = Path(path)
+        self.catalog = catalog
+        self.chunk_rows = chunk_rows
+        if not self.path.exists():
+            raise RifmlInputError(f"{self.path}: no such file")
+        if self.path.is_dir():
+            raise RifmlInputError(f"{self.path}: is a folder, not a file")
+        try:
+            with self.path.open("rb") as handle:
+                head = handle.read(8192)
+        except OSError as exc:
+            raise RifmlInputError(f"{self.path}: cannot be read ({exc.strerror})") from exc
+        self.format = "parquet" if head.startswith(PARQUET_MAGIC) else "csv"
+        if self.format == "csv":
+            self._check_text(head)
+            self.columns = self._csv_header()
+        else:
+            self.columns = self._parquet_header()
+
+    # -- file-level checks -------------------------------------------------
+    def _check_text(self, head: bytes) -> None:
+        if not head.strip():
+            raise RifmlInputError(f"{self.path}: the file is empty")
+        if b"\x00" in head:
+            raise RifmlInputError(f"{self.path}: not a CSV or Parquet file (binary content)")
+
+    def _open_text(self) -> io.TextIOWrapper:
+        # Undecodable bytes become U+FFFD so one bad cell cannot sink the whole batch.
+        return self.path.open("r", encoding="utf-8-sig", errors="replace", newline="")
+
+    def _csv_header(self) -> list[str]:
+        with self._open_text() as handle:
+            reader = csv.reader(handle)
+            header = next((line for line in reader if line), None)
+            if header is None:
+                raise RifmlInputError(f"{self.path}: the file is empty")
+            names = _match_header(header, self.catalog, self.path)
+            if next((line for line in reader if line), None) is None:
+                raise RifmlInputError(f"{self.path}: no data rows (header only)")
+        return names
+
+    def _parquet_file(self):
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.ParquetFile(self.path)
+        except Exception as exc:  # pyarrow raises several types for damaged files
+            raise RifmlInputError(f"{self.path}: not a readable Parquet file ({exc})") from exc
+
+    def _parquet_header(self) -> list[str]:
+        parquet = self._parquet_file()
+        names = _match_header(list(parquet.schema_arrow.names), self.catalog, self.path)
+        if parquet.metadata.num_rows == 0:
+            raise RifmlInputError(f"{self.path}: no data rows (header only)")
+        return names
+
+    # -- reading -----------------------------------------------------------
+    def chunks(self) -> Iterator[RawChunk]:
+        """Raw chunks of the data rows, in file order."""
+        if self.format == "csv":
+            yield from self._csv_chunks()
+        else:
+            yield from self._parquet_chunks()
+
+    def _csv_chunks(self) -> Iterator[RawChunk]:
+        width = len(self.columns)
+        with self._open_text() as handle:
+            reader = csv.reader(handle)
+            header_seen = False
+            records: list[list[str]] = []
+            rows: list[int] = []
+            bad: list[bool] = []
+            last_line = 0
+            for record in reader:
+                start_line = last_line + 1
+                last_line = reader.line_num
+                if not record:  # a blank line is not a row
+                    continue
+                if not header_seen:
+                    header_seen = True
+                    continue
+                if len(record) != width:
+                    bad.append(True)
+                    record = (record + [""] * width)[:width]
+                else:
+                    bad.append(False)
+                records.append(record)
+                rows.append(start_line)
+                if len(records) >= self.chunk_rows:
+                    yield self._raw_chunk(records, rows, bad)
+                    records, rows, bad = [], [], []
+            if records:
+                yield self._raw_chunk(records, rows, bad)
+
+    def _raw_chunk(self, records: list[list[str]], rows: list[int], bad: list[bool]) -> RawChunk:
+        frame = pd.DataFrame(records, columns=self.columns, dtype=object)
+        return RawChunk(frame, np.asarray(rows, dtype=np.int64), np.asarray(bad, dtype=bool))
+
+    def _parquet_chunks(self) -> Iterator[RawChunk]:
+        parquet = self._parquet_file()
+        first_row = 2
+        for batch in parquet.iter_batches(batch_size=self.chunk_rows):
+            frame = batch.to_pandas()
+            frame.columns = self.columns
+            rows = np.arange(first_row, first_row + len(frame), dtype=np.int64)
+            first_row += len(frame)
+            yield RawChunk(frame, rows, np.zeros(len(frame), dtype=bool))
+
+    def patient_ids(self) -> Iterator[pd.Series]:
+        """The id column only, chunk by chunk (first pass, for the duplicate rule)."""
+        if self.format == "parquet":
+            parquet = self._parquet_file()
+            position = self.columns.index(self.catalog.id_column)
+            original = parquet.schema_arrow.names[position]
+            for batch in parquet.iter_batches(batch_size=self.chunk_rows, columns=[original]):
+                yield batch.to_pandas().iloc[:, 0]
+        else:
+            position = self.columns.index(self.catalog.id_column)
+            with self._open_text() as handle:
+                records = (r for r in csv.reader(handle) if r)
+                next(records)  # header
+                ids = [r[position] if len(r) > position else "" for r in records]
+            yield pd.Series(ids, dtype=object)
+
+    def duplicate_ids(self) -> frozenset[str]:
+        """Ids (stripped, non-empty) that occur on more than one row of the whole file."""
+        parts = [ids.astype("string").fillna("").str.strip() for ids in self.patient_ids()]
+        if not parts:
+            return frozenset()
+        ids = pd.concat(parts, ignore_index=True)
+        counts = ids[ids != ""].value_counts()
+        return frozenset(counts.index[counts > 1])
+
+
+def validated_chunks(panel_file: PanelFile) -> Iterator[ValidatedChunk]:
+    """Validate a file chunk by chunk; every data row ends in ``panel`` or ``rejects``."""
+    duplicates = panel_file.duplicate_ids()
+    for raw in panel_file.chunks():
+        yield validate_chunk(raw.frame, raw.rows, panel_file.catalog, duplicates, raw.bad_field_count)

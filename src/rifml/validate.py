@@ -1,0 +1,317 @@
+"""Validation of raw panel rows against the catalog: accept with parsed values, or reject with a reason.
+
+Pure core: takes a chunk of raw cells (text as read from CSV, or typed values from
+Parquet) and returns the clean panel of the accepted rows plus one reject record
+per refused row. No file access here; see :mod:`rifml.reader` for that.
+
+A cell is empty (missing), a number, or ``<x`` (below the limit of detection x,
+a valid left-censored value). Parsing is vectorized per column; range rules are a
+pandera schema built from the catalog, so each failed check names its reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+
+from rifml.catalog import Catalog
+
+# Reasons, in plain words (design.md). Row-level reasons come first when a row has several problems.
+MISSING_ID = "missing patient_id"
+DUPLICATE_ID = "duplicate patient_id"
+NOT_A_NUMBER = "not a number"
+NEGATIVE = "negative value"
+PERCENT_ABOVE_100 = "percentage above 100"
+ABOVE_RANGE = "above valid range"
+BELOW_RANGE = "below valid range"
+CENSOR_NOT_ALLOWED = "censored value not allowed for this column"
+CENSOR_LIMIT_ZERO = "censor limit must be above 0"
+NOT_A_CATEGORY = "not a valid category"
+NO_MARKERS = "no markers"
+WRONG_FIELD_COUNT = "wrong number of fields"
+
+REJECT_COLUMNS = ["row", "patient_id", "column", "value", "reason", "all_problems"]
+CENSORED_SUFFIX = "__censored"
+
+
+def censored_column(marker: str) -> str:
+    """Name of the boolean column telling which cells of ``marker`` were ``<x``."""
+    return f"{marker}{CENSORED_SUFFIX}"
+
+
+@dataclass
+class ValidatedChunk:
+    """What validation made of one chunk.
+
+    Attributes
+    ----------
+    panel : DataFrame
+        Accepted rows, parsed: floats for numeric columns (a censored cell holds its
+        limit, flagged in ``<marker>__censored``), canonical categories, extra
+        columns untouched. Index = input line numbers.
+    accepted_raw : DataFrame
+        Accepted rows exactly as read (for writing an accepted-rows file).
+    rejects : DataFrame
+        One row per refused input row, columns :data:`REJECT_COLUMNS`.
+    """
+
+    panel: pd.DataFrame
+    accepted_raw: pd.DataFrame
+    rejects: pd.DataFrame
+
+
+@dataclass
+class _Parsed:
+    values: np.ndarray  # float64, NaN where missing or unparseable
+    censored: np.ndarray  # bool
+    present: np.ndarray  # bool: the cell was not empty
+    problem: np.ndarray  # object: reason or None
+
+
+def _as_text(column: pd.Series) -> pd.Series:
+    return column.astype("string").fillna("").str.strip()
+
+
+def parse_numeric(column: pd.Series, censorable: bool) -> _Parsed:
+    """Parse one column of numbers / ``<x`` censors / empties; flag text that is neither."""
+    n = len(column)
+    problem = np.full(n, None, dtype=object)
+    if pd.api.types.is_bool_dtype(column.dtype):
+        column = column.astype("object")
+    if pd.api.types.is_numeric_dtype(column.dtype):
+        values = column.to_numpy(dtype="float64", na_value=np.nan)
+        present = ~np.isnan(values)
+        problem[np.isinf(values)] = NOT_A_NUMBER
+        values = np.where(np.isinf(values), np.nan, values)
+        return _Parsed(values, np.zeros(n, dtype=bool), present, problem)
+
+    # Fast path: most cells are plain numbers; only the rest need string handling.
+    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    present = np.ones(n, dtype=bool)
+    censored = np.zeros(n, dtype=bool)
+    rest = np.flatnonzero(~np.isfinite(values))
+    if len(rest):
+        text = _as_text(column.iloc[rest])
+        empty = (text == "").to_numpy()
+        is_censor = text.str.startswith("<").to_numpy(dtype=bool)
+        body = text.where(~is_censor, text.str[1:].str.strip())
+        # Python's float() would take "nan", "inf" and "1_0"; labs mean none of those as a number.
+        numeric = body.str.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?").to_numpy(dtype=bool)
+        values[rest] = pd.to_numeric(body.where(numeric, None), errors="coerce").to_numpy(dtype="float64")
+        present[rest] = ~empty
+        censored[rest] = is_censor & numeric
+        overflow = numeric & ~np.isfinite(values[rest])  # e.g. "1e400"
+        problem[rest[~empty & (~numeric | overflow)]] = NOT_A_NUMBER
+        values[rest[overflow]] = np.nan
+    if not censorable:
+        problem[censored] = CENSOR_NOT_ALLOWED
+    else:
+        problem[censored & (values == 0)] = CENSOR_LIMIT_ZERO
+    return _Parsed(values, censored, present, problem)
+
+
+def parse_category(column: pd.Series, lookup: dict[str, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Map spellings to canonical categories; returns (canonical or None, present, problem)."""
+    text = _as_text(column)
+    present = (text != "").to_numpy()
+    canonical = text.str.lower().map(lookup).to_numpy(dtype=object)
+    canonical = np.where(pd.isna(canonical), None, canonical)
+    problem = np.where(present & (canonical == None), NOT_A_CATEGORY, None)  # noqa: E711 (elementwise)
+    return canonical, present, problem
+
+
+def _range_checks(low: float | None, high: float | None, percent: bool) -> list[pa.Check]:
+    checks = []
+    if low is not None and low >= 0:
+        checks.append(pa.Check.ge(0, error=NEGATIVE, ignore_na=True))
+    if low is not None and low > 0:
+        checks.append(pa.Check.ge(low, error=BELOW_RANGE, ignore_na=True))
+    if low is not None and low < 0:
+        checks.append(pa.Check.ge(low, error=BELOW_RANGE, ignore_na=True))
+    if high is not None:
+        checks.append(pa.Check.le(high, error=PERCENT_ABOVE_100 if percent else ABOVE_RANGE, ignore_na=True))
+    return checks
+
+
+_SCHEMAS: dict[int, tuple[Catalog, pa.DataFrameSchema]] = {}
+
+
+def range_schema(catalog: Catalog) -> pa.DataFrameSchema:
+    """A pandera schema with every numeric column's range rules, each check named by its reason."""
+    cached = _SCHEMAS.get(id(catalog))
+    if cached is not None and cached[0] is catalog:
+        return cached[1]
+    columns: dict[str, pa.Column] = {}
+    for marker in catalog.numeric_markers:
+        low, high = marker.valid_range
+        columns[marker.name] = pa.Column(
+            float, checks=_range_checks(low, high, marker.kind == "percent"), nullable=True, required=False
+        )
+    for ctx in catalog.context:
+        if ctx.kind == "number" and ctx.valid_range is not None:
+            low, high = ctx.valid_range
+            columns[ctx.name] = pa.Column(float, checks=_range_checks(low, high, False), nullable=True, required=False)
+    schema = pa.DataFrameSchema(columns, strict=False, coerce=False)
+    _SCHEMAS[id(catalog)] = (catalog, schema)
+    return schema
+
+
+def _range_problems(numbers: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
+    """(position, column, reason) for every range failure, first failing check per cell."""
+    try:
+        range_schema(catalog).validate(numbers, lazy=True)
+    except pa.errors.SchemaErrors as errors:
+        cases = errors.failure_cases
+        cases = cases[cases["index"].notna()].copy()
+        # A negative value also fails a positive lower bound; "negative value" is the clearer reason.
+        cases["rank"] = (cases["check"] != NEGATIVE).astype(int)
+        cases = cases.sort_values("rank", kind="stable")
+        return pd.DataFrame(
+            {
+                "position": cases["index"].astype("int64").to_numpy(),
+                "column": cases["column"].to_numpy(),
+                "reason": cases["check"].to_numpy(),
+            }
+        )
+    return pd.DataFrame({"position": [], "column": [], "reason": []})
+
+
+def validate_chunk(
+    raw: pd.DataFrame,
+    rows: np.ndarray,
+    catalog: Catalog,
+    duplicate_ids: frozenset[str] | set[str] = frozenset(),
+    bad_field_count: np.ndarray | None = None,
+) -> ValidatedChunk:
+    """Validate one chunk of raw panel rows.
+
+    Parameters
+    ----------
+    raw : DataFrame
+        Raw cells; column names already matched to the catalog spelling.
+    rows : ndarray of int
+        The 1-based line number of each row in its file (header = line 1).
+    catalog : Catalog
+    duplicate_ids : set of str
+        Patient ids that occur more than once in the whole batch (all such rows are rejected).
+    bad_field_count : ndarray of bool, optional
+        Rows whose field count did not match the header (rejected as such).
+
+    Returns
+    -------
+    ValidatedChunk
+    """
+    n = len(raw)
+    raw = raw.reset_index(drop=True)
+    problems: dict[str, np.ndarray] = {}
+    panel: dict[str, object] = {}
+
+    id_text = _as_text(raw[catalog.id_column]) if catalog.id_column in raw else pd.Series([""] * n, dtype="string")
+    ids = id_text.to_numpy(dtype=object)
+    id_problem = np.full(n, None, dtype=object)
+    id_problem[ids == ""] = MISSING_ID
+    if duplicate_ids:
+        id_problem[(ids != "") & id_text.isin(duplicate_ids).to_numpy()] = DUPLICATE_ID
+    if bad_field_count is not None:
+        # A row whose fields do not line up with the header cannot be read cell by cell.
+        problems[""] = np.where(np.asarray(bad_field_count, dtype=bool), WRONG_FIELD_COUNT, None)
+    problems[catalog.id_column] = id_problem
+    panel[catalog.id_column] = ids
+
+    any_marker = np.zeros(n, dtype=bool)
+    numbers: dict[str, np.ndarray] = {}
+    for marker in catalog.markers:
+        if marker.name not in raw:
+            continue
+        if marker.is_numeric:
+            parsed = parse_numeric(raw[marker.name], marker.censorable)
+            numbers[marker.name] = parsed.values
+            panel[marker.name] = parsed.values
+            if marker.censorable:
+                panel[censored_column(marker.name)] = parsed.censored
+            problems[marker.name] = parsed.problem
+            any_marker |= parsed.present
+        else:
+            canonical, present, problem = parse_category(raw[marker.name], marker.category_lookup)
+            panel[marker.name] = canonical
+            problems[marker.name] = problem
+            any_marker |= present
+
+    for ctx in catalog.context:
+        if ctx.name not in raw:
+            continue
+        if ctx.kind == "number":
+            parsed = parse_numeric(raw[ctx.name], censorable=False)
+            numbers[ctx.name] = parsed.values
+            panel[ctx.name] = parsed.values
+            problems[ctx.name] = parsed.problem
+        else:
+            text = _as_text(raw[ctx.name])
+            panel[ctx.name] = text.where(text != "", None).to_numpy(dtype=object)
+
+    if catalog.label_column in raw:
+        lookup = {p: p for p in catalog.profiles}
+        canonical, _, problem = parse_category(raw[catalog.label_column], lookup)
+        panel[catalog.label_column] = canonical
+        problems[catalog.label_column] = problem
+
+    for position, column, reason in _range_problems(pd.DataFrame(numbers), catalog).itertuples(index=False):
+        if problems[column][position] is None:
+            problems[column][position] = reason
+
+    no_markers = np.where(~any_marker, NO_MARKERS, None)
+    reject_mask, first_column, first_reason, summary = _first_problems(problems, no_markers)
+
+    known = set(catalog.known_columns)
+    for extra in raw.columns:
+        if extra not in known:
+            panel[extra] = raw[extra].to_numpy()
+
+    panel_frame = pd.DataFrame(panel, index=pd.Index(rows, name="row"))
+    accepted = ~reject_mask
+    rejects = pd.DataFrame(
+        {
+            "row": np.asarray(rows)[reject_mask],
+            "patient_id": ids[reject_mask],
+            "column": first_column[reject_mask],
+            "value": [_cell_text(raw, c, i) for c, i in zip(first_column[reject_mask], np.flatnonzero(reject_mask))],
+            "reason": first_reason[reject_mask],
+            "all_problems": summary[reject_mask],
+        },
+        columns=REJECT_COLUMNS,
+    )
+    accepted_raw = raw.loc[accepted].set_axis(pd.Index(np.asarray(rows)[accepted], name="row"))
+    return ValidatedChunk(panel=panel_frame.loc[accepted], accepted_raw=accepted_raw, rejects=rejects)
+
+
+def _first_problems(
+    problems: dict[str, np.ndarray], no_markers: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: rejected?, first failing column, its reason, and a summary of all problems."""
+    ordered = list(problems.items()) + [("", no_markers)]
+    n = len(no_markers)
+    first_column = np.full(n, "", dtype=object)
+    first_reason = np.full(n, None, dtype=object)
+    summary = np.full(n, "", dtype=object)
+    for column, reasons in ordered:
+        hit = reasons != None  # noqa: E711 (elementwise on an object array)
+        if not hit.any():
+            continue
+        fresh = hit & (first_reason == None)  # noqa: E711
+        first_column[fresh] = column
+        first_reason[fresh] = reasons[fresh]
+        label = f"{column}: " if column else ""
+        for i in np.flatnonzero(hit):
+            summary[i] = f"{summary[i]}; {label}{reasons[i]}" if summary[i] else f"{label}{reasons[i]}"
+    reject_mask = first_reason != None  # noqa: E711
+    return reject_mask, first_column, first_reason, summary
+
+
+def _cell_text(raw: pd.DataFrame, column: str, position: int) -> str:
+    if not column or column not in raw:
+        return ""
+    value = raw[column].iloc[position]
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)

@@ -1,0 +1,84 @@
+"""Writing result tables: streamed chunk by chunk, and atomically.
+
+A run killed midway must not leave a half-written file under the final name, so
+rows go to a temporary file beside the target, renamed into place on success.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+import pandas as pd
+
+from rifml.errors import RifmlInputError
+
+
+class AtomicCsvWriter:
+    """Append DataFrame chunks to a CSV that appears under ``path`` only when complete.
+
+    Parameters
+    ----------
+    path : str or Path
+        Final file name.
+    columns : list of str, optional
+        Header to write even when no chunk arrives (an empty result still has its columns).
+    """
+
+    def __init__(self, path: str | Path, columns: list[str] | None = None):
+        self.path = Path(path)
+        self.columns = columns
+        self.rows = 0
+        self._handle = None
+        self._tmp: Path | None = None
+
+    def __enter__(self) -> "AtomicCsvWriter":
+        folder = self.path.parent if str(self.path.parent) else Path(".")
+        if not folder.is_dir():
+            raise RifmlInputError(f"{self.path}: folder {folder} does not exist")
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=folder)
+        self._tmp = Path(tmp)
+        self._handle = os.fdopen(fd, "w", encoding="utf-8", newline="")
+        self._header_written = False
+        return self
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self.columns is not None:
+            frame = frame.reindex(columns=self.columns)
+        frame.to_csv(self._handle, header=not self._header_written, index=False)
+        self._header_written = True
+        self.rows += len(frame)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._handle is not None and self._tmp is not None
+        try:
+            if exc_type is None and not self._header_written and self.columns is not None:
+                pd.DataFrame(columns=self.columns).to_csv(self._handle, index=False)
+            self._handle.close()
+            if exc_type is None:
+                os.replace(self._tmp, self.path)
+        finally:
+            if self._tmp.exists():
+                self._tmp.unlink()
+
+
+def write_table(frame: pd.DataFrame, path: str | Path) -> None:
+    """Write a whole table (CSV, or Parquet when the name ends in .parquet) atomically."""
+    path = Path(path)
+    if path.suffix.lower() == ".parquet":
+        folder = path.parent if str(path.parent) else Path(".")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
+        os.close(fd)
+        try:
+            frame.to_parquet(tmp, index=False)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return
+    with AtomicCsvWriter(path) as writer:
+        writer.write(frame)
