@@ -1,0 +1,664 @@
+"""Synthetic RIF cohorts with known immune profiles, for training, tests and demos.
+
+Each simulated patient belongs to a latent subtype (configs/simulate.yaml) that
+maps to one immune profile. Numeric markers are log-normal around the catalog's
+fertile-control reference bands; a subtype moves some markers away from that
+distribution by a few log-SDs. Labs add assay drift, panels may hold only one
+compartment, serum cytokines are censored at a limit of detection, and an
+optional share of rows is corrupted with exactly one known defect.
+
+The function returns the cohort exactly as it would be written to CSV (every
+cell a ``str``) plus a ground-truth table saying, row by row, what was simulated.
+Marker names always come from the catalog; the config names markers only as
+keys of its shift and category tables.
+"""
+
+from __future__ import annotations
+
+from statistics import NormalDist
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rifml.catalog import Catalog, Kind, Marker, Profile, load_catalog
+from rifml.config import load_yaml
+from rifml.errors import RifmlInputError
+
+Panel = Literal["complete", "blood_only", "biopsy_only"]
+
+# Which catalog compartments each panel kind measures.
+PANEL_COMPARTMENTS: dict[str, tuple[str, ...]] = {
+    "complete": ("blood", "endometrium"),
+    "blood_only": ("blood",),
+    "biopsy_only": ("endometrium",),
+}
+
+# Corruption kinds, in the order they are cycled through.
+CORRUPTION_KINDS: tuple[str, ...] = (
+    "negative value",
+    "percentage above 100",
+    "not a number",
+    "no markers",
+    "missing patient_id",
+    "duplicate patient_id",
+)
+
+_SUM_TOLERANCE = 1e-3  # shares in the YAML are hand-written decimals
+_MAX_DECIMALS = 6  # smaller values are written as 0; markers never get that low
+_PERCENT_CEILING = 0.999  # percentages are clipped just below their valid maximum
+_STANDARD_NORMAL = NormalDist()
+
+
+# ---------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_shares(shares: dict[str, float], what: str) -> None:
+    if not shares:
+        raise ValueError(f"{what} must not be empty")
+    if any(v < 0 for v in shares.values()):
+        raise ValueError(f"{what} must not be negative")
+    total = sum(shares.values())
+    if abs(total - 1.0) > _SUM_TOLERANCE:
+        raise ValueError(f"{what} must sum to 1 (they sum to {total:.4f})")
+
+
+class SubtypeSpec(_Strict):
+    profile: Profile
+    prevalence: float = Field(ge=0, le=1)
+    shifts: dict[str, float] = {}
+    shift_variants: list[dict[str, float]] = []
+    categorical: dict[str, dict[str, float]] = {}
+
+    @model_validator(mode="after")
+    def _frequencies_sum(self) -> "SubtypeSpec":
+        for marker, freqs in self.categorical.items():
+            _check_shares(freqs, f"categorical frequencies of {marker}")
+        return self
+
+
+class LabSpec(_Strict):
+    share: float = Field(ge=0, le=1)
+    drift: float = Field(gt=0)
+
+
+class MarkerBaseline(_Strict):
+    median: float | None = Field(default=None, gt=0)
+    log_sd: float | None = Field(default=None, gt=0)
+
+
+class BaselineSpec(_Strict):
+    band_coverage: float = Field(gt=0, lt=1)
+    zero_band_median_fraction: float = Field(gt=0, lt=1)
+    overrides: dict[str, MarkerBaseline] = {}
+
+
+class ShiftSpec(_Strict):
+    probability: float = Field(ge=0, le=1)
+    jitter: float = Field(ge=0, lt=1)
+
+
+class MissingSpec(_Strict):
+    rate: float = Field(ge=0, lt=1)
+    kinds: list[Kind] = []
+
+
+class IntRange(_Strict):
+    low: int
+    high: int
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "IntRange":
+        if self.high < self.low:
+            raise ValueError("high must not be below low")
+        return self
+
+
+class IntChoice(_Strict):
+    values: list[int] = Field(min_length=1)
+    weights: list[float]
+
+    @model_validator(mode="after")
+    def _matching(self) -> "IntChoice":
+        if len(self.weights) != len(self.values):
+            raise ValueError("values and weights must have the same length")
+        if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+            raise ValueError("weights must be non-negative with a positive sum")
+        return self
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        w = np.asarray(self.weights, dtype=float)
+        return w / w.sum()
+
+
+class ContextSpec(_Strict):
+    age_years: IntRange
+    failed_transfers: IntChoice
+    cycle_day_lh: IntChoice
+    sample_year: int = Field(ge=1900, le=2200)
+    id_prefix: str
+    id_digits: int = Field(ge=1, le=12)
+
+
+class CorruptionSpec(_Strict):
+    not_a_number_tokens: list[str] = Field(min_length=1)
+    negative_range: tuple[float, float]
+    above_100_range: tuple[float, float]
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "CorruptionSpec":
+        low, high = self.negative_range
+        if not low <= high < 0:
+            raise ValueError("negative_range must be [low, high] with high < 0")
+        low, high = self.above_100_range
+        if not 100 < low <= high:
+            raise ValueError("above_100_range must be [low, high] with low > 100")
+        for token in self.not_a_number_tokens:
+            try:
+                float(token)
+            except ValueError:
+                continue
+            raise ValueError(f"not_a_number token {token!r} is a number")
+        return self
+
+
+class SimulationConfig(_Strict):
+    """All simulator parameters (configs/simulate.yaml), validated."""
+
+    config_version: str
+    subtypes: dict[str, SubtypeSpec]
+    baseline: BaselineSpec
+    shift: ShiftSpec
+    labs: dict[str, LabSpec]
+    panels: dict[Panel, float]
+    categorical: dict[str, dict[str, float]]
+    limit_of_detection: dict[Kind, float] = {}
+    missing_cells: MissingSpec
+    context: ContextSpec
+    corruption: CorruptionSpec
+    significant_digits: int = Field(default=3, ge=1, le=6)
+
+    @model_validator(mode="after")
+    def _shares_sum(self) -> "SimulationConfig":
+        _check_shares({k: v.prevalence for k, v in self.subtypes.items()}, "subtype prevalences")
+        _check_shares({k: v.share for k, v in self.labs.items()}, "lab shares")
+        _check_shares(dict(self.panels), "panel shares")
+        for marker, freqs in self.categorical.items():
+            _check_shares(freqs, f"categorical frequencies of {marker}")
+        if any(v <= 0 for v in self.limit_of_detection.values()):
+            raise ValueError("limits of detection must be positive")
+        return self
+
+
+def load_simulation_config(path=None) -> SimulationConfig:
+    """Load and validate the simulator parameters.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path, optional
+        YAML file to read; default ``configs/simulate.yaml``.
+
+    Returns
+    -------
+    SimulationConfig
+        The validated parameters.
+
+    Raises
+    ------
+    RifmlInputError
+        If the file cannot be read, is not YAML, or does not describe a valid
+        configuration (unknown keys, wrong types, shares not summing to 1, ...).
+    """
+    data = load_yaml(path, "simulate.yaml")
+    try:
+        return SimulationConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise RifmlInputError(
+            f"simulation config {path or 'configs/simulate.yaml'} is malformed at "
+            f"{where or 'top level'}: {first['msg']}"
+        ) from exc
+
+
+def _check_against_catalog(config: SimulationConfig, catalog: Catalog) -> None:
+    """The config may only name markers and categories the catalog defines."""
+    numeric = {m.name for m in catalog.numeric_markers}
+    categorical = {m.name: m for m in catalog.categorical_markers}
+
+    def check_numeric(names, where):
+        unknown = sorted(set(names) - numeric)
+        if unknown:
+            raise RifmlInputError(f"simulation config {where} names unknown numeric markers: {', '.join(unknown)}")
+
+    def check_categories(table, where):
+        for name, freqs in table.items():
+            if name not in categorical:
+                raise RifmlInputError(f"simulation config {where} names unknown categorical marker {name!r}")
+            unknown = sorted(set(freqs) - set(categorical[name].categories or {}))
+            if unknown:
+                raise RifmlInputError(
+                    f"simulation config {where}: {name} has unknown categories {', '.join(unknown)}"
+                )
+
+    for sub_name, sub in config.subtypes.items():
+        check_numeric(sub.shifts, f"subtypes.{sub_name}.shifts")
+        for variant in sub.shift_variants:
+            check_numeric(variant, f"subtypes.{sub_name}.shift_variants")
+        check_categories(sub.categorical, f"subtypes.{sub_name}.categorical")
+    check_numeric(config.baseline.overrides, "baseline.overrides")
+    check_categories(config.categorical, "categorical")
+    missing = sorted(set(categorical) - set(config.categorical))
+    if missing:
+        raise RifmlInputError(f"simulation config categorical lacks frequencies for {', '.join(missing)}")
+
+
+# ---------------------------------------------------------------------------
+# Fertile-control distributions
+# ---------------------------------------------------------------------------
+
+
+def baseline_distribution(marker: Marker, config: SimulationConfig) -> tuple[float, float]:
+    """Median and log-SD of a numeric marker's fertile-control (unshifted) values.
+
+    Parameters
+    ----------
+    marker : Marker
+        A numeric catalog marker (with a reference band).
+    config : SimulationConfig
+        Supplies band coverage, the zero-band rule and per-marker overrides.
+
+    Returns
+    -------
+    tuple of float
+        ``(median, log_sd)`` of the log-normal distribution.
+    """
+    low, high = marker.reference_band  # type: ignore[misc]
+    coverage = config.baseline.band_coverage
+    if low > 0:
+        # Symmetric in log space: the band is the central `coverage` interval.
+        median = float(np.sqrt(low * high))
+        log_sd = float(np.log(high / low) / (2 * _STANDARD_NORMAL.inv_cdf(0.5 + coverage / 2)))
+    else:
+        # A band from 0 has no lower edge in log space: `coverage` lies below its top.
+        median = config.baseline.zero_band_median_fraction * high
+        log_sd = float(np.log(high / median) / _STANDARD_NORMAL.inv_cdf(coverage))
+    override = config.baseline.overrides.get(marker.name)
+    if override is not None:
+        median = override.median if override.median is not None else median
+        log_sd = override.log_sd if override.log_sd is not None else log_sd
+    return median, log_sd
+
+
+# ---------------------------------------------------------------------------
+# Formatting
+# ---------------------------------------------------------------------------
+
+
+def _format_numbers(values: np.ndarray, digits: int) -> np.ndarray:
+    """Non-negative floats -> plain decimal strings with `digits` significant digits.
+
+    Vectorized (numpy string ufuncs) because a cohort holds millions of cells.
+    Unlike ``%g`` this never switches to exponent notation. NaN -> "".
+    """
+    values = np.asarray(values, dtype=float)
+    out = np.full(values.shape, "", dtype=object)
+    finite = np.isfinite(values)
+    x = values[finite]
+    magnitude = np.floor(np.log10(np.where(x > 0, x, 1.0)))
+    decimals = np.clip(digits - 1 - magnitude, 0, _MAX_DECIMALS).astype(np.int64)
+    pow10 = 10 ** decimals
+    scaled = np.rint(x * pow10).astype(np.int64)
+    whole = (scaled // pow10).astype(str)
+    fraction = np.strings.zfill((scaled % pow10).astype(str), decimals)
+    text = np.strings.add(np.strings.add(whole, "."), fraction)
+    # Drop trailing zeros as %g does ("1.50" -> "1.5", "2.00" -> "2").
+    text = np.strings.rstrip(np.strings.rstrip(text, "0"), ".")
+    text = np.where(decimals > 0, text, whole)
+    out[finite] = text.astype(object)
+    return out
+
+
+def _censor_label(lod: float) -> str:
+    return f"<{float(lod)}"
+
+
+# ---------------------------------------------------------------------------
+# Simulation steps
+# ---------------------------------------------------------------------------
+
+
+def _draw(rng: np.random.Generator, shares: dict, n: int) -> np.ndarray:
+    """Index into ``list(shares)`` for each of n patients."""
+    p = np.asarray(list(shares.values()), dtype=float)
+    return rng.choice(len(p), size=n, p=p / p.sum())
+
+
+def _shift_matrix(
+    rng: np.random.Generator,
+    config: SimulationConfig,
+    subtype_idx: np.ndarray,
+    names: list[str],
+) -> np.ndarray:
+    """Per-patient shift of each numeric marker, in log-SDs (0 = unshifted)."""
+    n, m = len(subtype_idx), len(names)
+    col = {name: j for j, name in enumerate(names)}
+    planned = np.zeros((n, m))
+    for s, sub in enumerate(config.subtypes.values()):
+        rows = np.flatnonzero(subtype_idx == s)
+        base = np.zeros(m)
+        for name, size in sub.shifts.items():
+            base[col[name]] = size
+        planned[rows] = base
+        if sub.shift_variants:
+            # e.g. mixed: the blood arm is Th1 for some patients, NK for others.
+            variants = np.zeros((len(sub.shift_variants), m))
+            for v, table in enumerate(sub.shift_variants):
+                for name, size in table.items():
+                    variants[v, col[name]] = size
+            pick = rng.integers(len(sub.shift_variants), size=len(rows))
+            planned[rows] += variants[pick]
+    # Heterogeneity: not every patient of a subtype shows every marker, nor by the same amount.
+    happens = rng.random((n, m)) < config.shift.probability
+    jitter = rng.uniform(1 - config.shift.jitter, 1 + config.shift.jitter, size=(n, m))
+    return np.where(happens & (planned != 0), planned * jitter, 0.0)
+
+
+def _marker_values(
+    rng: np.random.Generator,
+    config: SimulationConfig,
+    markers: list[Marker],
+    shifts: np.ndarray,
+    lab_idx: np.ndarray,
+) -> np.ndarray:
+    """Log-normal marker values with subtype shifts and lab drift (n x numeric markers)."""
+    n = len(lab_idx)
+    params = np.array([baseline_distribution(m, config) for m in markers])
+    log_median, log_sd = np.log(params[:, 0]), params[:, 1]
+    z = rng.standard_normal((n, len(markers)))
+    log_values = log_median + log_sd * (z + shifts)
+    lab_log_drift = np.log([lab.drift for lab in config.labs.values()])
+    drifts = np.array([m.drifts for m in markers])
+    log_values += np.outer(lab_log_drift[lab_idx], drifts)
+    values = np.exp(log_values)
+    # Percentages (and anything else with a finite maximum) stay below that maximum.
+    ceilings = np.array(
+        [m.valid_range[1] * _PERCENT_CEILING if m.valid_range[1] is not None else np.inf for m in markers]
+    )
+    return np.minimum(values, ceilings)
+
+
+def _numeric_cells(
+    values: np.ndarray,
+    measured: np.ndarray,
+    markers: list[Marker],
+    config: SimulationConfig,
+) -> dict[str, np.ndarray]:
+    """Marker name -> column of CSV cells: a number, a ``<LOD`` censor, or ""."""
+    columns = {}
+    for j, marker in enumerate(markers):
+        cells = _format_numbers(np.where(measured[:, j], values[:, j], np.nan), config.significant_digits)
+        lod = config.limit_of_detection.get(marker.kind)
+        if lod is not None and marker.censorable:
+            below = measured[:, j] & (values[:, j] < lod)
+            cells[below] = _censor_label(lod)
+        columns[marker.name] = cells
+    return columns
+
+
+def _categorical_cells(
+    rng: np.random.Generator,
+    config: SimulationConfig,
+    markers: list[Marker],
+    subtype_idx: np.ndarray,
+    measured_compartments: dict[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """Categorical marker name -> column of canonical categories ("" when not measured)."""
+    columns = {}
+    subtypes = list(config.subtypes.values())
+    for marker in markers:
+        categories = list(marker.categories or {})
+        cohort_wide = config.categorical[marker.name]
+        # Row s: category probabilities for subtype s (its own table, or the cohort-wide one).
+        table = np.array(
+            [[sub.categorical.get(marker.name, cohort_wide).get(c, 0.0) for c in categories] for sub in subtypes]
+        )
+        cumulative = np.cumsum(table / table.sum(axis=1, keepdims=True), axis=1)[subtype_idx]
+        u = rng.random(len(subtype_idx))
+        picked = np.minimum((u[:, None] >= cumulative).sum(axis=1), len(categories) - 1)
+        cells = np.array(categories, dtype=object)[picked]
+        cells[~measured_compartments[marker.compartment]] = ""
+        columns[marker.name] = cells
+    return columns
+
+
+def _context_cells(rng: np.random.Generator, config: SimulationConfig, lab_idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Context column name -> column of cells."""
+    ctx = config.context
+    n = len(lab_idx)
+    ages = rng.integers(ctx.age_years.low, ctx.age_years.high + 1, size=n)
+    transfers = rng.choice(ctx.failed_transfers.values, size=n, p=ctx.failed_transfers.probabilities)
+    cycle_day = rng.choice(ctx.cycle_day_lh.values, size=n, p=ctx.cycle_day_lh.probabilities)
+    first_day = np.datetime64(f"{ctx.sample_year:04d}-01-01")
+    days_in_year = int((np.datetime64(f"{ctx.sample_year + 1:04d}-01-01") - first_day).astype(np.int64))
+    dates = first_day + rng.integers(0, days_in_year, size=n)
+    return {
+        "lab_id": np.array(list(config.labs), dtype=object)[lab_idx],
+        "sample_date": dates.astype(str).astype(object),
+        "age_years": ages.astype(str).astype(object),
+        "failed_transfers": transfers.astype(str).astype(object),
+        "cycle_day_lh": cycle_day.astype(str).astype(object),
+    }
+
+
+def _patient_ids(n: int, config: SimulationConfig) -> np.ndarray:
+    """Sequential, non-identifying ids such as P000123."""
+    numbers = np.arange(1, n + 1).astype(str)
+    return np.strings.add(config.context.id_prefix, np.strings.zfill(numbers, config.context.id_digits)).astype(object)
+
+
+def _corrupt(
+    rng: np.random.Generator,
+    config: SimulationConfig,
+    n_bad: int,
+    ids: np.ndarray,
+    cells: dict[str, np.ndarray],
+    numeric: list[Marker],
+    all_markers: list[Marker],
+    panel_idx: np.ndarray,
+    spoiled: np.ndarray,
+) -> np.ndarray:
+    """Give n_bad random rows one defect each, cycling through CORRUPTION_KINDS.
+
+    Edits ``ids``, ``cells`` and ``spoiled`` (numeric cells no longer holding the
+    simulated value) in place; returns the truth's corruption column. A
+    duplicate copies the id of a clean row, and both rows are marked.
+    """
+    n = len(ids)
+    corruption = np.full(n, "", dtype=object)
+    if n_bad == 0:
+        return corruption
+    victims = rng.choice(n, size=n_bad, replace=False)
+    kinds = np.array(CORRUPTION_KINDS, dtype=object)[np.arange(n_bad) % len(CORRUPTION_KINDS)]
+    panels = list(config.panels)
+    kind_of_marker = np.array([m.kind for m in numeric])
+    compartment_of_marker = np.array([m.compartment for m in numeric])
+
+    def pick_cells(rows: np.ndarray, wanted_kinds: set[str] | None) -> np.ndarray:
+        """One numeric marker column per row, measured in that row's panel."""
+        chosen = np.empty(len(rows), dtype=np.int64)
+        for p, panel in enumerate(panels):
+            here = panel_idx[rows] == p
+            ok = np.isin(compartment_of_marker, PANEL_COMPARTMENTS[panel])
+            if wanted_kinds is not None:
+                ok &= np.isin(kind_of_marker, list(wanted_kinds))
+            candidates = np.flatnonzero(ok)
+            if here.any() and candidates.size == 0:
+                raise RifmlInputError(f"no marker in a {panel} panel can carry this corruption")
+            if here.any():
+                chosen[here] = rng.choice(candidates, size=int(here.sum()))
+        return chosen
+
+    def overwrite(rows: np.ndarray, cols: np.ndarray, texts: np.ndarray) -> None:
+        for j in np.unique(cols):
+            sel = cols == j
+            cells[numeric[j].name][rows[sel]] = texts[sel]
+            spoiled[rows[sel], j] = True
+
+    digits = config.significant_digits
+    rows = victims[kinds == "negative value"]
+    values = rng.uniform(*config.corruption.negative_range, size=len(rows))
+    texts = np.array(["-" + t for t in _format_numbers(-values, digits)], dtype=object)
+    overwrite(rows, pick_cells(rows, None), texts)
+
+    rows = victims[kinds == "percentage above 100"]
+    values = rng.uniform(*config.corruption.above_100_range, size=len(rows))
+    overwrite(rows, pick_cells(rows, {"percent"}), _format_numbers(values, digits))
+
+    rows = victims[kinds == "not a number"]
+    tokens = np.array(config.corruption.not_a_number_tokens, dtype=object)
+    overwrite(rows, pick_cells(rows, None), tokens[rng.integers(len(tokens), size=len(rows))])
+
+    rows = victims[kinds == "no markers"]
+    for marker in all_markers:
+        cells[marker.name][rows] = ""
+    spoiled[rows] = True
+
+    ids[victims[kinds == "missing patient_id"]] = ""
+
+    rows = victims[kinds == "duplicate patient_id"]
+    clean = np.setdiff1d(np.arange(n), victims)
+    if len(clean) < len(rows):
+        raise RifmlInputError("bad_share is too high: not enough clean rows left to duplicate patient ids from")
+    originals = rng.choice(clean, size=len(rows), replace=False)
+    ids[rows] = ids[originals]
+    corruption[victims] = kinds
+    corruption[originals] = "duplicate patient_id"
+    return corruption
+
+
+def _joined_names(mask: np.ndarray, names: list[str]) -> np.ndarray:
+    """Per row, the ';'-joined names whose column in mask is True (vectorized)."""
+    joined = np.full(mask.shape[0], "", dtype=np.dtypes.StringDType())
+    for j, name in enumerate(names):
+        joined = np.strings.add(joined, np.where(mask[:, j], name + ";", ""))
+    return np.strings.rstrip(joined, ";").astype(object)
+
+
+# ---------------------------------------------------------------------------
+# Public entry point
+# ---------------------------------------------------------------------------
+
+
+def simulate_cohort(
+    n: int,
+    seed: int = 0,
+    bad_share: float = 0.0,
+    config: SimulationConfig | None = None,
+    catalog: Catalog | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Simulate a cohort of RIF marker panels with known immune profiles.
+
+    Parameters
+    ----------
+    n : int
+        Number of rows (corrupted rows are among them).
+    seed : int, default 0
+        Seed of the numpy Generator; equal seeds give equal output. Clean rows do
+        not depend on ``bad_share`` for a given seed.
+    bad_share : float, default 0.0
+        Share of rows (rounded) given one defect each, cycling through
+        ``CORRUPTION_KINDS``. A duplicate also marks the clean row whose id it
+        copies, so slightly more rows than ``round(bad_share * n)`` are flagged.
+    config : SimulationConfig, optional
+        Simulator parameters; default ``configs/simulate.yaml``.
+    catalog : Catalog, optional
+        Marker catalog; default ``configs/markers.yaml``.
+
+    Returns
+    -------
+    cohort : pandas.DataFrame
+        The CSV table: id column, context columns, catalog markers in catalog
+        order, label column. Every cell is a ``str``; "" means missing.
+    truth : pandas.DataFrame
+        One row per cohort row, same order: ``row`` (CSV line, header = 1),
+        ``patient_id``, ``immune_profile``, ``subtype``, ``shifted_markers``
+        (";"-joined, only markers whose simulated value is in the file),
+        ``panel``, ``lab_id``, ``corruption`` ("" for clean rows).
+
+    Raises
+    ------
+    RifmlInputError
+        If n or bad_share is out of range, or the config does not fit the catalog.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise RifmlInputError(f"n must be a positive integer, got {n!r}")
+    if not 0.0 <= bad_share <= 1.0:
+        raise RifmlInputError(f"bad_share must lie in [0, 1], got {bad_share!r}")
+    config = config if config is not None else load_simulation_config()
+    catalog = catalog if catalog is not None else load_catalog()
+    _check_against_catalog(config, catalog)
+    n = int(n)
+    rng = np.random.default_rng(seed)
+
+    # Who each patient is: latent subtype, lab, panel.
+    subtype_idx = _draw(rng, {k: v.prevalence for k, v in config.subtypes.items()}, n)
+    lab_idx = _draw(rng, {k: v.share for k, v in config.labs.items()}, n)
+    panel_idx = _draw(rng, dict(config.panels), n)
+    panel_names = np.array(list(config.panels), dtype=object)[panel_idx]
+    measured_compartments = {
+        compartment: np.isin(panel_names, [p for p, cs in PANEL_COMPARTMENTS.items() if compartment in cs])
+        for compartment in catalog.compartments
+    }
+
+    # Numeric markers: values, then which cells the panel holds.
+    numeric = catalog.numeric_markers
+    names = [m.name for m in numeric]
+    shifts = _shift_matrix(rng, config, subtype_idx, names)
+    values = _marker_values(rng, config, numeric, shifts, lab_idx)
+    measured = np.column_stack([measured_compartments[m.compartment] for m in numeric])
+    sporadic_kinds = np.array([m.kind in config.missing_cells.kinds for m in numeric])
+    measured &= ~((rng.random(measured.shape) < config.missing_cells.rate) & sporadic_kinds)
+
+    cells = _numeric_cells(values, measured, numeric, config)
+    cells.update(_categorical_cells(rng, config, catalog.categorical_markers, subtype_idx, measured_compartments))
+    context = _context_cells(rng, config, lab_idx)
+    ids = _patient_ids(n, config)
+    profiles = np.array([s.profile for s in config.subtypes.values()], dtype=object)[subtype_idx]
+
+    # Corruption draws come last so that clean rows do not depend on bad_share.
+    spoiled = np.zeros_like(measured)
+    corruption = _corrupt(
+        rng, config, int(round(bad_share * n)), ids, cells, numeric, list(catalog.markers), panel_idx, spoiled
+    )
+
+    cohort = pd.DataFrame(
+        {
+            catalog.id_column: ids,
+            **{c.name: context.get(c.name, np.full(n, "", dtype=object)) for c in catalog.context},
+            **{m.name: cells[m.name] for m in catalog.markers},
+            catalog.label_column: profiles,
+        },
+        dtype=object,
+    )
+    truth = pd.DataFrame(
+        {
+            "row": np.arange(n) + 2,
+            "patient_id": ids.copy(),
+            "immune_profile": profiles,
+            "subtype": np.array(list(config.subtypes), dtype=object)[subtype_idx],
+            "shifted_markers": _joined_names((shifts != 0) & measured & ~spoiled, names),
+            "panel": panel_names,
+            "lab_id": context["lab_id"],
+            "corruption": corruption,
+        }
+    )
+    return cohort, truth

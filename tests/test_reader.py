@@ -1,0 +1,151 @@
+"""Reading files: chunking, duplicates across chunks, file-level errors, fuzzing."""
+
+import csv
+import string
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rifml.errors import RifmlInputError
+from rifml.reader import PanelFile, validated_chunks
+
+
+def collect(path, catalog, chunk_rows=3):
+    chunks = list(validated_chunks(PanelFile(path, catalog, chunk_rows=chunk_rows)))
+    panel = pd.concat([c.panel for c in chunks])
+    rejects = pd.concat([c.rejects for c in chunks], ignore_index=True)
+    return panel, rejects
+
+
+def test_duplicates_across_chunk_boundaries(tmp_path, catalog):
+    path = tmp_path / "panels.csv"
+    lines = ["patient_id,pb_nk_pct"] + [f"P{i},{i}" for i in range(10)] + ["P1,5", "P8,9"]
+    path.write_text("\n".join(lines) + "\n")
+    panel, rejects = collect(path, catalog, chunk_rows=4)
+    assert sorted(rejects["row"]) == [3, 10, 12, 13]  # both P1 rows and both P8 rows
+    assert set(rejects["reason"]) == {"duplicate patient_id"}
+    assert len(panel) == 8
+
+
+def test_file_of_only_bad_rows(tmp_path, catalog):
+    path = tmp_path / "bad.csv"
+    path.write_text("patient_id,pb_nk_pct,em_cd68_pct\n,1,2\nA,-1,\nB,,\nC,x,1\n")
+    panel, rejects = collect(path, catalog)
+    assert panel.empty
+    assert rejects["reason"].tolist() == ["missing patient_id", "negative value", "no markers", "not a number"]
+    assert rejects["row"].tolist() == [2, 3, 4, 5]
+
+
+def test_line_numbers_survive_blank_and_multiline_records(tmp_path, catalog):
+    path = tmp_path / "odd.csv"
+    path.write_text('patient_id,pb_nk_pct,note\nA,1,x\n\nB,-1,"two\nlines"\nC,-2,y\n')
+    _, rejects = collect(path, catalog)
+    assert rejects.set_index("patient_id")["row"].to_dict() == {"B": 4, "C": 6}
+
+
+def test_header_matching_is_forgiving_but_ids_required(tmp_path, catalog):
+    path = tmp_path / "case.csv"
+    path.write_text(" Patient_ID ,PB_NK_PCT\nA,4\n")
+    panel, _ = collect(path, catalog)
+    assert panel.loc[2, "pb_nk_pct"] == 4.0
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "empty"),
+        (b"\n\n  \n", "empty"),
+        (b"patient_id,pb_nk_pct\n", "header only"),
+        (b"id,pb_nk_pct\n1,2\n", "no patient_id column"),
+        (b"patient_id,pb_nk_pct,pb_nk_pct\nA,1,2\n", "appears twice"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00", "binary"),
+        (b"PAR1garbage", "Parquet"),
+    ],
+)
+def test_file_level_problems_are_clear_errors(tmp_path, catalog, content, message):
+    path = tmp_path / "file.csv"
+    path.write_bytes(content)
+    with pytest.raises(RifmlInputError, match=message):
+        PanelFile(path, catalog)
+
+
+def test_missing_file_and_folder(tmp_path, catalog):
+    with pytest.raises(RifmlInputError, match="no such file"):
+        PanelFile(tmp_path / "absent.csv", catalog)
+    with pytest.raises(RifmlInputError, match="folder"):
+        PanelFile(tmp_path, catalog)
+
+
+def test_parquet_gives_the_same_result_as_csv(tmp_path, catalog):
+    frame = pd.DataFrame(
+        {"patient_id": ["A", "B", "C", "A"], "pb_nk_pct": ["3", "<1", "abc", "4"], "em_cd68_pct": ["1", "", "2", "3"]}
+    )
+    frame.to_csv(tmp_path / "p.csv", index=False)
+    frame.to_parquet(tmp_path / "p.parquet", index=False)
+    csv_panel, csv_rejects = collect(tmp_path / "p.csv", catalog)
+    pq_panel, pq_rejects = collect(tmp_path / "p.parquet", catalog)
+    pd.testing.assert_frame_equal(csv_rejects, pq_rejects)
+    pd.testing.assert_frame_equal(csv_panel, pq_panel)
+
+
+def test_typed_parquet_columns(tmp_path, catalog):
+    frame = pd.DataFrame({"patient_id": ["A", "B"], "pb_nk_pct": [3.5, -1.0], "age_years": [30, 31]})
+    frame.to_parquet(tmp_path / "typed.parquet", index=False)
+    panel, rejects = collect(tmp_path / "typed.parquet", catalog)
+    assert panel.loc[2, "pb_nk_pct"] == 3.5
+    assert rejects["reason"].tolist() == ["negative value"]
+
+
+cell = st.one_of(
+    st.sampled_from(["", "1", "0", "100", "-1", "<0.5", "<", "abc", "1e400", "AA", "Bx", "yes", "P1", '"', ","]),
+    st.text(alphabet=string.printable + "é\u00a0\ufeff", max_size=6),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.lists(cell, min_size=0, max_size=7), min_size=1, max_size=12))
+def test_fuzzed_cells_never_crash_and_every_row_is_accounted(tmp_path, catalog, rows):
+    header = ["patient_id", "pb_nk_pct", "serum_il6_pg_ml", "kir_haplotype", "age_years", "em_cd68_pct", "extra"]
+    path = tmp_path / "fuzz.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)  # quotes embedded CR/LF, so a record stays one row
+        writer.writerow(header)
+        writer.writerows((r + [""] * 7)[:7] for r in rows)
+    panel, rejects = collect(path, catalog)
+    assert len(panel) + len(rejects) == len(rows)
+    assert set(panel.index).isdisjoint(set(rejects["row"]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.binary(max_size=300))
+def test_random_bytes_never_crash(tmp_path, catalog, body):
+    path = tmp_path / "bytes.csv"
+    path.write_bytes(b"patient_id,pb_nk_pct,em_cd68_pct\n" + body)
+    try:
+        panel_file = PanelFile(path, catalog)
+    except RifmlInputError:
+        return  # a clear file-level refusal is an acceptable outcome
+    chunks = list(validated_chunks(panel_file))
+    accounted = sum(len(c.panel) + len(c.rejects) for c in chunks)
+    data_records = sum(len(list(c.panel.index)) for c in chunks) + sum(len(c.rejects) for c in chunks)
+    assert accounted == data_records
+    rows = np.concatenate([np.r_[c.panel.index.to_numpy(), c.rejects["row"].to_numpy()] for c in chunks])
+    assert len(np.unique(rows)) == len(rows)
+
+
+def test_atomic_writer_leaves_nothing_under_final_name_on_failure(tmp_path):
+    from rifml.writer import AtomicCsvWriter
+
+    target = tmp_path / "calls.csv"
+    with pytest.raises(RuntimeError):
+        with AtomicCsvWriter(target, columns=["a"]) as writer:
+            writer.write(pd.DataFrame({"a": [1, 2]}))
+            raise RuntimeError("killed midway")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+    with AtomicCsvWriter(target, columns=["a", "b"]) as writer:
+        pass
+    assert target.read_text().strip() == "a,b"

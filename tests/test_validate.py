@@ -1,0 +1,113 @@
+"""Reject rules, one by one: a row that breaks each rule and a row that just passes it."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rifml import validate as v
+from rifml.validate import validate_chunk
+
+
+def run(cells: dict, catalog, duplicates=frozenset()):
+    """Validate a one-row panel (plus patient_id P1 unless given)."""
+    row = {"patient_id": "P1", **cells}
+    return validate_chunk(pd.DataFrame([row], dtype=object), np.array([2]), catalog, duplicates)
+
+
+@pytest.mark.parametrize(
+    "column, bad, reason, good",
+    [
+        ("pb_nk_pct", "-0.1", v.NEGATIVE, "0"),
+        ("em_il15_fn14_ratio", "-2", v.NEGATIVE, "0"),
+        ("pb_nk_pct", "100.01", v.PERCENT_ABOVE_100, "100"),
+        ("em_unk_cd56_pct", "250", v.PERCENT_ABOVE_100, "99.9"),
+        ("pb_nk_pct", "abc", v.NOT_A_NUMBER, "12.5"),
+        ("pb_nk_pct", "nan", v.NOT_A_NUMBER, ""),
+        ("serum_il6_pg_ml", "inf", v.NOT_A_NUMBER, "<0.5"),
+        ("serum_il6_pg_ml", "<", v.NOT_A_NUMBER, "< 0.5"),
+        ("serum_il6_pg_ml", "<abc", v.NOT_A_NUMBER, "<1e-1"),
+        ("serum_il6_pg_ml", "1,5", v.NOT_A_NUMBER, "1.5"),
+        ("serum_il6_pg_ml", "<-1", v.NEGATIVE, "<1.0"),
+        ("serum_il6_pg_ml", "<0", v.CENSOR_LIMIT_ZERO, "<0.01"),
+        ("pb_nk_pct", "<101", v.PERCENT_ABOVE_100, "<100"),
+        ("age_years", "<30", v.CENSOR_NOT_ALLOWED, "30"),
+        ("age_years", "-3", v.NEGATIVE, "0"),
+        ("age_years", "121", v.ABOVE_RANGE, "120"),
+        ("cycle_day_lh", "-31", v.BELOW_RANGE, "-2"),
+        ("kir_haplotype", "AC", v.NOT_A_CATEGORY, "bx"),
+        ("partner_hla_c2", "maybe", v.NOT_A_CATEGORY, "Yes"),
+        ("immune_profile", "sick", v.NOT_A_CATEGORY, "mixed"),
+    ],
+)
+def test_cell_rules(catalog, column, bad, reason, good):
+    marker = {"em_il15_fn14_ratio": "1.0"} if column not in catalog.by_name else {}
+    refused = run({**marker, column: bad}, catalog)
+    assert len(refused.panel) == 0
+    assert refused.rejects.loc[0, ["column", "value", "reason"]].tolist() == [column, bad, reason]
+    accepted = run({"em_il15_fn14_ratio": "1.0", column: good}, catalog)
+    assert len(accepted.rejects) == 0, accepted.rejects.to_dict("records")
+    assert len(accepted.panel) == 1
+
+
+def test_censored_value_keeps_limit_and_flag(catalog):
+    result = run({"serum_il6_pg_ml": "<0.5", "serum_tnfa_pg_ml": " 2.5 "}, catalog)
+    panel = result.panel.iloc[0]
+    assert panel["serum_il6_pg_ml"] == 0.5 and bool(panel["serum_il6_pg_ml__censored"]) is True
+    assert panel["serum_tnfa_pg_ml"] == 2.5 and bool(panel["serum_tnfa_pg_ml__censored"]) is False
+
+
+def test_categories_are_canonical(catalog):
+    panel = run({"kir_haplotype": "ab", "partner_hla_c2": "TRUE"}, catalog).panel.iloc[0]
+    assert (panel["kir_haplotype"], panel["partner_hla_c2"]) == ("Bx", "yes")
+
+
+def test_no_markers_but_context_is_rejected(catalog):
+    refused = run({"lab_id": "lab_A", "age_years": "31", "pb_nk_pct": ""}, catalog)
+    assert refused.rejects["reason"].tolist() == [v.NO_MARKERS]
+    kept = run({"lab_id": "lab_A", "age_years": "31", "kir_haplotype": "AA"}, catalog)
+    assert len(kept.panel) == 1
+
+
+def test_missing_and_blank_patient_id(catalog):
+    for blank in ["", "   ", None]:
+        refused = run({"patient_id": blank, "pb_nk_pct": "10"}, catalog)
+        assert refused.rejects["reason"].tolist() == [v.MISSING_ID]
+
+
+def test_duplicate_ids_reject_every_row_sharing_the_id(catalog):
+    raw = pd.DataFrame({"patient_id": ["A", "B", "A ", "C"], "pb_nk_pct": ["1", "2", "3", "4"]}, dtype=object)
+    result = validate_chunk(raw, np.array([2, 3, 4, 5]), catalog, frozenset({"A"}))
+    assert result.rejects["row"].tolist() == [2, 4]
+    assert set(result.rejects["reason"]) == {v.DUPLICATE_ID}
+    assert result.panel.index.tolist() == [3, 5]
+
+
+def test_first_problem_is_reported_and_all_are_listed(catalog):
+    refused = run({"pb_nk_pct": "-1", "pb_treg_pct": "140", "kir_haplotype": "zz"}, catalog)
+    record = refused.rejects.iloc[0]
+    assert record["reason"] == v.NEGATIVE
+    assert "pb_treg_pct: percentage above 100" in record["all_problems"]
+    assert "kir_haplotype: not a valid category" in record["all_problems"]
+
+
+def test_numeric_parquet_style_columns(catalog):
+    raw = pd.DataFrame({"patient_id": ["A", "B", "C"], "pb_nk_pct": [10.0, np.nan, np.inf], "pb_treg_pct": [1.0, 2.0, -1.0]})
+    result = validate_chunk(raw, np.array([2, 3, 4]), catalog)
+    assert result.panel.index.tolist() == [2, 3]
+    assert result.rejects["reason"].tolist() == [v.NOT_A_NUMBER]
+
+
+def test_extra_columns_pass_through_untouched(catalog):
+    result = run({"pb_nk_pct": "7", "freezer_box": " 12-b "}, catalog)
+    assert result.panel.iloc[0]["freezer_box"] == " 12-b "
+    assert result.accepted_raw.iloc[0]["freezer_box"] == " 12-b "
+
+
+def test_every_row_accounted_for(catalog):
+    rng = np.random.default_rng(3)
+    cells = np.array(["1", "-1", "", "x", "<2", "101", "50"], dtype=object)
+    raw = pd.DataFrame({m: rng.choice(cells, 500) for m in catalog.marker_names if catalog.by_name[m].is_numeric})
+    raw.insert(0, "patient_id", rng.choice(["", "a", "b"] + [f"p{i}" for i in range(600)], 500))
+    result = validate_chunk(raw, np.arange(2, 502), catalog, frozenset({"a", "b"}))
+    assert len(result.panel) + len(result.rejects) == 500
+    assert sorted(result.panel.index.tolist() + result.rejects["row"].tolist()) == list(range(2, 502))
