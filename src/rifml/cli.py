@@ -144,6 +144,167 @@ def validate(
     print_accounting(accepted, reasons, verb="accepted")
 
 
+TrackingOption = Annotated[
+    Optional[str],
+    typer.Option("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)."),
+]
+
+
+def read_clean_panel(path: Path, catalog, chunk_rows: int = 50_000):
+    """Validate a whole file into one clean panel (training data); returns (panel, reject reasons)."""
+    import pandas as pd
+
+    from rifml.reader import PanelFile, validated_chunks
+
+    panels, reasons = [], Counter()
+    for chunk in validated_chunks(PanelFile(path, catalog, chunk_rows=chunk_rows)):
+        panels.append(chunk.panel)
+        reasons.update(chunk.rejects["reason"])
+    return pd.concat(panels), reasons
+
+
+@app.command()
+@reports_errors
+def train(
+    data: Annotated[Path, typer.Option("--data", help="Training panels (.csv or .parquet).")],
+    label_column: Annotated[
+        str, typer.Option("--label-column", help="Column with known profiles; absent or empty = learn from clusters.")
+    ] = "immune_profile",
+    no_labels: Annotated[
+        bool, typer.Option("--no-labels", help="Ignore any label column: name profiles from discovered subtypes.")
+    ] = False,
+    experiment: Annotated[Optional[str], typer.Option("--experiment", help="MLflow experiment name.")] = None,
+    tracking_uri: TrackingOption = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="Training settings (default: configs/train.yaml).")] = None,
+    catalog: CatalogOption = None,
+) -> None:
+    """Learn subtypes and the calibrated profile call; log everything to MLflow and register the model."""
+    import hashlib
+
+    import pandas as pd
+
+    from rifml.catalog import load_catalog
+    from rifml.tracking import connect, log_training
+    from rifml.training import load_train_config, train as fit
+
+    settings = load_train_config(config)
+    cat = load_catalog(catalog)
+    err.print(f"reading {data} ...")
+    panel, reasons = read_clean_panel(data, cat)
+    labels = None
+    if not no_labels and label_column in panel:
+        labels = _profile_labels(panel[label_column], cat, label_column)
+        if labels.notna().sum() == 0:
+            labels = None
+    err.print(
+        f"training on {len(panel):,} panels ({'labels from ' + label_column if labels is not None else 'no labels: profiles from named subtypes'}) ..."
+    )
+    result = fit(panel, labels, settings)
+    uri = connect(tracking_uri)
+    digest = hashlib.sha256(Path(data).read_bytes()).hexdigest()[:16]
+    logged = log_training(
+        result.profiler,
+        experiment=experiment or settings.get("experiment", "rifml"),
+        uri=uri,
+        params={**result.params, "label_column": label_column if labels is not None else "", "data_sha256_16": digest,
+                "rows_rejected": sum(reasons.values())},
+        metrics=result.metrics,
+        figures=result.figures,
+        tables=result.tables,
+        floors_met=result.floors_met,
+        tags={"rifml.mode": "supervised" if labels is not None else "unsupervised"},
+        registered_model=settings.get("registered_model", "rifml-immune-profile"),
+    )
+    _print_training(result, logged, reasons, uri)
+
+
+def _profile_labels(column, cat, name):
+    import pandas as pd
+
+    text = column.astype("string").str.strip().str.lower()
+    text = text.where(text != "", None)
+    bad = sorted(set(text.dropna()) - set(cat.profiles))
+    if bad:
+        raise RifmlInputError(f"label column {name!r} has values that are not profiles: {', '.join(bad[:5])}")
+    return pd.Series(text.to_numpy(dtype=object), index=column.index).where(text.notna().to_numpy(), None)
+
+
+def _print_training(result, logged, reasons, uri) -> None:
+    m = result.metrics
+    table = Table(box=None, show_header=True, header_style="bold")
+    table.add_column("cross-validated")
+    table.add_column("value", justify="right")
+    for key in ["cv_macro_f1", "cv_complete_macro_f1", "cv_balanced_accuracy", "cv_ece", "rule_macro_f1", "subtype_stability"]:
+        if key in m:
+            table.add_row(key, f"{m[key]:.3f}")
+    table.add_row("subtypes", ", ".join(result.profiler.subtype_table_["subtype"]))
+    table.add_row("train_seconds", f"{m['train_seconds']:.1f}")
+    out.print(table)
+    if reasons:
+        out.print(f"rows rejected before training: {sum(reasons.values()):,} ({', '.join(f'{r} {c}' for r, c in reasons.most_common())})")
+    status = "alias champion now points here" if logged.champion else "NOT champion: " + "; ".join(result.floor_failures)
+    out.print(f"registered rifml-immune-profile version {logged.version} ({status})")
+    out.print(f"run {logged.run_id} in {uri}")
+
+
+@app.command()
+@reports_errors
+def score(
+    input: Annotated[Path, typer.Option("--input", help="Panels to call (.csv or .parquet).")],
+    output: Annotated[Path, typer.Option("--output", help="Calls file to write (CSV).")],
+    rejects: Annotated[Path, typer.Option("--rejects", help="Refused rows with reasons (CSV).")],
+    model: Annotated[
+        Optional[str], typer.Option("--model", help="MLflow model URI (default: models:/rifml-immune-profile@champion).")
+    ] = None,
+    tracking_uri: TrackingOption = None,
+    chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, help="Rows per chunk.")] = 50_000,
+    catalog: CatalogOption = None,
+) -> None:
+    """Call immune profiles for a batch, with probabilities, subtype and the markers that drove each call."""
+    from rifml.catalog import load_catalog
+    from rifml.pipeline import calls_columns
+    from rifml.reader import PanelFile, validated_chunks
+    from rifml.tracking import connect, load_profiler
+    from rifml.validate import REJECT_COLUMNS
+    from rifml.writer import AtomicCsvWriter
+
+    uri = connect(tracking_uri)
+    model_uri = model or "models:/rifml-immune-profile@champion"
+    profiler, metadata = load_profiler(model_uri)
+    model_catalog = profiler.catalog_
+    installed = load_catalog(catalog)
+    if model_catalog.catalog_version != installed.catalog_version:
+        raise RifmlInputError(
+            f"model {model_uri} was trained with marker catalog {model_catalog.catalog_version}, "
+            f"this installation has {installed.catalog_version}: retrain, or score with a matching model"
+        )
+    panel_file = PanelFile(input, model_catalog, chunk_rows=chunk_rows)
+    if not set(panel_file.columns) & set(model_catalog.marker_names):
+        raise RifmlInputError(
+            f"{input}: none of the model's marker columns are present (expected some of: "
+            f"{', '.join(model_catalog.marker_names[:5])}, ...)"
+        )
+    reasons: Counter[str] = Counter()
+    profiles: Counter[str] = Counter()
+    scored = 0
+    with ExitStack() as stack:
+        reject_writer = stack.enter_context(AtomicCsvWriter(rejects, columns=REJECT_COLUMNS))
+        calls_writer = stack.enter_context(AtomicCsvWriter(output))
+        for chunk in validated_chunks(panel_file):
+            reject_writer.write(chunk.rejects)
+            reasons.update(chunk.rejects["reason"])
+            if len(chunk.panel):
+                calls = profiler.call(chunk.panel)
+                calls_writer.write(calls)
+                profiles.update(calls["immune_profile"])
+                scored += len(calls)
+        if scored == 0:  # still give the calls file its header
+            calls_writer.columns = calls_columns(model_catalog)
+    if profiles:
+        out.print("calls: " + ", ".join(f"{p} {profiles[p]:,}" for p in model_catalog.profiles if profiles[p]))
+    print_accounting(scored, reasons, verb="scored")
+
+
 def print_accounting(done: int, reasons: Counter[str], verb: str) -> None:
     """The closing summary every batch command prints: rows in = done + rejected."""
     rejected = sum(reasons.values())

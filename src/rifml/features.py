@@ -453,7 +453,7 @@ class PanelFeatures(TransformerMixin, BaseEstimator):
         Returns a DataFrame with ``unknown_lab`` (lab id missing or not seen at fit, so no
         shift was applied), ``outside_training_range`` (some numeric marker outside the
         [min, max] seen at fit) and ``out_of_range_markers`` (";"-joined marker names).
-        A censored "<x" cell is outside only when x is at or below the training minimum.
+        A censored "<x" cell is outside only when x is below the training minimum.
         """
         check_is_fitted(self)
         panel = _require_frame(panel_df)
@@ -485,5 +485,6 @@ def _outside(values: pd.Series, censored: pd.Series, bounds: tuple[float, float]
     if np.isnan(low):
         return present  # never measured at fit: any value is outside what the model saw
     exact_outside = (values < low) | (values > high)
-    censored_outside = values <= low  # true value is below the limit
+    # "<x" is inside when training also saw values (or limits) down to x
+    censored_outside = values < low
     return present & np.where(censored, censored_outside, exact_outside)

@@ -1,0 +1,683 @@
+"""Data-driven immune subtypes: consensus clustering, naming from the catalog, a rule baseline.
+
+Three pieces, all pure (no file I/O):
+
+* :class:`ConsensusClustering` finds how many stable groups the (log-transformed,
+  complete) marker matrix holds and who belongs to which, following the
+  ConsensusClusterPlus idea (Monti et al. 2003; Wilkerson & Hayes 2010).
+* :func:`name_clusters` turns cluster medians into readable subtype names
+  ("th1-high", "endometrial-under+nk-high", "balanced") and one immune profile
+  per subtype, using only the reference bands, signals and axes of
+  ``configs/markers.yaml``.
+* :func:`rule_profile` is the transparent literature baseline logged beside the
+  model: a patient is hyper-/hypo-signalled when any marker sits outside its
+  band in a direction the catalog says signals that profile.
+
+:func:`plot_consensus` and :func:`plot_k_selection` draw the evidence for the
+chosen number of subtypes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.spatial.distance import squareform
+from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score
+from sklearn.neighbors import NearestNeighbors
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from rifml.catalog import Catalog, Marker
+
+__all__ = [
+    "ConsensusClustering",
+    "name_clusters",
+    "rule_profile",
+    "plot_consensus",
+    "plot_k_selection",
+]
+
+# Consensus values strictly between these two are "ambiguous" for PAC
+# (Senbabaoglu et al. 2014 use the same 0.1 / 0.9 window).
+PAC_WINDOW = (0.1, 0.9)
+# KMeans restarts per resample: a few restarts keep single runs from landing in
+# a poor local optimum (which would read as instability) at a small cost.
+RESAMPLE_N_INIT = 10
+# Restarts for the final clustering of all rows.
+FINAL_N_INIT = 10
+# Grid on which the consensus CDF is reported and drawn.
+CDF_GRID = np.linspace(0.0, 1.0, 101)
+# Within-group scales may up-weight a marker at most this many times relative to
+# plain robust (IQR) scaling; guards against markers with many tied values
+# (censored at the detection limit), whose neighbour differences are mostly zero.
+MAX_UPWEIGHT = 5.0
+
+
+# --------------------------------------------------------------------------------------
+# Consensus clustering
+# --------------------------------------------------------------------------------------
+
+
+class ConsensusClustering(ClusterMixin, BaseEstimator):
+    """Consensus (resampling) clustering with stability-based choice of k.
+
+    For every k in ``k_min..k_max`` the rows are subsampled ``n_resamples`` times
+    and each subsample is clustered with KMeans. The consensus matrix ``M_k``
+    holds, for each pair of rows, the fraction of the subsamples containing both
+    in which they landed in the same cluster. Well-defined groups give a
+    consensus matrix of nearly only 0s and 1s; PAC (the proportion of
+    ambiguous clustering, pairs with consensus in (0.1, 0.9)) measures how far
+    from that a given k is.
+
+    **Choice of k.** PAC is near zero for the true k and, on data like immune
+    subtypes (groups that each shift a few markers), it often stays low for
+    *smaller* k as well, because KMeans then merges the same close groups in
+    every resample: merging is stable, only splitting a real group is not. PAC
+    therefore jumps up right after the true k. The rule used here: among all k
+    whose PAC is within ``pac_tolerance`` of the smallest PAC, take the
+    **largest**. Plain "smallest PAC" would be biased toward small k.
+    The consensus CDF and Monti's delta-area are reported (``cdf_``,
+    ``delta_area_``) for inspection but do not enter the rule.
+
+    **Scaling.** Markers arrive on a log scale; they are centred on their
+    medians and scaled by a robust estimate of the *within-group* spread
+    (``scaling="within"``): the median absolute difference between each row
+    and its nearest neighbours, refined once. Plain robust scaling by the
+    interquartile range (``scaling="robust"``) divides each marker by its
+    total spread, which is inflated exactly in the markers that separate
+    subtypes, and so down-weights the signal; on synthetic subtype data it
+    lost the true partition in about 1 of 5 data sets where within-group
+    scaling recovered it.
+
+    **Final labels.** KMeans with the chosen k on all rows (scaled), with
+    ``FINAL_N_INIT`` k-means++ restarts plus one start at the centroids of an
+    average-linkage clustering of ``1 - M_k``; the run with the lowest
+    inertia wins.
+
+    Parameters
+    ----------
+    k_min, k_max : int, default=2, 8
+        Range of cluster numbers tried (inclusive).
+    n_resamples : int, default=40
+        Subsamples per k.
+    subsample : float, default=0.8
+        Fraction of rows drawn (without replacement) in each subsample.
+    max_items : int or None, default=1200
+        At most this many rows (a random subset) enter the consensus matrices;
+        keeps memory and time bounded (the matrices are ``max_items`` squared).
+        All rows are still labelled by the final KMeans. None uses all rows.
+    pac_tolerance : float, default=0.05
+        Absolute PAC tolerance of the k-selection rule above.
+    scaling : {"within", "robust"}, default="within"
+        Marker scaling, see above.
+    random_state : int, RandomState or None, default=0
+        Seeds the row subsets and every KMeans run.
+
+    Attributes
+    ----------
+    k_ : int
+        Chosen number of clusters.
+    labels_ : ndarray of shape (n_samples,)
+        Cluster of each training row, 0..k_-1.
+    centers_ : ndarray of shape (k_, n_features)
+        Cluster means in the original (unscaled, i.e. log) space.
+    pac_ : dict[int, float]
+        PAC for every k tried.
+    cdf_ : dict[int, tuple[ndarray, ndarray]]
+        Empirical CDF (x, y) of the off-diagonal consensus values for every k.
+    delta_area_ : dict[int, float]
+        Monti's relative gain in area under the CDF for every k.
+    consensus_ : ndarray of shape (n_items, n_items), float32
+        Consensus matrix for ``k_``.
+    consensus_items_ : ndarray of shape (n_items,)
+        Training-row indices of the rows in ``consensus_``.
+    stability_ : float
+        Mean adjusted Rand index between each resample's clustering (at ``k_``)
+        and ``labels_`` on the rows of that resample.
+    center_, scale_ : ndarray of shape (n_features,)
+        Centring and scaling applied before clustering.
+    n_features_in_ : int
+        Number of columns seen in ``fit``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.vstack([rng.normal(m, 1, size=(100, 4)) for m in (0, 6, 12)])
+    >>> model = ConsensusClustering(k_max=5, n_resamples=10).fit(X)
+    >>> model.k_
+    3
+    """
+
+    def __init__(
+        self,
+        k_min: int = 2,
+        k_max: int = 8,
+        n_resamples: int = 40,
+        subsample: float = 0.8,
+        max_items: int | None = 1200,
+        pac_tolerance: float = 0.05,
+        scaling: str = "within",
+        random_state: int | np.random.RandomState | None = 0,
+    ) -> None:
+        self.k_min = k_min
+        self.k_max = k_max
+        self.n_resamples = n_resamples
+        self.subsample = subsample
+        self.max_items = max_items
+        self.pac_tolerance = pac_tolerance
+        self.scaling = scaling
+        self.random_state = random_state
+
+    # -- parameter checks in one place ------------------------------------------------
+    def _check_params(self, n_samples: int) -> None:
+        if not (isinstance(self.k_min, (int, np.integer)) and self.k_min >= 2):
+            raise ValueError(f"k_min must be an integer >= 2, got {self.k_min!r}")
+        if not (isinstance(self.k_max, (int, np.integer)) and self.k_max >= self.k_min):
+            raise ValueError(f"k_max must be an integer >= k_min, got {self.k_max!r}")
+        if not (isinstance(self.n_resamples, (int, np.integer)) and self.n_resamples >= 2):
+            raise ValueError(f"n_resamples must be an integer >= 2, got {self.n_resamples!r}")
+        if not 0.0 < float(self.subsample) <= 1.0:
+            raise ValueError(f"subsample must be in (0, 1], got {self.subsample!r}")
+        if self.max_items is not None and not (
+            isinstance(self.max_items, (int, np.integer)) and self.max_items > self.k_max
+        ):
+            raise ValueError(f"max_items must be None or an integer > k_max, got {self.max_items!r}")
+        if not 0.0 <= float(self.pac_tolerance) < 1.0:
+            raise ValueError(f"pac_tolerance must be in [0, 1), got {self.pac_tolerance!r}")
+        if self.scaling not in ("within", "robust"):
+            raise ValueError(f"scaling must be 'within' or 'robust', got {self.scaling!r}")
+        n_items = n_samples if self.max_items is None else min(n_samples, self.max_items)
+        if round(self.subsample * n_items) <= self.k_max:
+            raise ValueError(
+                f"too few rows ({n_samples}) for k_max={self.k_max} with subsample={self.subsample}"
+            )
+
+    # -- fitting ----------------------------------------------------------------------
+    def fit(self, X, y=None) -> "ConsensusClustering":
+        """Choose k by consensus stability and label every row.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Complete numeric matrix, already log-transformed where the catalog
+            says so. NaN is rejected: impute first.
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        X = validate_data(self, X, dtype=np.float64, ensure_min_samples=3)
+        self._check_params(X.shape[0])
+        rng = check_random_state(self.random_state)
+
+        self.center_, self.scale_ = _fit_scaling(X, self.scaling)
+        Z = (X - self.center_) / self.scale_
+
+        # Rows entering the consensus matrices (a random subset when n is large).
+        n = Z.shape[0]
+        if self.max_items is not None and n > self.max_items:
+            items = np.sort(rng.choice(n, self.max_items, replace=False))
+        else:
+            items = np.arange(n)
+        Zi = Z[items]
+        m = len(items)
+        n_sub = int(round(self.subsample * m))
+        ks = list(range(self.k_min, self.k_max + 1))
+
+        # The same subsamples serve every k (as in ConsensusClusterPlus), so the
+        # co-sampling counts are computed once. Counts live in float32 (exact for
+        # integers far beyond n_resamples) so one BLAS product does the bookkeeping.
+        subsets = [np.sort(rng.choice(m, n_sub, replace=False)) for _ in range(self.n_resamples)]
+        seeds = rng.randint(np.iinfo(np.int32).max, size=(self.n_resamples, len(ks)))
+        sampled = np.zeros((m, self.n_resamples), dtype=np.float32)
+        for r, idx in enumerate(subsets):
+            sampled[idx, r] = 1.0
+        co_sampled = sampled @ sampled.T
+        pair_mask = np.triu(co_sampled > 0, k=1)  # each co-sampled pair once
+
+        resample_labels: dict[int, list[np.ndarray]] = {}
+        self.pac_, self.cdf_, areas = {}, {}, {}
+        for j, k in enumerate(ks):
+            labels_k = []
+            for r, idx in enumerate(subsets):
+                km = KMeans(
+                    n_clusters=k, n_init=RESAMPLE_N_INIT, algorithm="lloyd", random_state=int(seeds[r, j])
+                )
+                labels_k.append(km.fit(Zi[idx]).labels_.astype(np.int32))
+            resample_labels[k] = labels_k
+            consensus = _consensus_matrix(labels_k, subsets, k, co_sampled)
+            values = consensus[pair_mask]
+            low, high = PAC_WINDOW
+            self.pac_[k] = float(np.mean((values > low) & (values < high)))
+            values.sort()
+            self.cdf_[k] = (CDF_GRID.copy(), np.searchsorted(values, CDF_GRID, side="right") / values.size)
+            # Area under the empirical CDF on [0, 1] equals 1 - mean(values), exactly.
+            areas[k] = float(1.0 - values.mean())
+            del consensus, values
+        self.delta_area_ = _delta_area(areas)
+        self.k_ = select_k(self.pac_, self.pac_tolerance)
+
+        # Final partition of all rows at the chosen k.
+        self.consensus_ = _consensus_matrix(resample_labels[self.k_], subsets, self.k_, co_sampled)
+        self.consensus_items_ = items
+        self.labels_ = self._final_labels(Z, Zi, rng)
+        self.centers_ = np.vstack([X[self.labels_ == c].mean(axis=0) for c in range(self.k_)])
+        self.stability_ = float(
+            np.mean(
+                [
+                    adjusted_rand_score(self.labels_[items[idx]], lab)
+                    for idx, lab in zip(subsets, resample_labels[self.k_])
+                ]
+            )
+        )
+        return self
+
+    def _final_labels(self, Z: np.ndarray, Zi: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
+        """KMeans on all rows: best of k-means++ restarts and a consensus-seeded start."""
+        k = self.k_
+        distance = 1.0 - self.consensus_.astype(np.float64)
+        np.fill_diagonal(distance, 0.0)
+        tree = linkage(squareform(distance, checks=False), method="average")
+        hc = fcluster(tree, t=k, criterion="maxclust") - 1
+        candidates = [
+            KMeans(n_clusters=k, n_init=FINAL_N_INIT, random_state=rng.randint(np.iinfo(np.int32).max)).fit(Z)
+        ]
+        # average linkage may return fewer than k groups (ties); then skip the seed.
+        if len(np.unique(hc)) == k:
+            seed_centers = np.vstack([Zi[hc == c].mean(axis=0) for c in range(k)])
+            candidates.append(KMeans(n_clusters=k, init=seed_centers, n_init=1).fit(Z))
+        best = min(candidates, key=lambda km: km.inertia_)
+        return _relabel_by_size(best.labels_)
+
+    def predict(self, X) -> np.ndarray:
+        """Assign rows to the nearest cluster centre (in the scaled space used for fitting).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
+        check_is_fitted(self, "centers_")
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        Z = (X - self.center_) / self.scale_
+        C = (self.centers_ - self.center_) / self.scale_
+        distance = ((Z[:, None, :] - C[None, :, :]) ** 2).sum(axis=2)
+        return distance.argmin(axis=1)
+
+
+def select_k(pac: Mapping[int, float], tolerance: float = 0.05) -> int:
+    """The k-selection rule: the largest k whose PAC is within ``tolerance`` of the minimum.
+
+    Parameters
+    ----------
+    pac : mapping k -> PAC
+    tolerance : float
+        Absolute slack on the smallest PAC.
+
+    Returns
+    -------
+    int
+    """
+    best = min(pac.values())
+    return max(k for k, value in pac.items() if value <= best + tolerance)
+
+
+def _fit_scaling(X: np.ndarray, scaling: str) -> tuple[np.ndarray, np.ndarray]:
+    """Median centring and a robust scale per column (see ConsensusClustering, Scaling)."""
+    center = np.median(X, axis=0)
+    q75, q25 = np.percentile(X, [75, 25], axis=0)
+    # IQR / 1.349 is the normal-consistent SD; constant columns keep scale 1.
+    iqr_scale = (q75 - q25) / 1.349
+    iqr_scale[iqr_scale <= 0] = 1.0
+    if scaling == "robust":
+        return center, iqr_scale
+    # Nearest neighbours mostly share a group, so their differences measure the
+    # within-group spread. Two passes: neighbours found in the IQR-scaled space,
+    # then again in the space scaled by the first estimate.
+    scale = iqr_scale
+    n_neighbors = min(5, X.shape[0] - 1)
+    for _ in range(2):
+        Z = (X - center) / scale
+        neighbours = NearestNeighbors(n_neighbors=n_neighbors + 1).fit(Z).kneighbors(Z, return_distance=False)
+        diffs = np.abs(X[:, None, :] - X[neighbours[:, 1:]]).reshape(-1, X.shape[1])
+        # median |difference of two draws| = 0.6745 * sqrt(2) * SD for normal data
+        within = np.median(diffs, axis=0) / (0.6745 * np.sqrt(2.0))
+        scale = np.maximum(within, iqr_scale / MAX_UPWEIGHT)
+    return center, scale
+
+
+def _consensus_matrix(
+    labels: list[np.ndarray], subsets: list[np.ndarray], k: int, co_sampled: np.ndarray
+) -> np.ndarray:
+    """Fraction of co-sampled resamples in which each pair shared a cluster (float32).
+
+    One-hot memberships of all resamples side by side make the co-clustering
+    counts a single matrix product, instead of an n x n update per resample.
+    """
+    m = co_sampled.shape[0]
+    onehot = np.zeros((m, len(labels) * k), dtype=np.float32)
+    for r, (idx, lab) in enumerate(zip(subsets, labels)):
+        onehot[idx, r * k + lab] = 1.0
+    together = onehot @ onehot.T
+    np.divide(together, co_sampled, out=together, where=co_sampled > 0)
+    together[co_sampled == 0] = 0.0
+    return together
+
+
+def _delta_area(areas: Mapping[int, float]) -> dict[int, float]:
+    """Monti's delta(k): relative gain of the CDF area over the best area of smaller k."""
+    out: dict[int, float] = {}
+    best_so_far = None
+    for k in sorted(areas):
+        if best_so_far is None:
+            out[k] = areas[k]
+        else:
+            out[k] = (areas[k] - best_so_far) / best_so_far if best_so_far > 0 else 0.0
+        best_so_far = areas[k] if best_so_far is None else max(best_so_far, areas[k])
+    return out
+
+
+def _relabel_by_size(labels: np.ndarray) -> np.ndarray:
+    """Renumber clusters 0..k-1 by decreasing size (ties by first appearance): stable ids."""
+    ids, first, counts = np.unique(labels, return_index=True, return_counts=True)
+    order = ids[np.lexsort((first, -counts))]
+    mapping = np.empty(ids.max() + 1, dtype=np.int64)
+    mapping[order] = np.arange(len(order))
+    return mapping[labels]
+
+
+# --------------------------------------------------------------------------------------
+# Naming subtypes from the catalog
+# --------------------------------------------------------------------------------------
+
+
+def _profile(signals: Iterable[str]) -> str:
+    """Immune profile implied by a set of signals (hyperactive / hypoactive)."""
+    found = set(signals)
+    hyper, hypo = "hyperactive" in found, "hypoactive" in found
+    if hyper and hypo:
+        return "mixed"
+    if hyper:
+        return "hyperactive"
+    if hypo:
+        return "hypoactive"
+    return "balanced"
+
+
+def _log_distance(marker: Marker, value: float, direction: str) -> float:
+    """How far outside the band ``value`` lies, in natural-log units (0 = on the edge).
+
+    Markers without a log transform use band widths instead, so distances stay
+    comparable in spirit (a rough order, used only to sort name parts).
+    """
+    low, high = marker.reference_band
+    bound = high if direction == "above" else low
+    if marker.transform == "log":
+        # A median at zero below a positive band is "infinitely" far in log units;
+        # a tiny floor keeps it finite and still largest.
+        tiny = 1e-9
+        ratio = max(value, tiny) / max(bound, tiny)
+        return abs(float(np.log(ratio)))
+    width = max(high - low, 1e-9)
+    return abs(value - bound) / width
+
+
+def _axis_part(marker: Marker, direction: str, signal: str) -> tuple[str, str, str]:
+    """Group key for one abnormal marker: (axis, compartment, suffix).
+
+    Blood axes are named by direction ("-high"/"-low"), endometrial axes by the
+    signal they point to ("-over" for hyperactive, "-under" for hypoactive),
+    because in the endometrium a low value can mean over-activation (few Tregs).
+    """
+    if marker.compartment == "endometrium":
+        suffix = "over" if signal == "hyperactive" else "under"
+    else:
+        suffix = "high" if direction == "above" else "low"
+    return marker.axis, marker.compartment, suffix
+
+
+def name_clusters(marker_medians: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
+    """Name each cluster by the immune axes whose markers sit outside their reference bands.
+
+    A marker is *abnormal* in a cluster when its median lies strictly outside the
+    catalog ``reference_band`` in a direction that has a ``signals`` entry.
+
+    An axis part (an axis in a compartment, in one direction; see below) is
+    *abnormal* when at least half of that axis's measured markers that could
+    signal in that direction are abnormal in it. Ties count (1 of 2 NK markers
+    is enough; 2 of 4 Th1 markers is enough), so a single-marker axis needs its
+    one marker. Markers with NaN medians do not count in either numerator or
+    denominator. Requiring half rather than one keeps a single stray marker on a
+    broad axis (Th1 has four) from naming a subtype.
+
+    Parts are named ``f"{axis}-high"`` / ``f"{axis}-low"`` in blood and
+    ``f"{axis}-over"`` (signal hyperactive) / ``f"{axis}-under"`` (signal
+    hypoactive) in the endometrium, joined with "+" in order of how far outside
+    the band their furthest marker lies (log units), largest first. No abnormal
+    part gives "balanced". The profile comes from the signals of the abnormal
+    parts only, so a subtype always maps to exactly one profile and "balanced"
+    always means profile balanced. Repeated names get "-2", "-3", ... in row
+    order.
+
+    Parameters
+    ----------
+    marker_medians : DataFrame
+        One row per cluster (index = cluster id), columns = catalog numeric
+        markers, values = cluster medians in the markers' original units; NaN
+        allowed. Columns that are not numeric catalog markers are ignored.
+    catalog : Catalog
+
+    Returns
+    -------
+    DataFrame
+        Columns ``cluster``, ``subtype``, ``profile``, ``abnormal_markers``
+        (";"-joined, every abnormal marker, furthest first, including those whose
+        axis did not reach the half-rule).
+    """
+    markers = [m for m in catalog.numeric_markers if m.name in marker_medians.columns and m.signals]
+    rows = []
+    for cluster, medians in marker_medians.iterrows():
+        # candidates[part] = markers on that part that are measured and could signal it
+        candidates: dict[tuple[str, str, str], int] = {}
+        hits: dict[tuple[str, str, str], list[tuple[float, str, str]]] = {}
+        abnormal: list[tuple[float, str]] = []
+        for marker in markers:
+            value = medians[marker.name]
+            if pd.isna(value):
+                continue
+            value = float(value)
+            low, high = marker.reference_band
+            for direction, signal in marker.signals.items():
+                part = _axis_part(marker, direction, signal)
+                candidates[part] = candidates.get(part, 0) + 1
+                outside = value > high if direction == "above" else value < low
+                if outside:
+                    distance = _log_distance(marker, value, direction)
+                    hits.setdefault(part, []).append((distance, marker.name, signal))
+                    abnormal.append((distance, marker.name))
+        parts = []
+        for part, found in hits.items():
+            if 2 * len(found) >= candidates[part]:
+                parts.append((max(d for d, _, _ in found), part, {s for _, _, s in found}))
+        parts.sort(key=lambda item: (-item[0], item[1]))
+        name = "+".join(f"{axis}-{suffix}" for _, (axis, _, suffix), _ in parts) or "balanced"
+        profile = _profile(s for _, _, signals in parts for s in signals)
+        abnormal.sort(key=lambda item: (-item[0], item[1]))
+        rows.append(
+            {
+                "cluster": cluster,
+                "subtype": name,
+                "profile": profile,
+                "abnormal_markers": ";".join(marker_name for _, marker_name in abnormal),
+            }
+        )
+    out = pd.DataFrame(rows, columns=["cluster", "subtype", "profile", "abnormal_markers"])
+    out["subtype"] = _disambiguate(out["subtype"].tolist())
+    return out
+
+
+def _disambiguate(names: list[str]) -> list[str]:
+    """Keep the first occurrence of a name; later ones become name-2, name-3, ..."""
+    taken = set(names)
+    seen: dict[str, int] = {}
+    result = []
+    for name in names:
+        count = seen.get(name, 0) + 1
+        seen[name] = count
+        if count == 1:
+            result.append(name)
+            continue
+        candidate, suffix = f"{name}-{count}", count
+        while candidate in taken:  # never collide with a name that exists already
+            suffix += 1
+            candidate = f"{name}-{suffix}"
+        taken.add(candidate)
+        result.append(candidate)
+    return result
+
+
+# --------------------------------------------------------------------------------------
+# Literature rule baseline
+# --------------------------------------------------------------------------------------
+
+
+def rule_profile(band_positions: pd.DataFrame, catalog: Catalog) -> pd.Series:
+    """Profile each patient by the catalog's band rules alone (the transparent baseline).
+
+    A patient is hyper-signalled when any marker is outside its band in a
+    direction whose catalog signal is ``hyperactive``, hypo-signalled likewise;
+    both gives ``mixed``, neither ``balanced``. Unmeasured markers (NaN) say
+    nothing, so a patient with no measured signalled marker is ``balanced``.
+
+    Parameters
+    ----------
+    band_positions : DataFrame
+        One row per patient, columns = numeric catalog markers, values -1 (below
+        band), 0 (within), +1 (above) or NaN. Other columns are ignored.
+    catalog : Catalog
+
+    Returns
+    -------
+    Series
+        Profile per patient, same index as ``band_positions``, named ``rule_profile``.
+    """
+    hyper = pd.Series(False, index=band_positions.index)
+    hypo = pd.Series(False, index=band_positions.index)
+    for marker in catalog.numeric_markers:
+        if marker.name not in band_positions.columns or not marker.signals:
+            continue
+        position = pd.to_numeric(band_positions[marker.name], errors="coerce")
+        bad = position.notna() & ~position.isin([-1, 0, 1])
+        if bad.any() or (band_positions[marker.name].notna() & position.isna()).any():
+            raise ValueError(f"band positions of {marker.name} must be -1, 0, +1 or NaN")
+        for direction, signal in marker.signals.items():
+            outside = position == (1 if direction == "above" else -1)
+            if signal == "hyperactive":
+                hyper |= outside
+            else:
+                hypo |= outside
+    profile = np.select([hyper & hypo, hyper, hypo], ["mixed", "hyperactive", "hypoactive"], "balanced")
+    return pd.Series(profile, index=band_positions.index, name="rule_profile", dtype=object)
+
+
+# --------------------------------------------------------------------------------------
+# Plots (pure: return a Figure, never write)
+# --------------------------------------------------------------------------------------
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    # A bare Figure on an Agg canvas: no pyplot global state, no GUI backend.
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_consensus(model: ConsensusClustering) -> Figure:
+    """Heatmap of the chosen consensus matrix, rows and columns ordered by cluster.
+
+    Within a cluster, rows are sorted by their mean consensus with the rest of
+    their cluster, so a clean block shows as solid and doubtful rows sit at its edge.
+
+    Parameters
+    ----------
+    model : fitted ConsensusClustering
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    check_is_fitted(model, "consensus_")
+    labels = model.labels_[model.consensus_items_]
+    consensus = model.consensus_
+    own = np.array([consensus[i, labels == labels[i]].mean() for i in range(len(labels))])
+    order = np.lexsort((-own, labels))
+    fig = _new_figure(6.0, 5.2)
+    ax = fig.add_subplot()
+    image = ax.imshow(consensus[np.ix_(order, order)], cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    edges = np.cumsum(np.bincount(labels, minlength=model.k_))[:-1] - 0.5
+    for edge in edges:
+        ax.axhline(edge, color="black", linewidth=0.6)
+        ax.axvline(edge, color="black", linewidth=0.6)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel("patients, ordered by cluster")
+    ax.set_ylabel("patients, ordered by cluster")
+    ax.set_title(
+        f"Consensus matrix, k = {model.k_} (PAC {model.pac_[model.k_]:.3f}, stability {model.stability_:.2f})"
+    )
+    fig.colorbar(image, ax=ax, label="fraction of resamples clustered together")
+    return fig
+
+
+def plot_k_selection(model: ConsensusClustering) -> Figure:
+    """PAC per k and the consensus CDF curves, with the chosen k marked.
+
+    Parameters
+    ----------
+    model : fitted ConsensusClustering
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    check_is_fitted(model, "pac_")
+    ks = sorted(model.pac_)
+    fig = _new_figure(10.0, 4.0)
+    ax_pac, ax_cdf = fig.subplots(1, 2)
+
+    ax_pac.plot(ks, [model.pac_[k] for k in ks], marker="o", color="tab:blue")
+    ax_pac.plot([model.k_], [model.pac_[model.k_]], marker="o", markersize=12, color="tab:red",
+                linestyle="none", label=f"chosen k = {model.k_}")
+    best = min(model.pac_.values())
+    ax_pac.axhspan(best, best + model.pac_tolerance, color="tab:red", alpha=0.1, label="tolerance band")
+    ax_pac.set_xticks(ks)
+    ax_pac.set_xlabel("k (number of clusters)")
+    ax_pac.set_ylabel(f"PAC (share of pairs with consensus in {PAC_WINDOW})")
+    ax_pac.set_title("Proportion of ambiguous clustering")
+    ax_pac.legend()
+
+    colors = [f"C{i % 10}" for i in range(len(ks))]
+    for k, color in zip(ks, colors):
+        x, y = model.cdf_[k]
+        chosen = k == model.k_
+        ax_cdf.step(x, y, where="post", color=color, linewidth=2.5 if chosen else 1.0,
+                    label=f"k = {k}" + (" (chosen)" if chosen else ""))
+    for edge in PAC_WINDOW:
+        ax_cdf.axvline(edge, color="grey", linestyle=":", linewidth=0.8)
+    ax_cdf.set_xlabel("consensus value")
+    ax_cdf.set_ylabel("CDF")
+    ax_cdf.set_title("Consensus CDF")
+    ax_cdf.legend(fontsize="small")
+    return fig

@@ -1,0 +1,127 @@
+"""Fitting an ImmuneProfiler and measuring it: the pure part of `rifml train`.
+
+Metrics are cross-validated: the profile model's calibration folds give
+out-of-fold probabilities for every training row (copies of one patient stay in
+one fold). Without labels they measure agreement with the named clusters.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from rifml.config import load_yaml
+from rifml.evaluation import (
+    classification_metrics,
+    mean_abs_contributions,
+    plot_calibration,
+    plot_confusion,
+    plot_shap_summary,
+    rule_metrics,
+)
+from rifml.features import band_position
+from rifml.pipeline import BOTH, ImmuneProfiler
+from rifml.subtypes import plot_consensus, plot_k_selection, rule_profile
+
+
+@dataclass
+class TrainingResult:
+    profiler: ImmuneProfiler
+    metrics: dict[str, float]
+    params: dict[str, object]
+    figures: dict[str, object] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    floors_met: bool = False
+    floor_failures: list[str] = field(default_factory=list)
+
+
+def load_train_config(path=None) -> dict:
+    return load_yaml(path, "train.yaml")
+
+
+def profiler_from_config(config: dict) -> ImmuneProfiler:
+    return ImmuneProfiler(
+        **config.get("model", {}),
+        **config.get("subtypes", {}),
+        **config.get("explain", {}),
+        random_state=config.get("random_state", 0),
+        n_jobs=config.get("n_jobs", 1),
+    )
+
+
+def check_floors(metrics: dict[str, float], floors: dict[str, float]) -> list[str]:
+    """Floors the model misses, in words (empty when it may become champion)."""
+    failures = []
+    for name, floor in floors.items():
+        if name.startswith("max_"):
+            value = metrics.get(f"cv_{name[4:]}", np.inf)
+            if not value <= floor:
+                failures.append(f"cv_{name[4:]} {value:.3f} > {floor}")
+        else:
+            value = metrics.get(f"cv_{name}", -np.inf)
+            if not value >= floor:
+                failures.append(f"cv_{name} {value:.3f} < {floor}")
+    return failures
+
+
+def train(panel: pd.DataFrame, labels: pd.Series | None, config: dict) -> TrainingResult:
+    """Fit the whole pipeline on a clean panel and compute metrics, plots and tables."""
+    started = time.perf_counter()
+    profiler = profiler_from_config(config).fit(panel, labels)
+    seconds = time.perf_counter() - started
+    catalog = profiler.catalog_
+    profiles = list(catalog.profiles)
+    model = profiler.profile_model_
+    truth = profiler.training_labels_
+    oof = model.oof_proba_
+
+    metrics = classification_metrics(truth, oof, profiles, prefix="cv_")
+    complete = profiler.training_coverage_ == BOTH
+    metrics.update(classification_metrics(truth[complete], oof[complete], profiles, prefix="cv_complete_"))
+    metrics.update(
+        {
+            "train_seconds": seconds,
+            "n_panels": float(len(panel)),
+            "n_training_rows": float(len(truth)),
+            "n_subtypes": float(profiler.clustering_.k_),
+            "subtype_stability": float(profiler.clustering_.stability_),
+            "subtype_pac": float(profiler.clustering_.pac_[profiler.clustering_.k_]),
+            "temperature": float(model.temperature_),
+        }
+    )
+    if profiler.supervised_:
+        labeled = labels.notna().to_numpy()
+        rules = rule_profile(band_position(panel.loc[labeled], catalog), catalog).to_numpy(dtype=object)
+        metrics.update(rule_metrics(labels[labeled].to_numpy(dtype=object), rules, profiles))
+
+    X = profiler.features_.transform(panel)
+    called = model.predict_proba(X).argmax(axis=1)
+    called_names = np.asarray(profiles, dtype=object)[called]
+    contributions = profiler.contributions(X, called)
+    figures = {
+        "confusion_matrix": plot_confusion(truth, np.asarray(profiles, dtype=object)[oof.argmax(axis=1)], profiles,
+                                           "Cross-validated calls" + ("" if profiler.supervised_ else " vs named clusters")),
+        "calibration_curve": plot_calibration(truth, oof, profiles),
+        "k_selection": plot_k_selection(profiler.clustering_),
+        "consensus_matrix": plot_consensus(profiler.clustering_),
+        "shap_summary": plot_shap_summary(contributions, panel.reset_index(drop=True), called_names,
+                                          "What drove each call (toward the called profile)"),
+    }
+    tables = {
+        "subtypes": profiler.subtype_table_.set_index("cluster"),
+        "mean_abs_shap_by_profile": mean_abs_contributions(contributions, called_names),
+    }
+    failures = check_floors(metrics, config.get("floors", {}))
+    params = {
+        "supervised": profiler.supervised_,
+        "catalog_version": catalog.catalog_version,
+        **{f"model.{k}": v for k, v in config.get("model", {}).items()},
+        **{f"subtypes.{k}": v for k, v in config.get("subtypes", {}).items()},
+        **{f"explain.{k}": v for k, v in config.get("explain", {}).items()},
+        **{f"floor.{k}": v for k, v in config.get("floors", {}).items()},
+        "random_state": config.get("random_state", 0),
+    }
+    return TrainingResult(profiler, metrics, params, figures, tables, not failures, failures)
