@@ -27,8 +27,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+# soft_wrap: long lines stay whole (paths, ids), so logs and tests can read them.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 _state = {"debug": False}
 Command = TypeVar("Command", bound=Callable[..., None])
 
@@ -176,6 +177,9 @@ def train(
     experiment: Annotated[Optional[str], typer.Option("--experiment", help="MLflow experiment name.")] = None,
     tracking_uri: TrackingOption = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="Training settings (default: configs/train.yaml).")] = None,
+    champion: Annotated[
+        bool, typer.Option("--champion/--no-champion", help="Point the champion alias here when the floors are met.")
+    ] = True,
     catalog: CatalogOption = None,
 ) -> None:
     """Learn subtypes and the calibrated profile call; log everything to MLflow and register the model."""
@@ -211,11 +215,12 @@ def train(
         metrics=result.metrics,
         figures=result.figures,
         tables=result.tables,
-        floors_met=result.floors_met,
+        floors_met=result.floors_met and champion,
         tags={"rifml.mode": "supervised" if labels is not None else "unsupervised"},
         registered_model=settings.get("registered_model", "rifml-immune-profile"),
     )
-    _print_training(result, logged, reasons, uri)
+    _print_training(result, logged, reasons, uri, champion)
+    return logged
 
 
 def _profile_labels(column, cat, name):
@@ -229,7 +234,7 @@ def _profile_labels(column, cat, name):
     return pd.Series(text.to_numpy(dtype=object), index=column.index).where(text.notna().to_numpy(), None)
 
 
-def _print_training(result, logged, reasons, uri) -> None:
+def _print_training(result, logged, reasons, uri, champion: bool) -> None:
     m = result.metrics
     table = Table(box=None, show_header=True, header_style="bold")
     table.add_column("cross-validated")
@@ -242,7 +247,13 @@ def _print_training(result, logged, reasons, uri) -> None:
     out.print(table)
     if reasons:
         out.print(f"rows rejected before training: {sum(reasons.values()):,} ({', '.join(f'{r} {c}' for r, c in reasons.most_common())})")
-    status = "alias champion now points here" if logged.champion else "NOT champion: " + "; ".join(result.floor_failures)
+    if logged.champion:
+        status = "alias champion now points here"
+    else:
+        reasons_not = [] if champion else ["champion alias left where it was (--no-champion)"]
+        if result.floor_failures:
+            reasons_not.append("below the floors of configs/train.yaml: " + "; ".join(result.floor_failures))
+        status = "not champion: " + "; ".join(reasons_not)
     out.print(f"registered rifml-immune-profile version {logged.version} ({status})")
     out.print(f"run {logged.run_id} in {uri}")
 
@@ -303,6 +314,35 @@ def score(
     if profiles:
         out.print("calls: " + ", ".join(f"{p} {profiles[p]:,}" for p in model_catalog.profiles if profiles[p]))
     print_accounting(scored, reasons, verb="scored")
+
+
+@app.command()
+@reports_errors
+def demo(
+    workdir: Annotated[Path, typer.Option("--workdir", help="Folder for every file the demo makes.")] = Path("rifml-demo"),
+    n: Annotated[int, typer.Option("--n", min=200, help="Panels in the training cohort.")] = 2000,
+) -> None:
+    """simulate -> validate -> train (with and without labels) -> score, end to end, in one folder."""
+    import os
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.chdir(workdir)
+    uri = f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    steps = [
+        ("simulate a training cohort (2% corrupt rows)", lambda: simulate(n=n, output=Path("cohort.csv"), seed=1, bad_share=0.02, truth=Path("cohort_truth.csv"), config=None, catalog=None)),
+        ("validate it", lambda: validate(input=Path("cohort.csv"), rejects=Path("cohort_rejects.csv"), output=None, chunk_rows=50_000, catalog=None)),
+        ("train with labels (registered, champion if it meets the floors)", lambda: train(data=Path("cohort.csv"), label_column="immune_profile", no_labels=False, experiment="rifml-demo", tracking_uri=uri, config=None, champion=True, catalog=None)),
+        ("train without labels: subtypes named into profiles (second run)", lambda: train(data=Path("cohort.csv"), label_column="immune_profile", no_labels=True, experiment="rifml-demo", tracking_uri=uri, config=None, champion=False, catalog=None)),
+        ("simulate a fresh batch to score", lambda: simulate(n=max(n // 2, 200), output=Path("batch.csv"), seed=2, bad_share=0.02, truth=Path("batch_truth.csv"), config=None, catalog=None)),
+        ("score it with the champion", lambda: score(input=Path("batch.csv"), output=Path("calls.csv"), rejects=Path("rejects.csv"), model=None, tracking_uri=uri, chunk_rows=50_000, catalog=None)),
+    ]
+    for number, (title, step) in enumerate(steps, 1):
+        out.rule(f"[bold]{number}/{len(steps)} {title}")
+        step()
+    out.rule("[bold]done")
+    here = Path.cwd()
+    out.print(f"everything is in {here}: cohort.csv, calls.csv, rejects.csv, mlflow.db (runs, plots, registered model)")
+    out.print(f"open the MLflow UI on this store:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
 
 
 def print_accounting(done: int, reasons: Counter[str], verb: str) -> None:

@@ -14,6 +14,7 @@ from threadpoolctl import threadpool_limits
 from sklearn.utils.validation import check_is_fitted
 
 from rifml.catalog import Catalog
+from rifml.errors import RifmlInputError
 from rifml.explain import InterventionalExplainer, marker_contributions, top_drivers
 from rifml.features import PanelFeatures, band_position
 from rifml.model import CalibratedBoostedClassifier
@@ -137,7 +138,7 @@ class ImmuneProfiler(BaseEstimator):
         coverage = self.features_.compartments(panel)
         complete = panel.loc[(coverage == BOTH).to_numpy()]
         if len(complete) < 30:
-            raise ValueError(f"subtype discovery needs at least 30 complete panels (blood and biopsy), got {len(complete)}")
+            raise RifmlInputError(f"subtype discovery needs at least 30 complete panels (blood and biopsy), got {len(complete)}")
 
         self._discover_subtypes(complete)
         subtypes = self.subtype_table_.set_index("cluster")

@@ -1,0 +1,108 @@
+"""train -> registry -> score end to end through the console script, with a real SQLite MLflow store."""
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from rifml.pipeline import calls_columns
+
+RIFML = str(Path(sys.executable).parent / "rifml")
+
+
+def rifml(*args, cwd, env=None):
+    environment = {**os.environ, **(env or {})}
+    environment.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([RIFML, *map(str, args)], cwd=cwd, capture_output=True, text=True, env=environment)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e")
+    assert rifml("simulate", "--n", 1500, "--seed", 3, "--bad-share", 0.02, "--output", "cohort.csv", cwd=work).returncode == 0
+    assert rifml("simulate", "--n", 800, "--seed", 4, "--bad-share", 0.03, "--output", "batch.csv", "--truth", "truth.csv", cwd=work).returncode == 0
+    result = rifml("train", "--data", "cohort.csv", "--experiment", "e2e", cwd=work)
+    assert result.returncode == 0, result.stderr
+    return work, result
+
+
+def test_train_logs_registers_and_crowns(trained):
+    work, result = trained
+    assert (work / "mlflow.db").exists()  # default store: sqlite in the working directory
+    assert "version 1 (alias champion now points here)" in result.stdout
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{work / 'mlflow.db'}")
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("rifml-immune-profile", "champion")
+    run = client.get_run(version.run_id)
+    for metric in ["cv_macro_f1", "cv_balanced_accuracy", "cv_ece", "rule_macro_f1", "subtype_stability", "cv_f1_mixed"]:
+        assert metric in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/confusion_matrix.png", "plots/calibration_curve.png", "plots/k_selection.png",
+            "plots/consensus_matrix.png", "plots/shap_summary.png"} <= artifacts
+
+
+def test_no_raw_patient_id_reaches_mlflow(trained):
+    work, _ = trained
+    ids = set(pd.read_csv(work / "cohort.csv", dtype=str, keep_default_na=False)["patient_id"]) - {""}
+    dump = "\n".join(sqlite3.connect(work / "mlflow.db").iterdump())
+    for path in (work / "mlartifacts").rglob("*"):
+        if path.is_file() and path.suffix in {".csv", ".json", ".txt", ".yaml", ".py", ""}:
+            dump += path.read_text(errors="ignore")
+    assert not [i for i in ids if i in dump]
+
+
+def test_score_writes_calls_and_rejects_accounting_for_every_row(trained, catalog):
+    work, _ = trained
+    result = rifml("score", "--input", "batch.csv", "--output", "calls.csv", "--rejects", "rejects.csv", cwd=work)
+    assert result.returncode == 0, result.stderr
+    batch = pd.read_csv(work / "batch.csv", dtype=str, keep_default_na=False)
+    truth = pd.read_csv(work / "truth.csv", dtype=str, keep_default_na=False)
+    calls = pd.read_csv(work / "calls.csv", dtype={"patient_id": str}, keep_default_na=False)
+    rejects = pd.read_csv(work / "rejects.csv", dtype=str, keep_default_na=False)
+    assert len(calls) + len(rejects) == len(batch)
+    assert f"rows in {len(batch):,} = scored {len(calls):,} + rejected {len(rejects):,}" in result.stdout
+    assert list(calls.columns[:14]) == calls_columns(catalog)[:14]
+    good = truth[truth["corruption"] == ""]
+    assert calls["patient_id"].tolist() == good["patient_id"].tolist()  # input order, no good row lost
+    assert set(rejects["row"].astype(int)) == set(truth.loc[truth["corruption"] != "", "row"].astype(int))
+
+
+def test_score_with_explicit_model_uri_and_missing_model(trained):
+    work, _ = trained
+    ok = rifml("score", "--input", "batch.csv", "--output", "c2.csv", "--rejects", "r2.csv",
+               "--model", "models:/rifml-immune-profile/1", cwd=work)
+    assert ok.returncode == 0, ok.stderr
+    assert (work / "c2.csv").read_bytes() == (work / "calls.csv").read_bytes() or (work / "calls.csv").exists()
+    missing = rifml("score", "--input", "batch.csv", "--output", "c3.csv", "--rejects", "r3.csv",
+                    "--model", "models:/no-such-model@champion", cwd=work)
+    assert missing.returncode == 2 and "cannot load model" in missing.stderr
+    assert not (work / "c3.csv").exists()
+
+
+def test_score_refuses_input_without_model_markers(trained):
+    work, _ = trained
+    (work / "odd.csv").write_text("patient_id,colour\nA,blue\n")
+    result = rifml("score", "--input", "odd.csv", "--output", "c4.csv", "--rejects", "r4.csv", cwd=work)
+    assert result.returncode == 2 and "marker columns" in result.stderr
+
+
+def test_train_without_labels_names_profiles_from_subtypes(trained):
+    work, _ = trained
+    result = rifml("train", "--data", "cohort.csv", "--no-labels", "--no-champion", "--experiment", "e2e", cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert "version 2" in result.stdout and "champion alias left where it was" in result.stdout
+
+
+def test_too_little_training_data_is_a_clear_error(tmp_path):
+    lines = ["patient_id,pb_nk_pct,immune_profile"] + [f"P{i},{5 + i % 7},{'sick' if i == 3 else 'balanced'}" for i in range(40)]
+    (tmp_path / "l.csv").write_text("\n".join(lines) + "\n")
+    result = rifml("train", "--data", "l.csv", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "complete panels" in result.stderr and "Traceback" not in result.stderr

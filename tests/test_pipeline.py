@@ -1,0 +1,152 @@
+"""The learning loop on simulated cohorts with known subtypes: the science bars of issue 4.
+
+Bars (stated here, measured on an independent test cohort, complete panels unless said):
+  with labels     macro-F1 >= 0.85, ECE of the called class <= 0.08
+  without labels  ARI(subtype, latent subtype) >= 0.60, macro-F1 of named profiles >= 0.70
+  drivers         for correctly called non-balanced patients, driver_1 is a truly shifted marker in >= 80%
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import adjusted_rand_score, f1_score
+
+from rifml.features import band_position
+from rifml.errors import RifmlInputError
+from rifml.model import expected_calibration_error
+from rifml.pipeline import ImmuneProfiler, calls_columns, mask_compartment
+from rifml.simulate import simulate_cohort
+from rifml.training import load_train_config, profiler_from_config
+from rifml.validate import validate_chunk
+
+
+def clean_cohort(catalog, n, seed):
+    cohort, truth = simulate_cohort(n, seed=seed, catalog=catalog)
+    checked = validate_chunk(cohort, np.arange(2, n + 2), catalog)
+    return checked.panel, truth.set_index("row").loc[checked.panel.index]
+
+
+@pytest.fixture(scope="module")
+def cohorts(catalog):
+    train, _ = clean_cohort(catalog, 2000, seed=101)
+    test, truth = clean_cohort(catalog, 2500, seed=202)
+    return train, test, truth
+
+
+@pytest.fixture(scope="module")
+def supervised(cohorts):
+    train, test, _ = cohorts
+    profiler = profiler_from_config(load_train_config()).fit(train, train["immune_profile"])
+    return profiler, profiler.call(test)
+
+
+@pytest.fixture(scope="module")
+def unsupervised(cohorts):
+    train, test, _ = cohorts
+    profiler = profiler_from_config(load_train_config()).fit(train.drop(columns="immune_profile"))
+    return profiler, profiler.call(test)
+
+
+def complete(truth):
+    return (truth["panel"] == "complete").to_numpy()
+
+
+def test_supervised_profile_call_and_calibration(cohorts, supervised, catalog):
+    _, _, truth = cohorts
+    _, calls = supervised
+    rows = complete(truth)
+    assert f1_score(truth["immune_profile"][rows], calls["immune_profile"][rows], average="macro") >= 0.85
+    proba = calls[[f"prob_{p}" for p in catalog.profiles]].to_numpy()
+    correct = calls["immune_profile"].to_numpy() == truth["immune_profile"].to_numpy()
+    assert expected_calibration_error(proba, correct) <= 0.08
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
+
+
+def test_partial_panels_are_called_with_wider_probabilities(cohorts, supervised):
+    _, _, truth = cohorts
+    _, calls = supervised
+    top = calls.filter(like="prob_").max(axis=1).to_numpy()
+    assert top[complete(truth)].mean() > top[~complete(truth)].mean() + 0.05
+    kinds = dict(zip(truth["panel"], calls["compartments"]))
+    assert kinds == {"complete": "blood+endometrium", "blood_only": "blood", "biopsy_only": "endometrium"}
+
+
+def test_unsupervised_subtypes_and_named_profiles(cohorts, unsupervised):
+    _, _, truth = cohorts
+    profiler, calls = unsupervised
+    rows = complete(truth)
+    assert adjusted_rand_score(truth["subtype"][rows], calls["subtype"][rows]) >= 0.60
+    assert f1_score(truth["immune_profile"][rows], calls["immune_profile"][rows], average="macro") >= 0.70
+    assert set(profiler.subtype_table_["profile"]) >= {"balanced", "hyperactive", "hypoactive"}
+
+
+@pytest.mark.parametrize("mode", ["supervised", "unsupervised"])
+def test_drivers_name_truly_abnormal_markers(request, cohorts, catalog, mode):
+    _, _, truth = cohorts
+    _, calls = request.getfixturevalue(mode)
+    right = (calls["immune_profile"].to_numpy() == truth["immune_profile"].to_numpy()) & (
+        truth["immune_profile"] != "balanced"
+    ).to_numpy()
+    shifted = truth["shifted_markers"].fillna("").str.split(";").to_numpy()
+    hits = np.array([d in s for d, s in zip(calls["driver_1"], shifted)])
+    assert right.sum() > 500
+    assert hits[right].mean() >= 0.80
+    drivers = set(calls[["driver_1", "driver_2", "driver_3"]].stack()) - {""}
+    assert drivers <= set(catalog.marker_names)
+
+
+def test_drivers_are_out_of_band_not_normal_rule_outs(cohorts, supervised, catalog):
+    """design.md: drivers of hyperactive/hypoactive calls are out-of-band markers; a Th1-high
+    patient's normal uterine markers (which merely rule out hypoactive) must not lead."""
+    _, test, truth = cohorts
+    _, calls = supervised
+    position = band_position(test, catalog).reset_index(drop=True)
+    first = calls["driver_1"].reset_index(drop=True)
+    leaning = calls["immune_profile"].isin(["hyperactive", "hypoactive"]).to_numpy() & (first != "").to_numpy()
+    out_of_band = [position.at[i, m] != 0 for i, m in first[leaning].items() if m in position]
+    assert np.mean(out_of_band) >= 0.80
+    th1 = (calls["immune_profile"] == "hyperactive").to_numpy() & (truth["subtype"] == "th1_high").to_numpy()
+    th1 &= complete(truth)  # with blood measured, the Th1 markers should explain the call
+    endometrial = {m.name for m in catalog.compartment_markers("endometrium")}
+    assert np.mean([d in endometrial for d in calls.loc[th1, "driver_1"]]) < 0.05
+
+
+def test_contributions_sum_to_margin_minus_expected(cohorts, supervised):
+    _, test, _ = cohorts
+    profiler, _ = supervised
+    X = profiler.features_.transform(test.iloc[:300])
+    margins = profiler.profile_model_.decision_function(X)
+    called = margins.argmax(axis=1)
+    per_marker = profiler.contributions(X, called)
+    expected = profiler.explainer_.expected_value_[np.searchsorted(profiler.profile_model_.booster_classes_, called)]
+    np.testing.assert_allclose(per_marker.sum(axis=1), margins[np.arange(300), called] - expected, atol=1e-9)
+
+
+def test_calls_follow_the_contract_in_input_order(cohorts, supervised, catalog):
+    _, test, _ = cohorts
+    _, calls = supervised
+    assert list(calls.columns[: len(calls_columns(catalog))]) == calls_columns(catalog)
+    assert calls["patient_id"].tolist() == test["patient_id"].tolist()
+    assert calls["immune_profile"].isin(catalog.profiles).all()
+
+
+def test_unknown_lab_is_flagged_not_failed(cohorts, supervised):
+    _, test, _ = cohorts
+    profiler, _ = supervised
+    moved = test.iloc[:20].assign(lab_id="lab_never_seen")
+    calls = profiler.call(moved)
+    assert calls["unknown_lab"].all() and calls["immune_profile"].notna().all()
+
+
+def test_mask_compartment_hides_only_that_compartment(cohorts, catalog):
+    train, _, _ = cohorts
+    masked = mask_compartment(train.iloc[:50], catalog, "endometrium")
+    for marker in catalog.compartment_markers("endometrium"):
+        assert masked[marker.name].isna().all()
+    assert masked["pb_nk_pct"].equals(train.iloc[:50]["pb_nk_pct"])
+
+
+def test_too_few_complete_panels_is_refused(catalog):
+    panel = pd.DataFrame({"patient_id": ["a", "b"], "pb_nk_pct": [1.0, 2.0]})
+    with pytest.raises(RifmlInputError, match="complete panels"):
+        ImmuneProfiler().fit(panel)
