@@ -106,3 +106,18 @@ def test_too_little_training_data_is_a_clear_error(tmp_path):
     result = rifml("train", "--data", "l.csv", cwd=tmp_path)
     assert result.returncode == 2
     assert "complete panels" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_score_refuses_a_model_from_another_catalog_version(trained, tmp_path):
+    import yaml
+
+    from rifml.config import config_dir
+
+    work, _ = trained
+    data = yaml.safe_load((config_dir() / "markers.yaml").read_text())
+    data["catalog_version"] = "9.9"
+    (tmp_path / "markers.yaml").write_text(yaml.safe_dump(data))
+    result = rifml("score", "--input", "batch.csv", "--output", "c5.csv", "--rejects", "r5.csv",
+                   "--catalog", tmp_path / "markers.yaml", cwd=work)
+    assert result.returncode == 2
+    assert "catalog 1.0" in result.stderr and "9.9" in result.stderr

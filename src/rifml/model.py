@@ -133,7 +133,8 @@ class CalibratedBoostedClassifier(ClassifierMixin, BaseEstimator):
         return softmax(self.decision_function(X) / self.temperature_, axis=1)
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[self.decision_function(X).argmax(axis=1)]
+        margins = self.decision_function(X)
+        return self.classes_[margins.argmax(axis=1)]
 
 
 def _fit_temperature(margins: np.ndarray, codes: np.ndarray) -> float:

@@ -93,6 +93,11 @@ def parse_numeric(column: pd.Series, censorable: bool) -> _Parsed:
     present = np.ones(n, dtype=bool)
     censored = np.zeros(n, dtype=bool)
     rest = np.flatnonzero(~np.isfinite(values))
+    cells = column.to_numpy(dtype=object)[rest]
+    # Empty cells are common (partial panels); settle them without string machinery.
+    blank = pd.isna(cells) | (cells == "")
+    present[rest[blank]] = False
+    rest = rest[~blank]
     if len(rest):
         text = _as_text(column.iloc[rest])
         empty = (text == "").to_numpy()
@@ -101,9 +106,9 @@ def parse_numeric(column: pd.Series, censorable: bool) -> _Parsed:
         # Python's float() would take "nan", "inf" and "1_0"; labs mean none of those as a number.
         numeric = body.str.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?").to_numpy(dtype=bool)
         values[rest] = pd.to_numeric(body.where(numeric, None), errors="coerce").to_numpy(dtype="float64")
+        overflow = numeric & ~np.isfinite(values[rest])  # e.g. "1e400"
         present[rest] = ~empty
         censored[rest] = is_censor & numeric
-        overflow = numeric & ~np.isfinite(values[rest])  # e.g. "1e400"
         problem[rest[~empty & (~numeric | overflow)]] = NOT_A_NUMBER
         values[rest[overflow]] = np.nan
     if not censorable:

@@ -1,0 +1,65 @@
+"""The calibrated boosted classifier: calibration does its job and the sklearn contract holds."""
+
+import pickle
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.metrics import log_loss
+
+from rifml.model import CalibratedBoostedClassifier, expected_calibration_error
+
+
+def noisy_data(seed=0, n=1200):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 6))
+    X[rng.random(X.shape) < 0.1] = np.nan
+    logits = np.column_stack([np.nan_to_num(X[:, 0]), np.nan_to_num(X[:, 1]), -np.nan_to_num(X[:, 0]), np.zeros(n)])
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    y = np.array([rng.choice(["a", "b", "c", "d"], p=row) for row in p], dtype=object)
+    return X, y
+
+
+def test_probabilities_are_calibrated_on_new_data():
+    X, y = noisy_data(0)
+    X_new, y_new = noisy_data(1)
+    model = CalibratedBoostedClassifier(n_estimators=200, learning_rate=0.2, num_leaves=16).fit(X, y)
+    proba = model.predict_proba(X_new)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    # an over-fitted booster is over-confident: the temperature must cool it down
+    assert model.temperature_ > 1.0
+    raw = np.exp(model.decision_function(X_new))
+    raw /= raw.sum(axis=1, keepdims=True)
+    assert log_loss(y_new, proba, labels=model.classes_) < log_loss(y_new, raw, labels=model.classes_)
+    assert expected_calibration_error(proba, model.predict(X_new) == y_new) < 0.08
+
+
+def test_fixed_class_order_with_an_absent_class():
+    X, y = noisy_data(2)
+    y = np.where(y == "d", "a", y)
+    model = CalibratedBoostedClassifier(classes=["a", "b", "c", "d"], n_estimators=20).fit(X, y)
+    proba = model.predict_proba(X)
+    assert list(model.classes_) == ["a", "b", "c", "d"]
+    assert np.all(proba[:, 3] == 0)
+    with pytest.raises(ValueError, match="outside classes"):
+        CalibratedBoostedClassifier(classes=["a", "b"]).fit(X, y)
+
+
+def test_estimator_contract():
+    X, y = noisy_data(3, n=300)
+    model = CalibratedBoostedClassifier(n_estimators=10)
+    with pytest.raises(NotFittedError):
+        model.predict(X)
+    assert clone(model).get_params() == model.get_params()
+    fitted = model.fit(X, y)
+    assert fitted is model
+    again = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(again.predict_proba(X), model.predict_proba(X))
+    assert len(model.oof_proba_) == len(X)
+
+
+def test_ece_on_known_cases():
+    perfect = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert expected_calibration_error(perfect, np.array([True, True])) == 0.0
+    assert expected_calibration_error(np.array([[0.9, 0.1]] * 10), np.array([True] * 5 + [False] * 5)) == pytest.approx(0.4)
