@@ -192,8 +192,12 @@ class PanelFile:
             yield pd.Series(ids, dtype=object)
 
     def duplicate_ids(self) -> frozenset[str]:
-        """Ids (stripped, non-empty) that occur on more than one row of the whole file."""
+        """Ids (stripped, non-empty) that occur on more than one row of the whole file.
+
+        Also sets ``row_count`` (data rows in the file), known after this first pass.
+        """
         parts = [ids.astype("string").fillna("").str.strip() for ids in self.patient_ids()]
+        self.row_count = sum(len(p) for p in parts)
         if not parts:
             return frozenset()
         ids = pd.concat(parts, ignore_index=True)

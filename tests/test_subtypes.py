@@ -1,0 +1,323 @@
+"""Tests for rifml.subtypes: consensus clustering, catalog-driven naming, rule baseline, plots."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+from sklearn.base import clone
+from sklearn.metrics import adjusted_rand_score
+
+from rifml.catalog import load_catalog
+from rifml.subtypes import (
+    ConsensusClustering,
+    name_clusters,
+    plot_consensus,
+    plot_k_selection,
+    rule_profile,
+    select_k,
+)
+
+# Bar for recovering known synthetic groups: adjusted Rand index >= 0.9.
+ARI_BAR = 0.9
+
+SIZES = {4: [0.3, 0.3, 0.3, 0.1], 5: [0.3, 0.3, 0.2, 0.1, 0.1], 6: [0.3, 0.2, 0.2, 0.1, 0.1, 0.1]}
+
+
+def subtype_blobs(k: int, n: int = 600, p: int = 15, shift: float = 3.0, seed: int = 0):
+    """Gaussian groups of unequal size (10%-30%) that each shift only 2-4 of p markers.
+
+    Like immune subtypes: one group sits at baseline, every other group moves a
+    few markers by ``shift`` standard deviations; any two groups differ by at
+    least ``shift`` in two markers (else they would not be distinct subtypes).
+    """
+    rng = np.random.default_rng(seed)
+    while True:
+        centers = np.zeros((k, p))
+        for g in range(1, k):
+            dims = rng.choice(p, rng.integers(2, 5), replace=False)
+            centers[g, dims] = rng.choice([-1.0, 1.0], len(dims)) * shift
+        gaps = np.sqrt(((centers[:, None] - centers[None]) ** 2).sum(-1))[np.triu_indices(k, 1)]
+        if gaps.min() >= np.sqrt(2) * shift - 1e-9:
+            break
+    counts = (np.array(SIZES[k]) * n).astype(int)
+    counts[0] += n - counts.sum()
+    truth = np.repeat(np.arange(k), counts)
+    # an arbitrary offset and a per-marker spread: the estimator must scale for itself
+    spread = rng.uniform(0.5, 2.0, p)
+    X = 2.0 + (centers[truth] + rng.normal(size=(n, p))) * spread
+    return X, truth
+
+
+@pytest.fixture(scope="module")
+def fitted() -> dict[int, tuple[ConsensusClustering, np.ndarray]]:
+    out = {}
+    for k in (4, 5, 6):
+        X, truth = subtype_blobs(k, seed=k)
+        out[k] = (ConsensusClustering(k_max=7, n_resamples=20, random_state=1).fit(X), truth)
+    return out
+
+
+# -- consensus clustering ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [4, 5, 6])
+def test_recovers_number_of_groups_and_membership(fitted, k):
+    model, truth = fitted[k]
+    assert model.k_ == k, model.pac_
+    assert adjusted_rand_score(truth, model.labels_) >= ARI_BAR
+
+
+@pytest.mark.parametrize("k", [4, 5, 6])
+def test_pac_jumps_right_after_the_true_k(fitted, k):
+    model, _ = fitted[k]
+    # Splitting a real group is unstable: PAC rises clearly right after the true k.
+    assert model.pac_[k] < model.pac_[k + 1] - 0.05
+
+
+def test_pac_lower_at_true_k_than_at_k2_on_well_separated_groups():
+    """Four equal, equidistant groups: any 2-way split is arbitrary, so k=2 is ambiguous.
+
+    (On the subtype blobs above PAC at k=2 can be ~0 too, because KMeans merges
+    the same close groups every time: the small-k bias the k rule guards against.)
+    """
+    rng = np.random.default_rng(2)
+    centers = np.hstack([8.0 * np.eye(4), np.zeros((4, 6))])
+    truth = np.repeat(np.arange(4), 75)
+    X = centers[truth] + rng.normal(size=(300, 10))
+    model = ConsensusClustering(k_max=6, n_resamples=15).fit(X)
+    assert model.pac_[4] < model.pac_[2] - 0.1
+    assert model.k_ == 4
+
+
+def test_learned_attributes_are_consistent(fitted):
+    model, truth = fitted[5]
+    n, k = len(truth), model.k_
+    assert model.labels_.shape == (n,) and set(np.unique(model.labels_)) == set(range(k))
+    assert model.centers_.shape == (k, 15)
+    assert model.consensus_.dtype == np.float32
+    m = len(model.consensus_items_)
+    assert model.consensus_.shape == (m, m)
+    assert np.allclose(np.diag(model.consensus_), 1.0)
+    assert np.allclose(model.consensus_, model.consensus_.T)
+    assert set(model.pac_) == set(model.cdf_) == set(range(2, 8))
+    x, y = model.cdf_[k]
+    assert x.shape == y.shape and np.all(np.diff(y) >= 0) and y[-1] == pytest.approx(1.0)
+    assert 0.9 <= model.stability_ <= 1.0
+    # predict on training rows agrees with the fitted labels almost everywhere
+    X, _ = subtype_blobs(5, seed=5)
+    assert np.mean(model.predict(X) == model.labels_) > 0.97
+
+
+def test_centers_are_in_original_units():
+    X, truth = subtype_blobs(4, n=400, seed=11)
+    model = ConsensusClustering(k_min=4, k_max=4, n_resamples=5).fit(X)
+    for c in range(4):
+        assert np.allclose(model.centers_[c], X[model.labels_ == c].mean(axis=0))
+
+
+def test_fit_returns_self_and_is_deterministic():
+    X, _ = subtype_blobs(4, n=300, seed=3)
+    model = ConsensusClustering(k_max=5, n_resamples=8, random_state=7)
+    assert model.fit(X) is model
+    again = clone(model).fit(X)
+    assert np.array_equal(model.labels_, again.labels_)
+    assert model.pac_ == again.pac_
+    assert np.array_equal(model.consensus_, again.consensus_)
+
+
+def test_max_items_caps_the_consensus_matrix_but_labels_every_row():
+    X, truth = subtype_blobs(4, n=500, seed=4)
+    model = ConsensusClustering(k_max=5, n_resamples=10, max_items=200).fit(X)
+    assert model.consensus_.shape == (200, 200)
+    assert model.labels_.shape == (500,)
+    assert adjusted_rand_score(truth, model.labels_) >= ARI_BAR
+
+
+def test_select_k_prefers_largest_k_within_tolerance():
+    # k=2 has the smallest PAC but k=4 is within tolerance; k=5 is not.
+    assert select_k({2: 0.001, 3: 0.02, 4: 0.04, 5: 0.2}, tolerance=0.05) == 4
+    assert select_k({2: 0.001, 3: 0.02, 4: 0.04, 5: 0.2}, tolerance=0.0) == 2
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"k_min": 1}, {"k_max": 1}, {"subsample": 0.0}, {"n_resamples": 1}, {"scaling": "zscore"}],
+)
+def test_bad_parameters_are_rejected(params):
+    X, _ = subtype_blobs(4, n=100, seed=0)
+    with pytest.raises(ValueError):
+        ConsensusClustering(**params).fit(X)
+
+
+def test_missing_values_are_rejected():
+    X, _ = subtype_blobs(4, n=100, seed=0)
+    X[0, 0] = np.nan
+    with pytest.raises(ValueError):
+        ConsensusClustering(n_resamples=2).fit(X)
+
+
+# -- naming --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return load_catalog()
+
+
+def _inside(marker) -> float:
+    low, high = marker.reference_band
+    return np.sqrt(low * high) if low > 0 else high / 2.0
+
+
+def _medians(catalog, n_clusters: int) -> pd.DataFrame:
+    """All numeric markers comfortably inside their bands."""
+    row = {m.name: _inside(m) for m in catalog.numeric_markers}
+    return pd.DataFrame([row] * n_clusters, index=pd.Index(range(n_clusters), name="cluster"))
+
+
+def _markers(catalog, axis: str, compartment: str, direction: str, signal: str) -> list[str]:
+    return [
+        m.name
+        for m in catalog.numeric_markers
+        if m.axis == axis and m.compartment == compartment and m.signals.get(direction) == signal
+    ]
+
+
+def _push(medians, cluster, marker, direction: str, factor: float) -> None:
+    low, high = marker.reference_band
+    medians.loc[cluster, marker.name] = high * factor if direction == "above" else low / factor
+
+
+def test_just_inside_is_balanced_just_outside_is_named(catalog):
+    """A single-marker blood axis: on the band edge is normal, 1% past it is abnormal."""
+    marker = next(
+        m for m in catalog.numeric_markers
+        if m.compartment == "blood" and m.signals and m.axis != "none"
+        and sum(1 for o in catalog.numeric_markers if o.axis == m.axis and o.signals) == 1
+    )
+    direction, signal = next(iter(marker.signals.items()))
+    medians = _medians(catalog, 2)
+    _push(medians, 0, marker, direction, 1.0)   # exactly on the edge: inside
+    _push(medians, 1, marker, direction, 1.01)  # just outside
+    out = name_clusters(medians, catalog)
+    assert out.loc[0, "subtype"] == "balanced" and out.loc[0, "profile"] == "balanced"
+    suffix = "high" if direction == "above" else "low"
+    assert out.loc[1, "subtype"] == f"{marker.axis}-{suffix}"
+    assert out.loc[1, "profile"] == signal
+    assert out.loc[1, "abnormal_markers"] == marker.name
+
+
+def test_all_within_bands_is_balanced(catalog):
+    out = name_clusters(_medians(catalog, 3), catalog)
+    assert list(out.columns) == ["cluster", "subtype", "profile", "abnormal_markers"]
+    assert list(out["cluster"]) == [0, 1, 2]
+    assert list(out["profile"]) == ["balanced"] * 3
+    assert list(out["subtype"]) == ["balanced", "balanced-2", "balanced-3"]
+    assert (out["abnormal_markers"] == "").all()
+
+
+def test_th1_high_with_endometrial_under_is_mixed_and_ordered_by_distance(catalog):
+    th1 = _markers(catalog, "th1", "blood", "above", "hyperactive")
+    under = _markers(catalog, "endometrial", "endometrium", "below", "hypoactive")
+    medians = _medians(catalog, 2)
+    for name in th1:
+        _push(medians, 0, catalog.by_name[name], "above", 3.0)  # log(3) outside
+        _push(medians, 1, catalog.by_name[name], "above", 1.5)
+    for name in under:
+        _push(medians, 0, catalog.by_name[name], "below", 1.5)
+        _push(medians, 1, catalog.by_name[name], "below", 3.0)
+    out = name_clusters(medians, catalog).set_index("cluster")
+    assert out.loc[0, "subtype"] == "th1-high+endometrial-under"
+    assert out.loc[1, "subtype"] == "endometrial-under+th1-high"
+    assert (out["profile"] == "mixed").all()
+    assert set(out.loc[0, "abnormal_markers"].split(";")) == set(th1) | set(under)
+
+
+def test_axis_needs_half_of_its_markers(catalog):
+    th1 = _markers(catalog, "th1", "blood", "above", "hyperactive")
+    assert len(th1) >= 3, "test assumes a broad th1 axis"
+    medians = _medians(catalog, 2)
+    _push(medians, 0, catalog.by_name[th1[0]], "above", 2.0)  # one of several: not enough
+    for name in th1[: (len(th1) + 1) // 2]:                     # half: enough
+        _push(medians, 1, catalog.by_name[name], "above", 2.0)
+    out = name_clusters(medians, catalog)
+    assert out.loc[0, "subtype"] == "balanced" and out.loc[0, "profile"] == "balanced"
+    assert out.loc[0, "abnormal_markers"] == th1[0]  # still reported as evidence
+    assert out.loc[1, "subtype"] == "th1-high" and out.loc[1, "profile"] == "hyperactive"
+
+
+def test_endometrial_low_treg_reads_as_over_activation(catalog):
+    """In the endometrium the name follows the signal, not the direction."""
+    low_means_over = [
+        m for m in catalog.numeric_markers
+        if m.compartment == "endometrium" and m.signals.get("below") == "hyperactive"
+    ]
+    over = _markers(catalog, "endometrial", "endometrium", "above", "hyperactive")
+    medians = _medians(catalog, 1)
+    for name in over[:2]:
+        _push(medians, 0, catalog.by_name[name], "above", 2.0)
+    for marker in low_means_over:
+        _push(medians, 0, marker, "below", 2.0)
+    out = name_clusters(medians, catalog)
+    assert out.loc[0, "subtype"] == "endometrial-over"
+    assert out.loc[0, "profile"] == "hyperactive"
+
+
+def test_duplicate_names_are_disambiguated_and_nan_is_unmeasured(catalog):
+    nk = _markers(catalog, "nk", "blood", "above", "hyperactive")
+    medians = _medians(catalog, 3)
+    for cluster in (0, 2):
+        _push(medians, cluster, catalog.by_name[nk[0]], "above", 2.0)
+    medians.loc[:, nk[1:]] = np.nan  # other NK markers not measured: one of one is enough
+    medians[[c for c in medians.columns if c.startswith("em_")]] = np.nan
+    out = name_clusters(medians, catalog)
+    assert list(out["subtype"]) == ["nk-high", "balanced", "nk-high-2"]
+    assert list(out["profile"]) == ["hyperactive", "balanced", "hyperactive"]
+
+
+# -- rule baseline -------------------------------------------------------------------------
+
+
+def test_rule_profile_truth_table(catalog):
+    markers = catalog.numeric_markers
+    up_hyper = next(m.name for m in markers if m.signals == {"above": "hyperactive"})
+    down_hyper = next(m.name for m in markers if m.signals == {"below": "hyperactive"})
+    down_hypo = next(m.name for m in markers if m.signals.get("below") == "hypoactive")
+    silent = next(m.name for m in markers if not m.signals)
+    cols = [up_hyper, down_hyper, down_hypo, silent]
+    rows = {
+        "all within": ([0, 0, 0, 0], "balanced"),
+        "high, hyper signal": ([1, 0, 0, 0], "hyperactive"),
+        "low, hyper signal": ([0, -1, 0, 0], "hyperactive"),
+        "out, no signal that way": ([-1, 1, 0, 0], "balanced"),
+        "hypo only": ([0, 0, -1, 0], "hypoactive"),
+        "both": ([1, 0, -1, 0], "mixed"),
+        "silent marker out": ([0, 0, 0, 1], "balanced"),
+        "hypo plus missing": ([np.nan, np.nan, -1, np.nan], "hypoactive"),
+        "nothing measured": ([np.nan] * 4, "balanced"),
+    }
+    positions = pd.DataFrame([v for v, _ in rows.values()], index=list(rows), columns=cols)
+    positions["not_a_marker"] = 1  # ignored
+    got = rule_profile(positions, catalog)
+    assert got.name == "rule_profile"
+    assert got.to_dict() == {case: expected for case, (_, expected) in rows.items()}
+
+
+def test_rule_profile_rejects_other_codes(catalog):
+    name = catalog.numeric_markers[0].name
+    with pytest.raises(ValueError):
+        rule_profile(pd.DataFrame({name: [2]}), catalog)
+
+
+# -- plots ---------------------------------------------------------------------------------
+
+
+def test_plots_return_figures_with_axes(fitted):
+    model, _ = fitted[4]
+    for fig in (plot_consensus(model), plot_k_selection(model)):
+        assert isinstance(fig, Figure)
+        assert fig.axes
+        fig.canvas.draw()  # renders on Agg without error
+    assert len(plot_k_selection(model).axes) == 2
