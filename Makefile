@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/rifml demo --workdir rifml-demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q tests --nbmake notebooks
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_score.py --n $${N:-100000}

@@ -11,7 +11,7 @@ import traceback
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated, Callable, Optional, TypeVar
+from typing import Annotated, Callable, Literal, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -269,7 +269,12 @@ def score(
     ] = None,
     tracking_uri: TrackingOption = None,
     chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, help="Rows per chunk.")] = 50_000,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     catalog: CatalogOption = None,
+    engine: Annotated[
+        Literal["local", "spark"],
+        typer.Option("--engine", help="local: this process, in chunks; spark: a Spark UDF (see README, Spark and REST)."),
+    ] = "local",
 ) -> None:
     """Call immune profiles for a batch, with probabilities, subtype and the markers that drove each call."""
     from rifml.catalog import load_catalog
@@ -298,19 +303,27 @@ def score(
     reasons: Counter[str] = Counter()
     profiles: Counter[str] = Counter()
     scored = 0
-    with ExitStack() as stack:
-        reject_writer = stack.enter_context(AtomicCsvWriter(rejects, columns=REJECT_COLUMNS))
-        calls_writer = stack.enter_context(AtomicCsvWriter(output))
-        for chunk in validated_chunks(panel_file):
-            reject_writer.write(chunk.rejects)
-            reasons.update(chunk.rejects["reason"])
-            if len(chunk.panel):
-                calls = profiler.call(chunk.panel)
-                calls_writer.write(calls)
-                profiles.update(calls["immune_profile"])
-                scored += len(calls)
-        if scored == 0:  # still give the calls file its header
-            calls_writer.columns = calls_columns(model_catalog)
+    if engine == "spark":
+        from rifml.spark_engine import score_with_spark
+
+        spark_run = score_with_spark(panel_file, model_uri, output, rejects)
+        scored, reasons, profiles = spark_run.scored, spark_run.reasons, spark_run.profiles
+    else:
+        with ExitStack() as stack:
+            reject_writer = stack.enter_context(AtomicCsvWriter(rejects, columns=REJECT_COLUMNS))
+            calls_writer = stack.enter_context(AtomicCsvWriter(output))
+            progress = stack.enter_context(RowProgress("scoring", quiet))
+            for chunk in validated_chunks(panel_file):
+                reject_writer.write(chunk.rejects)
+                reasons.update(chunk.rejects["reason"])
+                if len(chunk.panel):
+                    calls = profiler.call(chunk.panel)
+                    calls_writer.write(calls)
+                    profiles.update(calls["immune_profile"])
+                    scored += len(calls)
+                progress.advance(len(chunk.panel) + len(chunk.rejects), panel_file.row_count)
+            if scored == 0:  # still give the calls file its header
+                calls_writer.columns = calls_columns(model_catalog)
     if profiles:
         out.print("calls: " + ", ".join(f"{p} {profiles[p]:,}" for p in model_catalog.profiles if profiles[p]))
     print_accounting(scored, reasons, verb="scored")
@@ -342,7 +355,82 @@ def demo(
     out.rule("[bold]done")
     here = Path.cwd()
     out.print(f"everything is in {here}: cohort.csv, calls.csv, rejects.csv, mlflow.db (runs, plots, registered model)")
-    out.print(f"open the MLflow UI on this store:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
+    out.print(f"open the MLflow UI on this store:  rifml ui --tracking-uri {uri}")
+
+
+class RowProgress:
+    """A rich progress bar over rows, on stderr; silent under --quiet or when stderr is not a terminal."""
+
+    def __init__(self, label: str, quiet: bool):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.enabled = not quiet and err.is_terminal
+        self._progress = Progress(
+            TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err, transient=True
+        )
+        self._task = None
+
+    def __enter__(self) -> "RowProgress":
+        if self.enabled:
+            self._progress.start()
+        return self
+
+    def advance(self, rows: int, total: int | None) -> None:
+        if not self.enabled:
+            return
+        if self._task is None:
+            self._task = self._progress.add_task("rows", total=total)
+        self._progress.update(self._task, advance=rows)
+
+    def __exit__(self, *exc_info) -> None:
+        if self.enabled:
+            self._progress.stop()
+
+
+@app.command()
+@reports_errors
+def ui(
+    tracking_uri: TrackingOption = None,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 5000,
+    host: Annotated[str, typer.Option("--host", help="Interface to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+) -> None:
+    """Open the MLflow UI (runs, plots, registered model) on the store train and score use; Ctrl-C stops it."""
+    from rifml.tracking import resolve_tracking_uri
+    from rifml.ui import running_ui, ui_links, wait_for_interrupt
+
+    uri = resolve_tracking_uri(tracking_uri)
+    err.print(f"starting the MLflow UI on {uri} ...")
+    with running_ui(uri, host, port) as server:
+        out.print(f"MLflow UI at {server.url} (Ctrl-C stops it; server log {server.log_path})")
+        for label, link in ui_links(server).items():
+            out.print(f"  {label}: {link}")
+        wait_for_interrupt(server)
+    err.print("MLflow UI stopped")
+
+
+@app.command()
+@reports_errors
+def report(
+    input: Annotated[Path, typer.Option("--input", help="The panel file that was scored (.csv or .parquet).")],
+    calls: Annotated[Path, typer.Option("--calls", help="Calls file written by `rifml score` for that panel file.")],
+    output: Annotated[Path, typer.Option("--output", help="Report folder to write (index.html and patients/).")],
+    model: Annotated[
+        Optional[str], typer.Option("--model", help="MLflow model URI the calls came from (default: models:/rifml-immune-profile@champion).")
+    ] = None,
+    tracking_uri: TrackingOption = None,
+    rejects: Annotated[Optional[Path], typer.Option("--rejects", help="Rejects file of that run, summarized by reason.")] = None,
+) -> None:
+    """Write a self-contained HTML report: the cohort page and one page per patient (a local folder; ids stay out of MLflow)."""
+    from rifml.report import generate_report
+    from rifml.tracking import connect, load_profiler
+
+    connect(tracking_uri)
+    model_uri = model or "models:/rifml-immune-profile@champion"
+    profiler, metadata = load_profiler(model_uri)
+    summary = generate_report(profiler, model_uri, metadata, panels=input, calls=calls, output=output, rejects=rejects)
+    if summary.changed_calls:
+        err.print(f"warning: {summary.changed_calls:,} calls are not reproduced by {model_uri}: were they scored with another model?")
+    out.print(f"wrote {summary.output / 'index.html'} and {summary.patients:,} patient pages in {summary.seconds:.1f} s")
 
 
 def print_accounting(done: int, reasons: Counter[str], verb: str) -> None:

@@ -132,8 +132,8 @@ def _categories(panel: pd.DataFrame, marker: Marker) -> pd.Series:
     """Canonical category per row, NaN where missing, absent or unrecognised."""
     if marker.name not in panel.columns:
         return pd.Series(np.nan, index=panel.index, dtype=object)
-    lookup = marker.category_lookup
-    return panel[marker.name].map(lambda v: np.nan if pd.isna(v) else lookup.get(str(v).strip().lower(), np.nan))
+    text = panel[marker.name].astype("string").str.strip().str.lower()
+    return text.map(marker.category_lookup).astype(object).where(text.notna(), np.nan)
 
 
 def _lab_ids(panel: pd.DataFrame) -> pd.Series:
@@ -161,21 +161,29 @@ def _require_frame(panel: Any) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------
 
 
-def panel_compartments(panel_df: pd.DataFrame, catalog: Catalog) -> pd.Series:
-    """Which compartments each row measured, e.g. "blood+endometrium", "blood", or "none".
-
-    A compartment counts when at least one of its markers (numeric or categorical) is present.
-    """
-    measured = {
+def compartments_measured(panel_df: pd.DataFrame, catalog: Catalog) -> dict[str, np.ndarray]:
+    """Per compartment, a bool per row: at least one of its markers (numeric or categorical) is present."""
+    return {
         compartment: np.column_stack(
             [_measured(panel_df, m).to_numpy() for m in catalog.compartment_markers(compartment)]
         ).any(axis=1)
         for compartment in catalog.compartments
     }
-    names = [
-        "+".join(c for c in catalog.compartments if measured[c][row]) or "none" for row in range(len(panel_df))
-    ]
-    return pd.Series(names, index=panel_df.index, dtype=object, name="compartments")
+
+
+def panel_compartments(panel_df: pd.DataFrame, catalog: Catalog) -> pd.Series:
+    """Which compartments each row measured, e.g. "blood+endometrium", "blood", or "none"."""
+    measured = compartments_measured(panel_df, catalog)
+    names = list(measured)
+    # Each row's set of measured compartments as a bit code, then one name per code (vectorized).
+    code = np.zeros(len(panel_df), dtype=np.int64)
+    for bit, compartment in enumerate(names):
+        code |= measured[compartment].astype(np.int64) << bit
+    labels = np.array(
+        ["+".join(c for bit, c in enumerate(names) if value >> bit & 1) or "none" for value in range(2 ** len(names))],
+        dtype=object,
+    )
+    return pd.Series(labels[code], index=panel_df.index, dtype=object, name="compartments")
 
 
 def band_position(panel_df: pd.DataFrame, catalog: Catalog | None = None) -> pd.DataFrame:
@@ -430,10 +438,8 @@ class PanelFeatures(TransformerMixin, BaseEstimator):
             ]
             # product of 1/0 indicators is 1 only when every part holds; NaN if any part is missing
             out[INCOMPATIBILITY_FEATURE] = pd.concat(parts, axis=1).prod(axis=1, skipna=False)
-        compartments = panel_compartments(panel, catalog)
-        for compartment in catalog.compartments:
-            measured = compartments.str.split("+").map(lambda names, c=compartment: c in names)
-            out[f"{MISSING_PREFIX}{compartment}"] = (~measured).astype(np.float64)
+        for compartment, measured in compartments_measured(panel, catalog).items():
+            out[f"{MISSING_PREFIX}{compartment}"] = pd.Series((~measured).astype(np.float64), index=panel.index)
         return pd.DataFrame(out, index=panel.index)[list(self.feature_markers_)].astype(np.float64)
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
@@ -464,7 +470,10 @@ class PanelFeatures(TransformerMixin, BaseEstimator):
             {m.name: _outside(values[m.name], censored[m.name], self.training_range_[m.name]) for m in numeric},
             index=panel.index,
         )
-        names = [";".join(outside.columns[row]) for row in outside.to_numpy(bool)]
+        mask = outside.to_numpy(bool)
+        names = np.full(len(mask), "", dtype=object)
+        for i in np.flatnonzero(mask.any(axis=1)):  # usually few rows: join only those
+            names[i] = ";".join(outside.columns[mask[i]])
         return pd.DataFrame(
             {
                 "unknown_lab": ~_lab_ids(panel).isin(self.known_labs_),

@@ -117,12 +117,25 @@ class CalibratedBoostedClassifier(ClassifierMixin, BaseEstimator):
 
     def _margins_of(self, fitted, X) -> np.ndarray:
         booster, local = fitted
-        raw = booster.predict(X, raw_score=True)
+        # One thread: batch scoring already runs chunk by chunk, and LightGBM's default
+        # threading on 2 shared cores is many times slower than a single thread.
+        return self.expand_margins(booster.predict(X, raw_score=True, num_threads=self.n_jobs), local)
+
+    def expand_margins(self, raw: np.ndarray, local: np.ndarray | None = None) -> np.ndarray:
+        """Booster outputs -> margins over ``classes_`` (-inf for classes absent in training)."""
+        local = self.booster_classes_ if local is None else local
+        raw = np.asarray(raw, dtype=float)
+        if raw.ndim == 2 and raw.shape[1] == 1:
+            raw = raw[:, 0]
         if raw.ndim == 1:  # binary: one margin for the second class
             raw = np.column_stack([np.zeros_like(raw), raw])
-        margins = np.full((len(X), len(self.classes_)), -np.inf)
+        margins = np.full((len(raw), len(self.classes_)), -np.inf)
         margins[:, local] = raw
         return margins
+
+    def proba_from_margins(self, margins: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities from margins over ``classes_``."""
+        return softmax(margins / self.temperature_, axis=1)
 
     def decision_function(self, X) -> np.ndarray:
         """Raw margins (n, n_classes); -inf for classes never seen in training."""
@@ -130,7 +143,7 @@ class CalibratedBoostedClassifier(ClassifierMixin, BaseEstimator):
         return self._margins_of((self.booster_, self.booster_classes_), np.asarray(X, dtype=float))
 
     def predict_proba(self, X) -> np.ndarray:
-        return softmax(self.decision_function(X) / self.temperature_, axis=1)
+        return self.proba_from_margins(self.decision_function(X))
 
     def predict(self, X) -> np.ndarray:
         margins = self.decision_function(X)

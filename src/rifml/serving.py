@@ -2,8 +2,12 @@
 
 ``predict`` takes raw panel rows (cells as text, numbers or ``<x``), validates
 them exactly as the CLI does, and answers one row per input row: the calls
-columns for accepted rows, and ``status`` / ``reject_reason`` for all rows, so a
-serving client or a Spark UDF always gets a same-length answer.
+columns for accepted rows, and ``status`` / ``reject_reason`` (plus the rejects-file
+details) for all rows, so a serving client or a Spark UDF always gets a same-length answer.
+
+A batch is self-contained unless the caller says otherwise: an engine that splits a
+file into batches (Spark) passes the file-level facts a batch cannot see as two
+optional boolean columns, :data:`DUPLICATE_FLAG` and :data:`FIELD_COUNT_FLAG`.
 """
 
 from __future__ import annotations
@@ -18,24 +22,64 @@ from rifml.pipeline import ImmuneProfiler, calls_columns
 from rifml.validate import validate_chunk
 
 PROFILER_ARTIFACT = "profiler"
+DUPLICATE_FLAG = "rifml_duplicate_patient_id"
+FIELD_COUNT_FLAG = "rifml_wrong_field_count"
+BATCH_FLAGS = (DUPLICATE_FLAG, FIELD_COUNT_FLAG)
+# Rejects-file fields (validate.REJECT_COLUMNS) beyond the reason, under their output names.
+REJECT_DETAILS = {"column": "reject_column", "value": "reject_value", "all_problems": "reject_all_problems"}
+
+
+def _batch_flag(raw: pd.DataFrame, name: str) -> np.ndarray | None:
+    if name not in raw:
+        return None
+    return raw[name].astype(object).where(raw[name].notna(), False).astype(bool).to_numpy()
 
 
 def score_frame(profiler: ImmuneProfiler, raw: pd.DataFrame) -> pd.DataFrame:
-    """Validate and call a self-contained batch; one output row per input row, input order."""
+    """Validate and call a batch; one output row per input row, input order.
+
+    Parameters
+    ----------
+    profiler : ImmuneProfiler
+        A fitted profiler.
+    raw : DataFrame
+        Raw panel cells. Optional boolean columns :data:`DUPLICATE_FLAG` (the row's
+        patient_id occurs more than once in the whole file) and :data:`FIELD_COUNT_FLAG`
+        (the row's field count did not match the header) carry file-level facts.
+
+    Returns
+    -------
+    DataFrame
+        The calls columns (empty for rejected rows), ``status`` ("scored" or "rejected"),
+        ``reject_reason`` and the other rejects-file fields of :data:`REJECT_DETAILS`
+        ("" for scored rows).
+    """
     catalog = profiler.catalog_
     raw = raw.reset_index(drop=True)
+    duplicated, bad_field_count = (_batch_flag(raw, name) for name in BATCH_FLAGS)
+    raw = raw.drop(columns=[name for name in BATCH_FLAGS if name in raw])
     rows = np.arange(2, len(raw) + 2)
-    ids = raw[catalog.id_column].astype("string").str.strip() if catalog.id_column in raw else pd.Series(dtype="string")
-    counts = ids[ids.notna() & (ids != "")].value_counts()
-    checked = validate_chunk(raw, rows, catalog, frozenset(counts.index[counts > 1]))
+    ids = (
+        raw[catalog.id_column].astype("string").str.strip()
+        if catalog.id_column in raw
+        else pd.Series(pd.NA, index=raw.index, dtype="string")
+    )
+    known = ids.notna() & (ids != "")
+    counts = ids[known].value_counts()
+    duplicates = set(counts.index[counts > 1])
+    if duplicated is not None:
+        duplicates |= set(ids[known & duplicated])
+    checked = validate_chunk(raw, rows, catalog, frozenset(duplicates), bad_field_count)
     calls = profiler.call(checked.panel) if len(checked.panel) else pd.DataFrame(columns=calls_columns(catalog))
     calls = calls.reindex(columns=calls_columns(catalog))
     calls.index = checked.panel.index
     out = calls.reindex(rows)
     out[catalog.id_column] = raw[catalog.id_column].to_numpy() if catalog.id_column in raw else None
-    reasons = checked.rejects.set_index("row")["reason"]
-    out["status"] = np.where(out.index.isin(reasons.index), "rejected", "scored")
-    out["reject_reason"] = reasons.reindex(out.index).fillna("").to_numpy()
+    rejects = checked.rejects.set_index("row")
+    out["status"] = np.where(out.index.isin(rejects.index), "rejected", "scored")
+    out["reject_reason"] = rejects["reason"].reindex(out.index).fillna("").to_numpy()
+    for field, name in REJECT_DETAILS.items():
+        out[name] = rejects[field].reindex(out.index).fillna("").astype(str).to_numpy()
     return out.reset_index(drop=True)
 
 

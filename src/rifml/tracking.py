@@ -95,11 +95,15 @@ def example_panel(catalog: Catalog) -> pd.DataFrame:
 
 
 def input_schema(catalog: Catalog):
-    """Every catalog column as optional text (cells may be numbers, empties or "<x"), id required."""
+    """Every catalog column as optional text (cells may be numbers, empties or "<x"), id required,
+    plus the optional file-level flags that batch engines pass (serving.BATCH_FLAGS)."""
     from mlflow.types import ColSpec, Schema
+
+    from rifml.serving import BATCH_FLAGS
 
     columns = [ColSpec("string", catalog.id_column)]
     columns += [ColSpec("string", name, required=False) for name in catalog.known_columns if name != catalog.id_column]
+    columns += [ColSpec("boolean", name, required=False) for name in BATCH_FLAGS]
     return Schema(columns)
 
 

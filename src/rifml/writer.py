@@ -12,8 +12,26 @@ from pathlib import Path
 from types import TracebackType
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from rifml.errors import RifmlInputError
+
+
+def _as_text_table(frame: pd.DataFrame) -> pa.Table:
+    """Every column as Arrow strings (missing stays empty), so chunks share one CSV layout."""
+    columns = []
+    for name in frame.columns:
+        column = frame[name]
+        try:
+            array = pa.array(column, from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed Python objects in a pass-through column
+            array = pa.array(column.astype("string"), from_pandas=True)
+        if pa.types.is_boolean(array.type):
+            array = pc.if_else(array, "True", "False")
+        columns.append(pc.cast(array, pa.string()))
+    return pa.Table.from_arrays(columns, names=[str(c) for c in frame.columns])
 
 
 class AtomicCsvWriter:
@@ -47,7 +65,12 @@ class AtomicCsvWriter:
     def write(self, frame: pd.DataFrame) -> None:
         if self.columns is not None:
             frame = frame.reindex(columns=self.columns)
-        frame.to_csv(self._handle, header=not self._header_written, index=False)
+        text = _as_text_table(frame)
+        # Arrow's CSV writer is an order of magnitude faster than DataFrame.to_csv on large chunks.
+        options = pacsv.WriteOptions(include_header=not self._header_written, quoting_style="needed")
+        buffer = pa.BufferOutputStream()
+        pacsv.write_csv(text, buffer, write_options=options)
+        self._handle.write(buffer.getvalue().to_pybytes().decode("utf-8"))
         self._header_written = True
         self.rows += len(frame)
 
