@@ -196,6 +196,11 @@ class InterventionalExplainer:
         self._pack()
         self.expected_value_ = self.margins(background).mean(axis=0)
 
+    def _ensure_packed(self) -> None:
+        # explainers pickled before the packed layout existed still load and score
+        if not hasattr(self, "_tree_class"):
+            self._pack()
+
     def _pack(self) -> None:
         """All trees in flat, padded arrays for the compiled scoring kernels."""
         trees = [tree for per_class in self.trees_ for tree in per_class]
@@ -228,61 +233,98 @@ class InterventionalExplainer:
 
     def margins(self, X: np.ndarray) -> np.ndarray:
         """Raw margins (n, n_classes), summed tree by tree in LightGBM's order (bitwise equal)."""
-        X = np.ascontiguousarray(X, dtype=np.float64)
+        self._ensure_packed()
+        Xt = np.ascontiguousarray(np.asarray(X, dtype=np.float64).T)  # feature-major for the kernels
         return _margins_kernel(
-            X, self._tree_class, self._n_nodes, self._features, self._thresholds, self._default_left,
+            Xt, self._tree_class, self._n_nodes, self._features, self._thresholds, self._default_left,
             self._missing, self._leaf, self.n_classes_,
         )
 
     def shap_values(self, X: np.ndarray, classes: np.ndarray | int) -> np.ndarray:
         """SHAP values (n, n_features) of each row for one class per row (e.g. the called class)."""
-        X = np.ascontiguousarray(X, dtype=np.float64)
-        classes = np.ascontiguousarray(np.broadcast_to(np.asarray(classes, dtype=np.int64), (len(X),)))
-        return _shap_kernel(
-            X, classes, self._tree_class, self._n_nodes, self._features, self._thresholds, self._default_left,
-            self._missing, self._table, self._used, self._n_used, self.n_features_,
+        self._ensure_packed()
+        X = np.asarray(X, dtype=np.float64)
+        classes = np.broadcast_to(np.asarray(classes, dtype=np.int64), (len(X),))
+        # Rows sorted by class fill blocks of one class, so a block routes only that class's trees.
+        order = np.argsort(classes, kind="stable")
+        Xt = np.ascontiguousarray(X[order].T)
+        phi = _shap_kernel(
+            Xt, np.ascontiguousarray(classes[order]), self._tree_class, self._n_nodes, self._features,
+            self._thresholds, self._default_left, self._missing, self._table, self._used, self._n_used, self.n_features_,
         )
+        out = np.empty_like(phi)
+        out[order] = phi
+        return out
 
 
 # Compiled once and cached on disk (numba cache=True): about a second per million rows on
 # 2 cores, where routing tree by tree in numpy spends most of its time on temporaries.
+BLOCK_ROWS = 256  # rows per block: the inner loops run over rows of one feature (vectorizable)
+
+
 @numba.njit(cache=True, nogil=True)
-def _pattern_of(row, features, thresholds, default_left, missing, n_nodes):
-    pattern = 0
-    for j in range(n_nodes):
-        value = row[features[j]]
-        if np.isnan(value):
-            left = default_left[j] if missing[j] != 0 else 0.0 <= thresholds[j]
-        elif missing[j] == 1 and abs(value) < 1e-35:
-            left = default_left[j]
-        else:
-            left = value <= thresholds[j]
-        if left:
-            pattern |= 1 << j
-    return pattern
+def _block_patterns(Xt, start, stop, t, features, thresholds, default_left, missing, n_nodes, out):
+    """Routing patterns of rows [start, stop) in tree t (bit j set when a row goes left at node j)."""
+    for r in range(stop - start):
+        out[r] = 0
+    for j in range(n_nodes[t]):
+        column = Xt[features[t, j]]
+        threshold = thresholds[t, j]
+        nan_left = default_left[t, j] if missing[t, j] != 0 else 0.0 <= threshold
+        zero_default = missing[t, j] == 1
+        bit = 1 << j
+        for r in range(stop - start):
+            value = column[start + r]
+            if np.isnan(value):
+                left = nan_left
+            elif zero_default and abs(value) < 1e-35:
+                left = default_left[t, j]
+            else:
+                left = value <= threshold
+            if left:
+                out[r] |= bit
 
 
 @numba.njit(cache=True, parallel=True)
-def _margins_kernel(X, tree_class, n_nodes, features, thresholds, default_left, missing, leaf, n_classes):
-    out = np.zeros((X.shape[0], n_classes))
-    for i in numba.prange(X.shape[0]):
-        for t in range(len(tree_class)):
-            p = _pattern_of(X[i], features[t], thresholds[t], default_left[t], missing[t], n_nodes[t])
-            out[i, tree_class[t]] += leaf[t, p]
+def _margins_kernel(Xt, tree_class, n_nodes, features, thresholds, default_left, missing, leaf, n_classes):
+    n = Xt.shape[1]
+    out = np.zeros((n, n_classes))
+    n_blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+    for b in numba.prange(n_blocks):
+        start = b * BLOCK_ROWS
+        stop = min(start + BLOCK_ROWS, n)
+        patterns = np.empty(BLOCK_ROWS, dtype=np.int64)
+        for t in range(tree_class.shape[0]):
+            _block_patterns(Xt, start, stop, t, features, thresholds, default_left, missing, n_nodes, patterns)
+            c = tree_class[t]
+            for r in range(stop - start):
+                out[start + r, c] += leaf[t, patterns[r]]
     return out
 
 
 @numba.njit(cache=True, parallel=True)
-def _shap_kernel(X, classes, tree_class, n_nodes, features, thresholds, default_left, missing, table, used, n_used, n_features):
-    phi = np.zeros((X.shape[0], n_features))
-    for i in numba.prange(X.shape[0]):
-        c = classes[i]
-        for t in range(len(tree_class)):
-            if tree_class[t] != c:
+def _shap_kernel(Xt, classes, tree_class, n_nodes, features, thresholds, default_left, missing, table, used, n_used, n_features):
+    n = Xt.shape[1]
+    phi = np.zeros((n, n_features))
+    n_blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+    for b in numba.prange(n_blocks):
+        start = b * BLOCK_ROWS
+        stop = min(start + BLOCK_ROWS, n)
+        patterns = np.empty(BLOCK_ROWS, dtype=np.int64)
+        for t in range(tree_class.shape[0]):
+            c = tree_class[t]
+            wanted = False
+            for r in range(stop - start):
+                if classes[start + r] == c:
+                    wanted = True
+                    break
+            if not wanted:
                 continue
-            p = _pattern_of(X[i], features[t], thresholds[t], default_left[t], missing[t], n_nodes[t])
-            for u in range(n_used[t]):
-                phi[i, used[t, u]] += table[t, p, u]
+            _block_patterns(Xt, start, stop, t, features, thresholds, default_left, missing, n_nodes, patterns)
+            for r in range(stop - start):
+                if classes[start + r] == c:
+                    for u in range(n_used[t]):
+                        phi[start + r, used[t, u]] += table[t, patterns[r], u]
     return phi
 
 

@@ -72,7 +72,8 @@ class _Parsed:
 
 
 def _as_text(column: pd.Series) -> pd.Series:
-    return column.astype("string").fillna("").str.strip()
+    # Arrow-backed strings: strip, match and compare run in C++ rather than per Python object.
+    return column.astype("string[pyarrow]").fillna("").str.strip()
 
 
 def parse_numeric(column: pd.Series, censorable: bool) -> _Parsed:
