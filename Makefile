@@ -24,8 +24,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests --nbmake notebooks
 
+N ?= 100000
+REPEATS ?= 3
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_score.py --n $${N:-100000}
+	$(BIN)/python benchmarks/bench_score.py --n $(N) --repeats $(REPEATS)
 
 clean:
 	rm -rf $(VENV) rifml-demo .pytest_cache
