@@ -341,13 +341,15 @@ def demo(
     workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)
     uri = f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    trained = {}
     steps = [
         ("simulate a training cohort (2% corrupt rows)", lambda: simulate(n=n, output=Path("cohort.csv"), seed=1, bad_share=0.02, truth=Path("cohort_truth.csv"), config=None, catalog=None)),
         ("validate it", lambda: validate(input=Path("cohort.csv"), rejects=Path("cohort_rejects.csv"), output=None, chunk_rows=50_000, catalog=None)),
-        ("train with labels (registered, champion if it meets the floors)", lambda: train(data=Path("cohort.csv"), label_column="immune_profile", no_labels=False, experiment="rifml-demo", tracking_uri=uri, config=None, champion=True, catalog=None)),
+        ("train with labels (registered, champion if it meets the floors)", lambda: trained.update(labels=train(data=Path("cohort.csv"), label_column="immune_profile", no_labels=False, experiment="rifml-demo", tracking_uri=uri, config=None, champion=True, catalog=None))),
         ("train without labels: subtypes named into profiles (second run)", lambda: train(data=Path("cohort.csv"), label_column="immune_profile", no_labels=True, experiment="rifml-demo", tracking_uri=uri, config=None, champion=False, catalog=None)),
         ("simulate a fresh batch to score", lambda: simulate(n=max(n // 2, 200), output=Path("batch.csv"), seed=2, bad_share=0.02, truth=Path("batch_truth.csv"), config=None, catalog=None)),
-        ("score it with the champion", lambda: score(input=Path("batch.csv"), output=Path("calls.csv"), rejects=Path("rejects.csv"), model=None, tracking_uri=uri, chunk_rows=50_000, catalog=None)),
+        ("score it with the model trained on labels", lambda: score(input=Path("batch.csv"), output=Path("calls.csv"), rejects=Path("rejects.csv"), model=_version_uri(trained["labels"]), tracking_uri=uri, chunk_rows=50_000, catalog=None)),
+        ("write the HTML report", lambda: report(input=Path("batch.csv"), calls=Path("calls.csv"), output=Path("report"), model=_version_uri(trained["labels"]), tracking_uri=uri, rejects=Path("rejects.csv"))),
     ]
     for number, (title, step) in enumerate(steps, 1):
         out.rule(f"[bold]{number}/{len(steps)} {title}")
@@ -355,6 +357,7 @@ def demo(
     out.rule("[bold]done")
     here = Path.cwd()
     out.print(f"everything is in {here}: cohort.csv, calls.csv, rejects.csv, mlflow.db (runs, plots, registered model)")
+    out.print(f"cohort report: {here / 'report' / 'index.html'}")
     out.print(f"open the MLflow UI on this store:  rifml ui --tracking-uri {uri}")
 
 
@@ -431,6 +434,10 @@ def report(
     if summary.changed_calls:
         err.print(f"warning: {summary.changed_calls:,} calls are not reproduced by {model_uri}: were they scored with another model?")
     out.print(f"wrote {summary.output / 'index.html'} and {summary.patients:,} patient pages in {summary.seconds:.1f} s")
+
+
+def _version_uri(logged) -> str:
+    return f"models:/rifml-immune-profile/{logged.version}"
 
 
 def print_accounting(done: int, reasons: Counter[str], verb: str) -> None:

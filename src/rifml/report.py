@@ -406,9 +406,19 @@ def build_cohort(
 # -- cohort figures (matplotlib, embedded as PNG) ------------------------------------------
 
 
+def _pyplot():
+    """pyplot on the file-only Agg backend (a report never opens a window)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def figure_png(fig) -> str:
     """A matplotlib figure as base64 PNG text (the figure is closed)."""
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
@@ -417,19 +427,21 @@ def figure_png(fig) -> str:
 
 
 def plot_probabilities(calls: pd.DataFrame, profiles: list[str]):
-    """Per profile: the distribution of its probability, split by whether it was the call."""
-    import matplotlib.pyplot as plt
+    """Per profile: the distribution of its probability among patients called it (top) and the rest (bottom)."""
+    plt = _pyplot()
 
-    fig, axes = plt.subplots(1, len(profiles), figsize=(12, 2.9), sharey=True)
-    for ax, profile in zip(np.atleast_1d(axes), profiles):
+    fig, axes = plt.subplots(2, len(profiles), figsize=(12, 4.6), sharex=True, squeeze=False)
+    for column, profile in enumerate(profiles):
         probability = calls[f"prob_{profile}"].to_numpy(dtype=float)
         chosen = (calls["immune_profile"] == profile).to_numpy()
-        ax.hist([probability[chosen], probability[~chosen]], bins=20, range=(0, 1), stacked=True,
-                color=[PROFILE_COLOURS.get(profile, "#555555"), "#d5d5d5"], label=[f"called {profile}", "called otherwise"])
-        ax.set_title(profile, color=PROFILE_COLOURS.get(profile, "black"))
-        ax.set_xlabel(f"probability of {profile}")
-        ax.legend(fontsize=7, frameon=False, loc="upper center")
-    np.atleast_1d(axes)[0].set_ylabel("patients")
+        colour = PROFILE_COLOURS.get(profile, "#555555")
+        top, bottom = axes[0, column], axes[1, column]
+        top.hist(probability[chosen], bins=20, range=(0, 1), color=colour)
+        bottom.hist(probability[~chosen], bins=20, range=(0, 1), color="#b8c0c8")
+        top.set_title(f"{profile} ({int(chosen.sum()):,} called)", color=colour)
+        bottom.set_xlabel(f"probability of {profile}")
+    axes[0, 0].set_ylabel("patients called it")
+    axes[1, 0].set_ylabel("everyone else")
     fig.tight_layout()
     return fig
 
@@ -444,7 +456,7 @@ def subtype_marker_table(profiler: ImmuneProfiler, panel: pd.DataFrame, subtypes
 
 def plot_subtype_heatmap(table: pd.DataFrame, sizes: pd.Series, subtype_profile: dict[str, str]):
     """Subtype-by-marker heatmap of :func:`subtype_marker_table`."""
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(12, 0.55 * len(table) + 2.6))
     image = ax.imshow(table.to_numpy(dtype=float), cmap="RdBu_r", vmin=-2, vmax=2, aspect="auto")
@@ -453,7 +465,7 @@ def plot_subtype_heatmap(table: pd.DataFrame, sizes: pd.Series, subtype_profile:
     ax.set_yticks(range(len(table)), labels, fontsize=9)
     for (i, j), z in np.ndenumerate(table.to_numpy(dtype=float)):
         if np.isfinite(z):
-            ax.text(j, i, f"{z:.1f}", ha="center", va="center", fontsize=7, color="white" if abs(z) > 1.3 else "black")
+            ax.text(j, i, f"{0.0 if abs(z) < 0.05 else z:.1f}", ha="center", va="center", fontsize=7, color="white" if abs(z) > 1.3 else "black")
     fig.colorbar(image, ax=ax, fraction=0.025, pad=0.01, label="SD from batch median")
     ax.set_title("Median log marker value per subtype (standardized per marker)")
     fig.tight_layout()
@@ -505,7 +517,7 @@ def lab_drift(panel: pd.DataFrame, profiler: ImmuneProfiler) -> pd.DataFrame:
 
 def plot_lab_drift(drift: pd.DataFrame):
     """Dot plot per drifting marker: each lab's median vs the batch (filled) and the training shift (open)."""
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     markers = list(dict.fromkeys(drift["marker"]))
     labs = sorted(set(drift["lab"]))
@@ -592,6 +604,7 @@ class MarkerRow:
     track: str
     reference: str
     value: str
+    word: str
     position: str
     left: float | None
     contribution: str
@@ -606,14 +619,16 @@ def _marker_rows(i: int, bands: list[MarkerBand], compartment: str, values: dict
         j = values["column"][marker.name]
         fraction = values["fraction"][i, j]
         measured = not np.isnan(values["numbers"][i, j])
-        position = values["position"][i, j]
+        word = values["position"][i, j]
+        # out of band in a direction the catalog calls no concern (high FOXP3, any IL-10) is shown muted
+        position = word if word not in values["harmless"][marker.name] else "harmless"
         if measured and values["censored"][i, j]:
             position += " censored"
         if measured and not 0 <= fraction <= 1:
             position += " beyond-right" if fraction > 1 else " beyond-left"
         left = round(float(np.clip(fraction, 0, 1)) * TRACK_PX + TRACK_PAD - DOT_PX / 2, 1) if measured else None
         rows.append(MarkerRow(marker.name, marker.description, values["tracks"][marker.name], band.reference,
-                              values["text"][i][j], position, left,
+                              values["text"][i][j], word, position, left,
                               signed(contribution[values["shap_column"][marker.name]])))
     return rows
 
@@ -682,6 +697,7 @@ def _columns(data: CohortData, bands: list[MarkerBand]) -> dict:
         "shap_column": {n: j for j, n in enumerate(shap_names)}, "shap_labels": shap_labels,
         "column": {n: j for j, n in enumerate(names)}, "numbers": numbers, "censored": censored,
         "fraction": fraction, "text": text, "position": position, "context": context,
+        "harmless": {b.marker.name: _harmless_sides(b.marker) for b in bands},
         "categorical": {m.name: panel[m.name].tolist() if m.name in panel else [None] * len(panel)
                         for m in catalog.categorical_markers},
     }
@@ -693,12 +709,17 @@ def _context_text(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _harmless_sides(marker: Marker) -> set[str]:
+    """Sides of the band that the catalog does not call a concern for this marker."""
+    concerning = {"high": {"above"}, "low": {"below"}, "both": {"above", "below"}}.get(marker.concern, set())
+    return {"above", "below"} - concerning
+
+
 def _shared(data: CohortData, interventions: Interventions, generated: str) -> dict:
     card = data.model
     label = f"{card.registered_name} version {card.version}" if card.registered_name else card.uri
     return {"research_use": RESEARCH_USE, "caveat": interventions.caveat, "source": interventions.source,
-            "generated": generated, "model_label": label, "rifml_version": __version__,
-            "track_width": TRACK_PX + 2 * TRACK_PAD}
+            "generated": generated, "model_label": label, "rifml_version": __version__}
 
 
 def render_patient_pages(data: CohortData, interventions: Interventions, generated: str) -> Iterator[tuple[str, str]]:
@@ -801,6 +822,8 @@ def read_calls(path: Path, catalog: Catalog) -> pd.DataFrame:
         calls = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise RifmlInputError(f"{path}: cannot read the calls file ({exc})") from exc
+    if calls.empty:
+        raise RifmlInputError(f"{path}: no calls to report (were all rows rejected?)")
     missing = [c for c in calls_columns(catalog) if c not in calls.columns]
     if missing:
         raise RifmlInputError(f"{path}: not a rifml calls file (missing columns: {', '.join(missing[:6])})")
