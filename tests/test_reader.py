@@ -149,3 +149,41 @@ def test_atomic_writer_leaves_nothing_under_final_name_on_failure(tmp_path):
     with AtomicCsvWriter(target, columns=["a", "b"]) as writer:
         pass
     assert target.read_text().strip() == "a,b"
+
+
+def test_fast_and_careful_csv_paths_agree(tmp_path, catalog):
+    """Plain files go through Arrow; quoted ones through the csv module. Same verdicts, same values."""
+    from rifml.simulate import simulate_cohort
+
+    cohort, _ = simulate_cohort(400, seed=9, bad_share=0.1, catalog=catalog)
+    plain, quoted = tmp_path / "plain.csv", tmp_path / "quoted.csv"
+    cohort.to_csv(plain, index=False)
+    cohort.to_csv(quoted, index=False, quoting=csv.QUOTE_ALL)
+    assert PanelFile(plain, catalog).simple and not PanelFile(quoted, catalog).simple
+    fast_panel, fast_rejects = collect(plain, catalog, chunk_rows=97)
+    slow_panel, slow_rejects = collect(quoted, catalog, chunk_rows=97)
+    pd.testing.assert_frame_equal(fast_rejects, slow_rejects)
+    numeric = [m.name for m in catalog.numeric_markers]
+    pd.testing.assert_frame_equal(fast_panel[numeric], slow_panel[numeric])
+    assert fast_panel["patient_id"].astype(str).tolist() == slow_panel["patient_id"].astype(str).tolist()
+
+
+@pytest.mark.parametrize(
+    "content, simple",
+    [
+        (b"patient_id,pb_nk_pct\nA,1\nB,2\n", True),
+        (b"patient_id,pb_nk_pct\nA,1\nB,2", True),  # no final newline
+        (b"patient_id,pb_nk_pct\nA,1\n\nB,2\n", False),  # blank line shifts line numbers
+        (b"patient_id,pb_nk_pct\nA,1,9\nB,2\n", False),  # a row with an extra field
+        (b'patient_id,pb_nk_pct\n"A",1\n', False),
+        (b"patient_id,pb_nk_pct\r\nA,1\r\n", False),
+        (b"patient_id,pb_nk_pct\nA\xff,1\n", False),  # not UTF-8
+    ],
+)
+def test_fast_path_only_for_plain_files(tmp_path, catalog, content, simple):
+    path = tmp_path / "f.csv"
+    path.write_bytes(content)
+    panel_file = PanelFile(path, catalog)
+    assert panel_file.simple is simple
+    chunks = list(validated_chunks(panel_file))
+    assert sum(len(c.panel) + len(c.rejects) for c in chunks) == panel_file.row_count

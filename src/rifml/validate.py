@@ -15,7 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import pandera.pandas as pa
+import pandera.pandas as pandera
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyarrow import types as pa_types
 
 from rifml.catalog import Catalog
 
@@ -35,6 +38,8 @@ WRONG_FIELD_COUNT = "wrong number of fields"
 
 REJECT_COLUMNS = ["row", "patient_id", "column", "value", "reason", "all_problems"]
 CENSORED_SUFFIX = "__censored"
+# A plain decimal number. Python's float() would also take "nan", "inf" and "1_0"; labs mean none of those.
+NUMBER_PATTERN = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 
 
 def censored_column(marker: str) -> str:
@@ -89,8 +94,12 @@ def parse_numeric(column: pd.Series, censorable: bool) -> _Parsed:
         values = np.where(np.isinf(values), np.nan, values)
         return _Parsed(values, np.zeros(n, dtype=bool), present, problem)
 
-    # Fast path: most cells are plain numbers; only the rest need string handling.
-    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    if isinstance(column.dtype, pd.ArrowDtype) and pa_types.is_string(column.dtype.pyarrow_dtype):
+        parsed = _parse_arrow_numeric(column)
+        if parsed is not None:
+            return _censor_rules(parsed, censorable)
+    # Most cells are plain numbers; only the rest need string handling.
+    values = np.array(pd.to_numeric(column, errors="coerce").to_numpy(dtype="float64", na_value=np.nan))
     present = np.ones(n, dtype=bool)
     censored = np.zeros(n, dtype=bool)
     rest = np.flatnonzero(~np.isfinite(values))
@@ -104,18 +113,43 @@ def parse_numeric(column: pd.Series, censorable: bool) -> _Parsed:
         empty = (text == "").to_numpy()
         is_censor = text.str.startswith("<").to_numpy(dtype=bool)
         body = text.where(~is_censor, text.str[1:].str.strip())
-        # Python's float() would take "nan", "inf" and "1_0"; labs mean none of those as a number.
-        numeric = body.str.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?").to_numpy(dtype=bool)
+        numeric = body.str.fullmatch(NUMBER_PATTERN[1:-1]).to_numpy(dtype=bool)
         values[rest] = pd.to_numeric(body.where(numeric, None), errors="coerce").to_numpy(dtype="float64")
         overflow = numeric & ~np.isfinite(values[rest])  # e.g. "1e400"
         present[rest] = ~empty
         censored[rest] = is_censor & numeric
         problem[rest[~empty & (~numeric | overflow)]] = NOT_A_NUMBER
         values[rest[overflow]] = np.nan
+    return _censor_rules(_Parsed(values, censored, present, problem), censorable)
+
+
+def _censor_rules(parsed: _Parsed, censorable: bool) -> _Parsed:
     if not censorable:
-        problem[censored] = CENSOR_NOT_ALLOWED
+        parsed.problem[parsed.censored] = CENSOR_NOT_ALLOWED
     else:
-        problem[censored & (values == 0)] = CENSOR_LIMIT_ZERO
+        parsed.problem[parsed.censored & (parsed.values == 0)] = CENSOR_LIMIT_ZERO
+    return parsed
+
+
+def _parse_arrow_numeric(column: pd.Series) -> _Parsed | None:
+    """The same parse in Arrow compute, for Arrow-backed text from the fast reader (None: use pandas)."""
+    cells = pa.chunked_array(column.array._pa_array).combine_chunks() if hasattr(column.array, "_pa_array") else None
+    if cells is None:
+        return None
+    text = pc.utf8_trim_whitespace(pc.fill_null(cells, ""))
+    present = pc.not_equal(text, "").to_numpy(zero_copy_only=False)
+    is_censor = pc.starts_with(text, "<")
+    body = pc.if_else(is_censor, pc.utf8_trim_whitespace(pc.utf8_slice_codeunits(text, 1)), text)
+    numeric = pc.match_substring_regex(body, NUMBER_PATTERN).to_numpy(zero_copy_only=False)
+    try:
+        values = pc.cast(pc.if_else(pa.array(numeric), body, None), pa.float64())
+    except pa.ArrowInvalid:  # e.g. a number beyond float range: let the pandas path judge it
+        return None
+    values = np.array(values.to_numpy(zero_copy_only=False), dtype="float64")
+    problem = np.full(len(values), None, dtype=object)
+    problem[present & (~numeric | ~np.isfinite(np.where(numeric, values, 0.0)))] = NOT_A_NUMBER
+    values[~np.isfinite(values)] = np.nan
+    censored = is_censor.to_numpy(zero_copy_only=False) & numeric
     return _Parsed(values, censored, present, problem)
 
 
@@ -129,38 +163,38 @@ def parse_category(column: pd.Series, lookup: dict[str, str]) -> tuple[np.ndarra
     return canonical, present, problem
 
 
-def _range_checks(low: float | None, high: float | None, percent: bool) -> list[pa.Check]:
+def _range_checks(low: float | None, high: float | None, percent: bool) -> list[pandera.Check]:
     checks = []
     if low is not None and low >= 0:
-        checks.append(pa.Check.ge(0, error=NEGATIVE, ignore_na=True))
+        checks.append(pandera.Check.ge(0, error=NEGATIVE, ignore_na=True))
     if low is not None and low > 0:
-        checks.append(pa.Check.ge(low, error=BELOW_RANGE, ignore_na=True))
+        checks.append(pandera.Check.ge(low, error=BELOW_RANGE, ignore_na=True))
     if low is not None and low < 0:
-        checks.append(pa.Check.ge(low, error=BELOW_RANGE, ignore_na=True))
+        checks.append(pandera.Check.ge(low, error=BELOW_RANGE, ignore_na=True))
     if high is not None:
-        checks.append(pa.Check.le(high, error=PERCENT_ABOVE_100 if percent else ABOVE_RANGE, ignore_na=True))
+        checks.append(pandera.Check.le(high, error=PERCENT_ABOVE_100 if percent else ABOVE_RANGE, ignore_na=True))
     return checks
 
 
-_SCHEMAS: dict[int, tuple[Catalog, pa.DataFrameSchema]] = {}
+_SCHEMAS: dict[int, tuple[Catalog, pandera.DataFrameSchema]] = {}
 
 
-def range_schema(catalog: Catalog) -> pa.DataFrameSchema:
+def range_schema(catalog: Catalog) -> pandera.DataFrameSchema:
     """A pandera schema with every numeric column's range rules, each check named by its reason."""
     cached = _SCHEMAS.get(id(catalog))
     if cached is not None and cached[0] is catalog:
         return cached[1]
-    columns: dict[str, pa.Column] = {}
+    columns: dict[str, pandera.Column] = {}
     for marker in catalog.numeric_markers:
         low, high = marker.valid_range
-        columns[marker.name] = pa.Column(
+        columns[marker.name] = pandera.Column(
             float, checks=_range_checks(low, high, marker.kind == "percent"), nullable=True, required=False
         )
     for ctx in catalog.context:
         if ctx.kind == "number" and ctx.valid_range is not None:
             low, high = ctx.valid_range
-            columns[ctx.name] = pa.Column(float, checks=_range_checks(low, high, False), nullable=True, required=False)
-    schema = pa.DataFrameSchema(columns, strict=False, coerce=False)
+            columns[ctx.name] = pandera.Column(float, checks=_range_checks(low, high, False), nullable=True, required=False)
+    schema = pandera.DataFrameSchema(columns, strict=False, coerce=False)
     _SCHEMAS[id(catalog)] = (catalog, schema)
     return schema
 
@@ -169,7 +203,7 @@ def _range_problems(numbers: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
     """(position, column, reason) for every range failure, first failing check per cell."""
     try:
         range_schema(catalog).validate(numbers, lazy=True)
-    except pa.errors.SchemaErrors as errors:
+    except pandera.errors.SchemaErrors as errors:
         cases = errors.failure_cases
         cases = cases[cases["index"].notna()].copy()
         # A negative value also fails a positive lower bound; "negative value" is the clearer reason.
