@@ -235,6 +235,8 @@ class ImmuneProfiler(BaseEstimator):
         contributions = self.contributions(X, called)
         measured = self._measured(panel)
         drivers = top_drivers(contributions, measured, k=N_DRIVERS)
+        if not hasattr(self, "subtype_router_"):  # models pickled before routing was compiled
+            self.subtype_router_ = InterventionalExplainer(self.subtype_model_.booster_, self.background_)
         subtype_margins = self.subtype_model_.expand_margins(self.subtype_router_.margins(X.to_numpy(dtype=float)))
         subtype_index = subtype_margins.argmax(axis=1)
         subtypes = self.subtype_model_.classes_[subtype_index]

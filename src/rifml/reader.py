@@ -80,15 +80,16 @@ def simple_csv_layout(path: Path, width: int) -> tuple[bool, int]:
                 return False, 0
             data = np.frombuffer(block, dtype=np.uint8)
             ends = np.flatnonzero(data == 10)
-            commas = np.cumsum(data == 44)
+            commas = np.flatnonzero(data == 44)
             if len(ends):
-                per_line = np.diff(np.r_[0, commas[ends]])
+                # separators before each line end, differenced: separators per line
+                per_line = np.diff(np.r_[0, np.searchsorted(commas, ends)])
                 per_line[0] += fields_so_far
                 if np.any(per_line != width - 1):
                     return False, 0
-                fields_so_far = int(commas[-1] - commas[ends[-1]])
+                fields_so_far = int(len(commas) - np.searchsorted(commas, ends[-1]))
             else:
-                fields_so_far += int(commas[-1]) if len(commas) else 0
+                fields_so_far += len(commas)
             lines += len(ends)
             previous = block[-1:]
     if previous != b"\n":  # last line without a newline
