@@ -273,16 +273,22 @@ def _block_patterns(Xt, start, stop, t, features, thresholds, default_left, miss
         nan_left = default_left[t, j] if missing[t, j] != 0 else 0.0 <= threshold
         zero_default = missing[t, j] == 1
         bit = 1 << j
-        for r in range(stop - start):
-            value = column[start + r]
-            if np.isnan(value):
-                left = nan_left
-            elif zero_default and abs(value) < 1e-35:
-                left = default_left[t, j]
-            else:
-                left = value <= threshold
-            if left:
-                out[r] |= bit
+        if zero_default:  # rare ("Zero" missing type): zeros also take the default branch
+            for r in range(stop - start):
+                value = column[start + r]
+                if np.isnan(value) or abs(value) < 1e-35:
+                    left = default_left[t, j]
+                else:
+                    left = value <= threshold
+                if left:
+                    out[r] |= bit
+        else:
+            # branch-free so the loop vectorizes: NaN compares false, then takes its own branch
+            for r in range(stop - start):
+                value = column[start + r]
+                missing_value = value != value
+                left = (value <= threshold) | (missing_value & nan_left)
+                out[r] |= np.int64(left) * bit
 
 
 @numba.njit(cache=True, parallel=True)

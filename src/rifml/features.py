@@ -132,7 +132,11 @@ def _categories(panel: pd.DataFrame, marker: Marker) -> pd.Series:
     """Canonical category per row, NaN where missing, absent or unrecognised."""
     if marker.name not in panel.columns:
         return pd.Series(np.nan, index=panel.index, dtype=object)
-    text = panel[marker.name].astype("string").str.strip().str.lower()
+    values = panel[marker.name]
+    canonical = list(marker.categories or {})
+    if values.isin(canonical).sum() == values.notna().sum():  # a validated panel: already canonical
+        return values.astype(object).where(values.notna(), np.nan)
+    text = values.astype("string").str.strip().str.lower()
     return text.map(marker.category_lookup).astype(object).where(text.notna(), np.nan)
 
 
@@ -145,8 +149,10 @@ def _lab_ids(panel: pd.DataFrame) -> pd.Series:
 
 
 def _measured(panel: pd.DataFrame, marker: Marker) -> pd.Series:
+    if marker.name not in panel.columns:
+        return pd.Series(False, index=panel.index)
     if marker.is_numeric:
-        return _numeric_values(panel, [marker])[marker.name].notna()
+        return panel[marker.name].notna()
     return _categories(panel, marker).notna()
 
 

@@ -278,13 +278,18 @@ class PanelFile:
 
         Also sets ``row_count`` (data rows in the file), known after this first pass.
         """
-        parts = [ids.astype("string").fillna("").str.strip() for ids in self.patient_ids()]
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        # Counted in Arrow: a million ids stay compact (no Python string per row).
+        parts = [pa.array(ids.astype("string[pyarrow]"), from_pandas=True) for ids in self.patient_ids()]
         self.row_count = sum(len(p) for p in parts)
-        if not parts:
+        if not self.row_count:
             return frozenset()
-        ids = pd.concat(parts, ignore_index=True)
-        counts = ids[ids != ""].value_counts()
-        return frozenset(counts.index[counts > 1])
+        ids = pc.utf8_trim_whitespace(pa.chunked_array(parts, type=pa.large_string()).combine_chunks())
+        counts = pc.value_counts(pc.filter(ids, pc.and_(pc.is_valid(ids), pc.not_equal(ids, ""))))
+        repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+        return frozenset(repeated.to_pylist())
 
 
 def validated_chunks(panel_file: PanelFile) -> Iterator[ValidatedChunk]:
