@@ -261,6 +261,8 @@ def score_with_spark(panel_file: PanelFile, model_uri: str, calls_path: Path, re
     -------
     SparkScoring
     """
+    from pyspark import StorageLevel
+
     id_column = panel_file.catalog.id_column
     reasons: Counter[str] = Counter()
     profiles: Counter[str] = Counter()
@@ -271,6 +273,9 @@ def score_with_spark(panel_file: PanelFile, model_uri: str, calls_path: Path, re
     ) as calls_writer:
         result, columns = scored_frame(spark, panel_file, model_uri)
         calls_writer.columns = columns
+        # Score every partition at once (one job across the cluster), then bring them home one by one.
+        result = result.persist(StorageLevel.MEMORY_AND_DISK)
+        result.count()
         for chunk in local_chunks(result, panel_file.chunk_rows):
             rows = chunk[ROW].to_numpy()
             if rows[0] <= last_row or (rows[1:] <= rows[:-1]).any():
@@ -283,4 +288,5 @@ def score_with_spark(panel_file: PanelFile, model_uri: str, calls_path: Path, re
             calls_writer.write(calls)
             profiles.update(calls["immune_profile"])
             scored += len(calls)
+        result.unpersist()
     return SparkScoring(scored, reasons, profiles)

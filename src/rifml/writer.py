@@ -65,12 +65,16 @@ class AtomicCsvWriter:
     def write(self, frame: pd.DataFrame) -> None:
         if self.columns is not None:
             frame = frame.reindex(columns=self.columns)
-        text = _as_text_table(frame)
-        # Arrow's CSV writer is an order of magnitude faster than DataFrame.to_csv on large chunks.
-        options = pacsv.WriteOptions(include_header=not self._header_written, quoting_style="needed")
+        # Arrow's CSV writer is an order of magnitude faster than DataFrame.to_csv on large chunks;
+        # with no quoting it refuses values holding separators, quotes or newlines: those chunks go
+        # through pandas, which quotes just the cells that need it.
+        options = pacsv.WriteOptions(include_header=not self._header_written, quoting_style="none")
         buffer = pa.BufferOutputStream()
-        pacsv.write_csv(text, buffer, write_options=options)
-        self._handle.write(buffer.getvalue().to_pybytes().decode("utf-8"))
+        try:
+            pacsv.write_csv(_as_text_table(frame), buffer, write_options=options)
+            self._handle.write(buffer.getvalue().to_pybytes().decode("utf-8"))
+        except pa.ArrowInvalid:
+            frame.to_csv(self._handle, header=not self._header_written, index=False)
         self._header_written = True
         self.rows += len(frame)
 

@@ -1,0 +1,246 @@
+"""REST: the registered model behind `mlflow models serve` answers the calls contract for posted panels."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rifml.pipeline import calls_columns, profile_columns
+from rifml.serving import score_frame
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+MODEL_URI = "models:/rifml-immune-profile@champion"
+STARTUP_SECONDS = 90
+# Small, fast training settings; floors at zero so the new version always becomes champion.
+QUICK_TRAIN = """
+model: {n_estimators: 40, num_leaves: 8, learning_rate: 0.15, min_child_samples: 20}
+subtypes: {k_min: 2, k_max: 5, n_resamples: 5, subsample: 0.8}
+explain: {background_size: 100}
+random_state: 0
+n_jobs: 1
+floors: {macro_f1: 0.0, balanced_accuracy: 0.0, max_ece: 1.0}
+registered_model: rifml-immune-profile
+experiment: rifml-serving-test
+"""
+
+
+def run(*args, cwd):
+    result = subprocess.run([str(BIN / args[0]), *map(str, args[1:])], cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_ping(url: str, server: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"mlflow models serve exited with {server.returncode}:\n{log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.25)
+    pytest.fail(f"no answer on {url}/ping within {STARTUP_SECONDS} s:\n{log.read_text()[-2000:]}")
+
+
+def stop_group(server: subprocess.Popen) -> None:
+    """The server forks uvicorn: stop the whole process group, forcefully if it lingers."""
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=15)
+    except ProcessLookupError:
+        pass
+
+
+@contextmanager
+def mlflow_store(uri: str):
+    """Point MLflow at a store, then restore the URIs as they were (set_*_uri also writes os.environ)."""
+    import mlflow
+
+    saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    work = tmp_path_factory.mktemp("serving")
+    (work / "quick.yaml").write_text(QUICK_TRAIN)
+    run("rifml", "simulate", "--n", 1200, "--seed", 11, "--output", "cohort.csv", cwd=work)
+    run("rifml", "simulate", "--n", 40, "--seed", 12, "--output", "batch.csv", cwd=work)
+    uri = f"sqlite:///{(work / 'mlflow.db').resolve()}"  # absolute path: four slashes
+    run("rifml", "train", "--data", "cohort.csv", "--config", "quick.yaml", "--tracking-uri", uri, cwd=work)
+    return work, uri
+
+
+@pytest.fixture(scope="module")
+def server(store):
+    work, uri = store
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    # `serve` execs uvicorn by name, so the venv's bin must be on PATH.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log = work / "serve.log"
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            [str(BIN / "mlflow"), "models", "serve", "-m", MODEL_URI, "--env-manager", "local",
+             "-h", "127.0.0.1", "-p", str(port)],
+            cwd=work, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        wait_for_ping(url, process, log)
+        yield url
+    finally:
+        stop_group(process)
+
+
+@pytest.fixture(scope="module")
+def pyfunc(store):
+    import mlflow
+
+    with mlflow_store(store[1]):
+        return mlflow.pyfunc.load_model(MODEL_URI)
+
+
+@pytest.fixture(scope="module")
+def panels(store, catalog):
+    """Good rows (one with a censored cell), a corrupt row, and a blood-only partial panel, as text."""
+    batch = pd.read_csv(store[0] / "batch.csv", dtype=str, keep_default_na=False)
+    good = batch.iloc[:5].copy()
+    censorable = next(m.name for m in catalog.numeric_markers if m.censorable and good[m.name].iloc[1] not in ("", None))
+    good.loc[good.index[1], censorable] = "<" + good[censorable].iloc[1].lstrip("<")
+    percent = next(m.name for m in catalog.numeric_markers if m.kind == "percent" and batch[m.name].iloc[5] != "")
+    corrupt = batch.iloc[[5]].assign(patient_id="BAD-1", **{percent: "-3"})
+    partial = batch.iloc[[6]].assign(patient_id="PARTIAL-1")
+    for marker in catalog.compartment_markers("endometrium"):
+        partial[marker.name] = ""
+    frame = pd.concat([good, corrupt, partial], ignore_index=True)
+    return frame, {"corrupt": 5, "partial": 6, "percent": percent}
+
+
+def post(url: str, payload: dict) -> tuple[int, object]:
+    request = urllib.request.Request(
+        f"{url}/invocations", data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def answer(url: str, payload: dict) -> pd.DataFrame:
+    status, body = post(url, payload)
+    assert status == 200, body
+    return pd.DataFrame(body["predictions"])
+
+
+def as_numbers(frame: pd.DataFrame) -> list[dict]:
+    """Records whose numeric cells are JSON numbers (censors like "<1.0" and words stay text)."""
+
+    def cell(text: str):
+        if text == "":
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+    return [{column: cell(value) for column, value in row.items()} for row in frame.to_dict(orient="records")]
+
+
+def assert_same_answer(got: pd.DataFrame, expected: pd.DataFrame) -> None:
+    assert list(got.columns) == list(expected.columns)
+    assert len(got) == len(expected)
+    for column in expected.columns:
+        if pd.api.types.is_float_dtype(expected[column]):
+            np.testing.assert_allclose(got[column].astype(float), expected[column], rtol=0, atol=1e-9, err_msg=column)
+        else:
+            assert got[column].fillna("").astype(str).tolist() == expected[column].fillna("").astype(str).tolist(), column
+
+
+def test_split_payload_answers_the_calls_contract(server, panels, catalog):
+    frame, where = panels
+    got = answer(server, {"dataframe_split": frame.to_dict(orient="split")})
+    assert len(got) == len(frame)
+    assert set(calls_columns(catalog)) | {"status", "reject_reason"} <= set(got.columns)
+    assert got["patient_id"].tolist() == frame["patient_id"].tolist()
+    scored = got[got["status"] == "scored"]
+    assert len(scored) == len(frame) - 1
+    assert set(scored["immune_profile"]) <= set(catalog.profiles)
+    np.testing.assert_allclose(scored[profile_columns(catalog)].sum(axis=1), 1.0, atol=1e-9)
+    bad = got.iloc[where["corrupt"]]
+    assert (bad["status"], bad["reject_reason"], bad["reject_column"]) == ("rejected", "negative value", where["percent"])
+    assert got.iloc[where["partial"]]["compartments"] == "blood"
+
+
+def test_rest_answer_equals_score_frame_of_the_loaded_model(server, panels, pyfunc):
+    frame, _ = panels
+    expected = score_frame(pyfunc.unwrap_python_model().profiler, frame)
+    assert_same_answer(answer(server, {"dataframe_split": frame.to_dict(orient="split")}), expected)
+
+
+def test_records_with_numbers_give_the_same_answer_as_text(server, panels, pyfunc):
+    frame, where = panels
+    records = as_numbers(frame)
+    assert any(isinstance(v, float) for v in records[0].values()) and any(
+        isinstance(v, str) and v.startswith("<") for v in records[1].values()
+    )
+    expected = score_frame(pyfunc.unwrap_python_model().profiler, frame)
+    got = answer(server, {"dataframe_records": records})
+    assert_same_answer(got.drop(columns="reject_value"), expected.drop(columns="reject_value"))
+    assert got.loc[where["corrupt"], "reject_value"] == "-3.0"  # the cell as posted
+
+
+def test_a_panel_with_only_some_columns_is_called(server, catalog):
+    blood = {m.name: m for m in catalog.compartment_markers("blood") if m.is_numeric}
+    row = {"patient_id": "COLUMNS-1", **{name: "<1.0" if m.censorable else 5.0 for name, m in list(blood.items())[:4]}}
+    got = answer(server, {"dataframe_records": [row]})
+    assert got.loc[0, "status"] == "scored", got.loc[0, "reject_reason"]
+    assert got.loc[0, "immune_profile"] in catalog.profiles
+    assert got.loc[0, "compartments"] == "blood"
+
+
+def test_missing_patient_id_column_is_a_client_error(server):
+    status, body = post(server, {"dataframe_records": [{"pb_nk_pct": "12"}]})
+    assert status == 400
+    assert "patient_id" in body["message"]
+
+
+def test_pyfunc_predict_matches_score_frame_for_text_and_numbers(pyfunc, panels):
+    frame, where = panels
+    expected = score_frame(pyfunc.unwrap_python_model().profiler, frame)
+    assert_same_answer(pyfunc.predict(frame), expected)
+    numbers = pd.DataFrame(as_numbers(frame), dtype=object)
+    got = pyfunc.predict(numbers)
+    assert_same_answer(got.drop(columns="reject_value"), expected.drop(columns="reject_value"))
+    assert got.loc[where["corrupt"], "status"] == "rejected"

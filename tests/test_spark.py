@@ -1,0 +1,198 @@
+"""`rifml score --engine spark`: the pyfunc model as a Spark UDF gives the local engine's calls and rejects."""
+
+import os
+import shutil
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("pyspark", reason="pyspark is not installed (pip install -e '.[spark]')")
+if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
+    pytest.skip("Spark needs Java 17+: no java on PATH and no JAVA_HOME", allow_module_level=True)
+
+from rifml.cli import app  # noqa: E402
+from rifml.pipeline import calls_columns, profile_columns  # noqa: E402
+from rifml.reader import PanelFile  # noqa: E402
+from rifml.serving import FIELD_COUNT_FLAG  # noqa: E402
+from rifml.spark_engine import read_panel, spark_session, with_row_numbers  # noqa: E402
+from rifml.validate import validate_chunk  # noqa: E402
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+CHUNK_ROWS = 50  # several Spark partitions and several local chunks for a 300-row file
+N_SIMULATED = 296
+QUICK_TRAIN = """
+model: {n_estimators: 40, num_leaves: 8, learning_rate: 0.15, min_child_samples: 20}
+subtypes: {k_min: 2, k_max: 5, n_resamples: 5, subsample: 0.8}
+explain: {background_size: 100}
+random_state: 0
+n_jobs: 1
+floors: {macro_f1: 0.0, balanced_accuracy: 0.0, max_ece: 1.0}
+registered_model: rifml-immune-profile
+experiment: rifml-spark-test
+"""
+
+
+@contextmanager
+def mlflow_store(uri: str):
+    """Point MLflow at a store, then restore the URIs as they were (set_*_uri also writes os.environ)."""
+    import mlflow
+
+    saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+
+@pytest.fixture(scope="session")
+def spark():
+    session = spark_session()
+    yield session
+    session.stop()
+
+
+def run(*args, cwd):
+    result = subprocess.run([str(BIN / "rifml"), *map(str, args)], cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def training(tmp_path_factory):
+    """Start `rifml train` in the background, so the Spark session starts while it runs."""
+    work = tmp_path_factory.mktemp("spark")
+    (work / "quick.yaml").write_text(QUICK_TRAIN)
+    run("simulate", "--n", 1200, "--seed", 21, "--output", "cohort.csv", cwd=work)
+    run("simulate", "--n", N_SIMULATED, "--seed", 22, "--bad-share", 0.1, "--output", "sim.csv", cwd=work)
+    uri = f"sqlite:///{(work / 'mlflow.db').resolve()}"
+    process = subprocess.Popen(
+        [str(BIN / "rifml"), "train", "--data", "cohort.csv", "--config", "quick.yaml", "--tracking-uri", uri],
+        cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        yield work, uri, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+@pytest.fixture(scope="module")
+def work(training, spark):
+    """A trained store, and a 300-row batch with corrupt rows, duplicates far apart, a short row, an extra column."""
+    work, uri, process = training
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr
+    batch = pd.read_csv(work / "sim.csv", dtype=str, keep_default_na=False)
+    batch["site_note"] = [f'note {i}, "quoted"' if i % 7 == 0 else "" for i in range(len(batch))]
+    first, middle = batch.iloc[[0]], batch.iloc[[150]]
+    batch = pd.concat([batch, middle, first, middle], ignore_index=True)
+    batch.to_csv(work / "batch.csv", index=False)
+    with (work / "batch.csv").open("a") as handle:
+        handle.write("SHORT-1,lab_A,2025-01-01\n")  # wrong number of fields
+    return work, uri
+
+
+def score(work, uri, engine):
+    result = CliRunner().invoke(
+        app,
+        ["score", "--engine", engine, "-q", "--input", str(work / "batch.csv"), "--output", str(work / f"{engine}_calls.csv"),
+         "--rejects", str(work / f"{engine}_rejects.csv"), "--tracking-uri", uri, "--chunk-rows", str(CHUNK_ROWS)],
+    )
+    assert result.exit_code == 0, result.output
+    calls = pd.read_csv(work / f"{engine}_calls.csv", dtype=str, keep_default_na=False)
+    rejects = pd.read_csv(work / f"{engine}_rejects.csv", dtype=str, keep_default_na=False)
+    summary = next(line for line in result.output.splitlines() if line.startswith("rows in "))
+    return calls, rejects, summary
+
+
+def assert_same_calls(spark_calls: pd.DataFrame, local_calls: pd.DataFrame, catalog) -> None:
+    assert list(spark_calls.columns) == list(local_calls.columns)
+    numbers = [*profile_columns(catalog), *(c for c in local_calls.columns if c.endswith("_contribution"))]
+    for column in local_calls.columns:
+        if column in numbers:
+            got = pd.to_numeric(spark_calls[column].replace("", np.nan))
+            expected = pd.to_numeric(local_calls[column].replace("", np.nan))
+            np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9, err_msg=column)
+        else:
+            assert spark_calls[column].tolist() == local_calls[column].tolist(), column
+
+
+@pytest.fixture(scope="module")
+def both_engines(work):
+    folder, uri = work
+    with mlflow_store(uri):  # the in-process CLI points MLflow at the store: leave no trace for other tests
+        return score(folder, uri, "local"), score(folder, uri, "spark")
+
+
+def test_spark_calls_equal_local_calls(both_engines, catalog):
+    (local_calls, _, _), (spark_calls, _, _) = both_engines
+    assert list(local_calls.columns[: len(calls_columns(catalog))]) == calls_columns(catalog)
+    assert "site_note" in local_calls.columns  # extra columns are carried through by both
+    assert len(local_calls) > 200
+    assert_same_calls(spark_calls, local_calls, catalog)
+
+
+def test_spark_rejects_equal_local_rejects_including_whole_file_rules(both_engines, work):
+    (_, local_rejects, local_summary), (_, spark_rejects, spark_summary) = both_engines
+    pd.testing.assert_frame_equal(spark_rejects, local_rejects)
+    assert spark_summary == local_summary
+    reasons = set(spark_rejects["reason"])
+    assert {"duplicate patient_id", "wrong number of fields", "negative value", "missing patient_id"} <= reasons
+    batch = pd.read_csv(work[0] / "batch.csv", dtype=str, keep_default_na=False)
+    for position, copies in [(0, [N_SIMULATED + 3]), (150, [N_SIMULATED + 2, N_SIMULATED + 4])]:
+        repeated = spark_rejects[spark_rejects["patient_id"] == batch["patient_id"].iloc[position]]
+        assert {position + 2, *copies} <= set(repeated["row"].astype(int))  # lines far apart in the file
+        assert (repeated["reason"] == "duplicate patient_id").all()
+
+
+def test_every_row_is_accounted_for(both_engines, work):
+    (_, _, _), (spark_calls, spark_rejects, summary) = both_engines
+    lines = (work[0] / "batch.csv").read_text().count("\n") - 1
+    assert len(spark_calls) + len(spark_rejects) == lines
+    assert summary == f"rows in {lines:,} = scored {len(spark_calls):,} + rejected {len(spark_rejects):,}"
+
+
+def test_parquet_cells_read_as_the_csv_cells(work, spark, catalog):
+    folder, _ = work
+    panel_file = PanelFile(folder / "batch.csv", catalog)
+    typed = pd.read_csv(folder / "batch.csv", dtype=str, keep_default_na=False, nrows=N_SIMULATED + 3)
+    for column in typed.columns:  # numbers as doubles (NaN when empty) wherever a whole column parses
+        numbers = pd.to_numeric(typed[column].replace("", np.nan), errors="coerce")
+        if numbers.notna().sum() == (typed[column] != "").sum() and numbers.notna().any():
+            typed[column] = numbers
+    assert (typed.dtypes == float).sum() >= 5 and typed.isna().any().any()
+    typed.to_parquet(folder / "typed.parquet", index=False)
+
+    def validated(path):
+        cells = read_panel(spark, PanelFile(path, catalog)).toPandas()
+        return validate_chunk(cells.drop(columns=FIELD_COUNT_FLAG), np.arange(2, len(cells) + 2), catalog)
+
+    from_csv, from_parquet = validated(panel_file.path), validated(folder / "typed.parquet")
+    for checked in (from_csv, from_parquet):  # an empty extra cell is "" in Parquet, None from CSV: both write ""
+        checked.panel["site_note"] = checked.panel["site_note"].fillna("")
+    pd.testing.assert_frame_equal(from_parquet.panel, from_csv.panel.loc[from_parquet.panel.index])
+    csv_rejects = from_csv.rejects[from_csv.rejects["row"] <= N_SIMULATED + 4]  # the short row exists only in CSV
+    pd.testing.assert_frame_equal(
+        from_parquet.rejects.drop(columns="value"), csv_rejects.drop(columns="value").reset_index(drop=True)
+    )
+
+
+def test_row_numbers_are_consecutive_across_partitions(spark):
+    frame = spark.range(0, 1000, numPartitions=4)
+    numbered, total = with_row_numbers(frame)
+    rows = numbered.orderBy("id").toPandas()
+    assert total == 1000
+    assert (rows["_rifml_row"].to_numpy() == rows["id"].to_numpy() + 2).all()
