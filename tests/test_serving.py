@@ -108,7 +108,7 @@ def server(store):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     # `serve` execs uvicorn by name, so the venv's bin must be on PATH.
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     log = work / "serve.log"
     with log.open("w") as sink:
         process = subprocess.Popen(
