@@ -9,12 +9,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow_support import mlflow_store, quick_train_config
 
 from rifml.pipeline import calls_columns, profile_columns
 from rifml.serving import score_frame
@@ -23,17 +23,6 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 MODEL_URI = "models:/rifml-immune-profile@champion"
 STARTUP_SECONDS = 90
-# Small, fast training settings; floors at zero so the new version always becomes champion.
-QUICK_TRAIN = """
-model: {n_estimators: 40, num_leaves: 8, learning_rate: 0.15, min_child_samples: 20}
-subtypes: {k_min: 2, k_max: 5, n_resamples: 5, subsample: 0.8}
-explain: {background_size: 100}
-random_state: 0
-n_jobs: 1
-floors: {macro_f1: 0.0, balanced_accuracy: 0.0, max_ece: 1.0}
-registered_model: rifml-immune-profile
-experiment: rifml-serving-test
-"""
 
 
 def run(*args, cwd):
@@ -74,27 +63,11 @@ def stop_group(server: subprocess.Popen) -> None:
         pass
 
 
-@contextmanager
-def mlflow_store(uri: str):
-    """Point MLflow at a store, then restore the URIs as they were (set_*_uri also writes os.environ)."""
-    import mlflow
-
-    saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
-        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     work = tmp_path_factory.mktemp("serving")
-    (work / "quick.yaml").write_text(QUICK_TRAIN)
+    (work / "quick.yaml").write_text(quick_train_config("rifml-serving-test"))
     run("rifml", "simulate", "--n", 1200, "--seed", 11, "--output", "cohort.csv", cwd=work)
     run("rifml", "simulate", "--n", 40, "--seed", 12, "--output", "batch.csv", cwd=work)
     uri = f"sqlite:///{(work / 'mlflow.db').resolve()}"  # absolute path: four slashes

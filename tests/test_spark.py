@@ -4,12 +4,12 @@ import os
 import shutil
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow_support import mlflow_store, quick_train_config
 from typer.testing import CliRunner
 
 pytest.importorskip("pyspark", reason="pyspark is not installed (pip install -e '.[spark]')")
@@ -27,34 +27,8 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 CHUNK_ROWS = 50  # several Spark partitions and several local chunks for a 300-row file
 N_SIMULATED = 296
-QUICK_TRAIN = """
-model: {n_estimators: 40, num_leaves: 8, learning_rate: 0.15, min_child_samples: 20}
-subtypes: {k_min: 2, k_max: 5, n_resamples: 5, subsample: 0.8}
-explain: {background_size: 100}
-random_state: 0
-n_jobs: 1
-floors: {macro_f1: 0.0, balanced_accuracy: 0.0, max_ece: 1.0}
-registered_model: rifml-immune-profile
-experiment: rifml-spark-test
-"""
 
 
-@contextmanager
-def mlflow_store(uri: str):
-    """Point MLflow at a store, then restore the URIs as they were (set_*_uri also writes os.environ)."""
-    import mlflow
-
-    saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
-        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
 
 @pytest.fixture(scope="session")
 def spark():
@@ -73,7 +47,7 @@ def run(*args, cwd):
 def training(tmp_path_factory):
     """Start `rifml train` in the background, so the Spark session starts while it runs."""
     work = tmp_path_factory.mktemp("spark")
-    (work / "quick.yaml").write_text(QUICK_TRAIN)
+    (work / "quick.yaml").write_text(quick_train_config("rifml-spark-test"))
     run("simulate", "--n", 1200, "--seed", 21, "--output", "cohort.csv", cwd=work)
     run("simulate", "--n", N_SIMULATED, "--seed", 22, "--bad-share", 0.1, "--output", "sim.csv", cwd=work)
     uri = f"sqlite:///{(work / 'mlflow.db').resolve()}"

@@ -9,10 +9,9 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from rifml.config import load_yaml
-from rifml.errors import RifmlInputError
+from rifml.config import load_validated
 
 Compartment = Literal["blood", "endometrium"]
 Kind = Literal["percent", "ratio", "concentration", "count", "categorical"]
@@ -149,15 +148,7 @@ class Catalog(BaseModel):
 
 @lru_cache(maxsize=8)
 def _load_cached(path: str | None) -> Catalog:
-    data = load_yaml(path, "markers.yaml")
-    try:
-        return Catalog.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise RifmlInputError(
-            f"marker catalog {path or 'configs/markers.yaml'} is malformed at {where or 'top level'}: {first['msg']}"
-        ) from exc
+    return load_validated(Catalog, path, "markers.yaml", "marker catalog")
 
 
 def load_catalog(path: str | Path | None = None) -> Catalog:

@@ -151,6 +151,12 @@ TrackingOption = Annotated[
 ]
 
 
+ModelOption = Annotated[
+    Optional[str],
+    typer.Option("--model", help="MLflow model URI (default: models:/rifml-immune-profile@champion)."),
+]
+
+
 def read_clean_panel(path: Path, catalog, chunk_rows: int = 50_000):
     """Validate a whole file into one clean panel (training data); returns (panel, reject reasons)."""
     import pandas as pd
@@ -264,9 +270,7 @@ def score(
     input: Annotated[Path, typer.Option("--input", help="Panels to call (.csv or .parquet).")],
     output: Annotated[Path, typer.Option("--output", help="Calls file to write (CSV).")],
     rejects: Annotated[Path, typer.Option("--rejects", help="Refused rows with reasons (CSV).")],
-    model: Annotated[
-        Optional[str], typer.Option("--model", help="MLflow model URI (default: models:/rifml-immune-profile@champion).")
-    ] = None,
+    model: ModelOption = None,
     tracking_uri: TrackingOption = None,
     chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, help="Rows per chunk.")] = 50_000,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -417,9 +421,7 @@ def report(
     input: Annotated[Path, typer.Option("--input", help="The panel file that was scored (.csv or .parquet).")],
     calls: Annotated[Path, typer.Option("--calls", help="Calls file written by `rifml score` for that panel file.")],
     output: Annotated[Path, typer.Option("--output", help="Report folder to write (index.html and patients/).")],
-    model: Annotated[
-        Optional[str], typer.Option("--model", help="MLflow model URI the calls came from (default: models:/rifml-immune-profile@champion).")
-    ] = None,
+    model: ModelOption = None,
     tracking_uri: TrackingOption = None,
     rejects: Annotated[Optional[Path], typer.Option("--rejects", help="Rejects file of that run, summarized by reason.")] = None,
 ) -> None:

@@ -32,3 +32,18 @@ def load_yaml(path: str | Path | None, default_name: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RifmlInputError(f"config {target} must be a YAML mapping at top level")
     return data
+
+
+def load_validated(model, path: str | Path | None, default_name: str, what: str):
+    """Load a YAML config and validate it with a pydantic model; any problem is one clear error."""
+    from pydantic import ValidationError
+
+    data = load_yaml(path, default_name)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise RifmlInputError(
+            f"{what} {path or 'configs/' + default_name} is malformed at {where or 'top level'}: {first['msg']}"
+        ) from exc

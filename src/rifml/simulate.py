@@ -20,10 +20,10 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rifml.catalog import Catalog, Kind, Marker, Profile, load_catalog
-from rifml.config import load_yaml
+from rifml.config import load_validated
 from rifml.errors import RifmlInputError
 
 Panel = Literal["complete", "blood_only", "biopsy_only"]
@@ -217,16 +217,7 @@ def load_simulation_config(path=None) -> SimulationConfig:
         If the file cannot be read, is not YAML, or does not describe a valid
         configuration (unknown keys, wrong types, shares not summing to 1, ...).
     """
-    data = load_yaml(path, "simulate.yaml")
-    try:
-        return SimulationConfig.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise RifmlInputError(
-            f"simulation config {path or 'configs/simulate.yaml'} is malformed at "
-            f"{where or 'top level'}: {first['msg']}"
-        ) from exc
+    return load_validated(SimulationConfig, path, "simulate.yaml", "simulation config")
 
 
 def _check_against_catalog(config: SimulationConfig, catalog: Catalog) -> None:
