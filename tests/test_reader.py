@@ -187,3 +187,16 @@ def test_fast_path_only_for_plain_files(tmp_path, catalog, content, simple):
     assert panel_file.simple is simple
     chunks = list(validated_chunks(panel_file))
     assert sum(len(c.panel) + len(c.rejects) for c in chunks) == panel_file.row_count
+
+
+def test_quoted_header_still_takes_the_fast_path_and_our_outputs_are_plain(tmp_path, catalog):
+    from rifml.writer import AtomicCsvWriter
+
+    quoted = tmp_path / "q.csv"
+    quoted.write_bytes(b'"patient_id","pb_nk_pct"\nA,1\nB,2\n')
+    assert PanelFile(quoted, catalog).simple
+    written = tmp_path / "w.csv"
+    with AtomicCsvWriter(written) as writer:
+        writer.write(pd.DataFrame({"patient_id": ["A", "B"], "pb_nk_pct": [1.5, None], "note": ["x", "y"]}))
+    assert written.read_text().splitlines()[0] == "patient_id,pb_nk_pct,note"
+    assert PanelFile(written, catalog).simple

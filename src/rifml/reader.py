@@ -61,16 +61,20 @@ SCAN_BLOCK = 16 << 20
 def simple_csv_layout(path: Path, width: int) -> tuple[bool, int]:
     """Is the file plain enough for the fast Arrow reader? Returns (simple, data rows).
 
-    Simple means: valid UTF-8, no quotes, no carriage returns, no blank lines, the
-    header on line 1 and every line with exactly ``width`` fields. Then record i is
+    Simple means: valid UTF-8, no quotes or carriage returns after the header line
+    (which the csv module reads), no blank lines, the header on line 1 and every
+    data line with exactly ``width`` fields. Then record i is
     line i + 2, which is what the rejects file reports. Anything else takes the
     careful csv-module path, which tracks physical line numbers itself.
     """
     decoder = codecs.getincrementaldecoder("utf-8")()
     fields_so_far = 0  # separators seen on the current (unfinished) line
-    lines = 0
     previous = b"\n"
     with path.open("rb") as handle:
+        header = handle.readline()  # the csv module reads the header; it may be quoted
+        if not header.endswith(b"\n") or b"\r" in header:
+            return False, 0
+        lines = 1
         while block := handle.read(SCAN_BLOCK):
             try:
                 decoder.decode(block)
@@ -92,6 +96,8 @@ def simple_csv_layout(path: Path, width: int) -> tuple[bool, int]:
                 fields_so_far += len(commas)
             lines += len(ends)
             previous = block[-1:]
+    if lines == 1 and previous == b"\n" and fields_so_far == 0:
+        return False, 0  # nothing after the header
     if previous != b"\n":  # last line without a newline
         if fields_so_far != width - 1:
             return False, 0

@@ -6,6 +6,7 @@ rows go to a temporary file beside the target, renamed into place on success.
 
 from __future__ import annotations
 
+import csv
 import os
 import tempfile
 from pathlib import Path
@@ -68,13 +69,16 @@ class AtomicCsvWriter:
         # Arrow's CSV writer is an order of magnitude faster than DataFrame.to_csv on large chunks;
         # with no quoting it refuses values holding separators, quotes or newlines: those chunks go
         # through pandas, which quotes just the cells that need it.
-        options = pacsv.WriteOptions(include_header=not self._header_written, quoting_style="none")
+        options = pacsv.WriteOptions(include_header=False, quoting_style="none")
         buffer = pa.BufferOutputStream()
         try:
             pacsv.write_csv(_as_text_table(frame), buffer, write_options=options)
-            self._handle.write(buffer.getvalue().to_pybytes().decode("utf-8"))
         except pa.ArrowInvalid:
             frame.to_csv(self._handle, header=not self._header_written, index=False)
+        else:
+            if not self._header_written:  # Arrow would quote every name; csv quotes only where needed
+                csv.writer(self._handle, lineterminator="\n").writerow([str(c) for c in frame.columns])
+            self._handle.write(buffer.getvalue().to_pybytes().decode("utf-8"))
         self._header_written = True
         self.rows += len(frame)
 
