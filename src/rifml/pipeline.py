@@ -67,6 +67,9 @@ class ImmuneProfiler(BaseEstimator):
         Marker catalog (default configs/markers.yaml); the fitted model carries it.
     n_estimators, num_leaves, learning_rate, min_child_samples :
         Settings of both boosted classifiers.
+    subtype_trees : int
+        Trees per class of the subtype-assignment model (it only picks the nearest named
+        subtype, and scoring routes every row through all of its trees).
     k_min, k_max, n_resamples, subsample :
         Consensus clustering settings for subtype discovery.
     background_size : int
@@ -100,6 +103,7 @@ class ImmuneProfiler(BaseEstimator):
         num_leaves: int = 8,
         learning_rate: float = 0.08,
         min_child_samples: int = 20,
+        subtype_trees: int = 40,
         k_min: int = 2,
         k_max: int = 8,
         n_resamples: int = 30,
@@ -113,6 +117,7 @@ class ImmuneProfiler(BaseEstimator):
         self.num_leaves = num_leaves
         self.learning_rate = learning_rate
         self.min_child_samples = min_child_samples
+        self.subtype_trees = subtype_trees
         self.k_min = k_min
         self.k_max = k_max
         self.n_resamples = n_resamples
@@ -122,11 +127,13 @@ class ImmuneProfiler(BaseEstimator):
         self.n_jobs = n_jobs
 
     # -- fit -----------------------------------------------------------------------
-    def _classifier(self, classes: list[str] | None = None) -> CalibratedBoostedClassifier:
+    def _classifier(self, classes: list[str] | None = None, n_estimators: int | None = None) -> CalibratedBoostedClassifier:
+        n_estimators = n_estimators or self.n_estimators
         return CalibratedBoostedClassifier(
-            n_estimators=self.n_estimators,
+            n_estimators=n_estimators,
             num_leaves=self.num_leaves,
-            learning_rate=self.learning_rate,
+            # fewer trees learn at a proportionally higher rate
+            learning_rate=min(self.learning_rate * self.n_estimators / n_estimators, 0.5),
             min_child_samples=self.min_child_samples,
             classes=classes,
             random_state=self.random_state,
@@ -150,7 +157,7 @@ class ImmuneProfiler(BaseEstimator):
         augmented, groups = self._with_partial_copies(complete)
         X_aug = self.features_.transform(augmented)
         repeat = len(augmented) // len(complete)
-        self.subtype_model_ = self._classifier(list(subtypes["subtype"])).fit(
+        self.subtype_model_ = self._classifier(list(subtypes["subtype"]), self.subtype_trees).fit(
             X_aug, np.tile(cluster_subtype, repeat), groups=groups
         )
 
