@@ -200,3 +200,19 @@ def test_quoted_header_still_takes_the_fast_path_and_our_outputs_are_plain(tmp_p
         writer.write(pd.DataFrame({"patient_id": ["A", "B"], "pb_nk_pct": [1.5, None], "note": ["x", "y"]}))
     assert written.read_text().splitlines()[0] == "patient_id,pb_nk_pct,note"
     assert PanelFile(written, catalog).simple
+
+
+def test_prefetched_keeps_order_and_passes_errors_on():
+    from rifml.reader import prefetched
+
+    assert list(prefetched(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise RuntimeError("disk gone")
+
+    seen = []
+    with pytest.raises(RuntimeError, match="disk gone"):
+        for item in prefetched(failing()):
+            seen.append(item)
+    assert seen == [1]

@@ -283,7 +283,7 @@ def score(
     """Call immune profiles for a batch, with probabilities, subtype and the markers that drove each call."""
     from rifml.catalog import load_catalog
     from rifml.pipeline import calls_columns
-    from rifml.reader import PanelFile, validated_chunks
+    from rifml.reader import PanelFile, prefetched, validated_chunks
     from rifml.tracking import connect, load_profiler
     from rifml.validate import REJECT_COLUMNS
     from rifml.writer import AtomicCsvWriter
@@ -317,7 +317,7 @@ def score(
             reject_writer = stack.enter_context(AtomicCsvWriter(rejects, columns=REJECT_COLUMNS))
             calls_writer = stack.enter_context(AtomicCsvWriter(output))
             progress = stack.enter_context(RowProgress("scoring", quiet))
-            for chunk in validated_chunks(panel_file):
+            for chunk in prefetched(validated_chunks(panel_file)):
                 reject_writer.write(chunk.rejects)
                 reasons.update(chunk.rejects["reason"])
                 if len(chunk.panel):

@@ -303,3 +303,43 @@ def validated_chunks(panel_file: PanelFile) -> Iterator[ValidatedChunk]:
     duplicates = panel_file.duplicate_ids()
     for raw in panel_file.chunks():
         yield validate_chunk(raw.frame, raw.rows, panel_file.catalog, duplicates, raw.bad_field_count)
+
+
+def prefetched(chunks: Iterator[ValidatedChunk], depth: int = 2) -> Iterator[ValidatedChunk]:
+    """Read and validate the next chunks in a background thread while the caller scores this one.
+
+    Arrow parsing and the compiled scoring kernels release the GIL, so on two cores the
+    reading of chunk i+1 overlaps the scoring of chunk i. At most ``depth`` chunks wait.
+    """
+    import queue
+    import threading
+
+    waiting: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        waiting.put(chunk, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            waiting.put(done)
+        except BaseException as exc:  # handed to the consumer, raised there
+            waiting.put(exc)
+
+    worker = threading.Thread(target=produce, name="rifml-reader", daemon=True)
+    worker.start()
+    try:
+        while (item := waiting.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)

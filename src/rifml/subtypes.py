@@ -23,8 +23,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 from sklearn.base import BaseEstimator, ClusterMixin
@@ -36,6 +35,9 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
 from rifml.catalog import Catalog, Marker
+
+if TYPE_CHECKING:  # matplotlib loads only when a plot is drawn: scoring never needs it
+    from matplotlib.figure import Figure
 
 __all__ = [
     "ConsensusClustering",
@@ -606,6 +608,9 @@ def rule_profile(band_positions: pd.DataFrame, catalog: Catalog) -> pd.Series:
 
 
 def _new_figure(width: float, height: float) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     # A bare Figure on an Agg canvas: no pyplot global state, no GUI backend.
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)

@@ -136,7 +136,18 @@ def _parse_arrow_numeric(column: pd.Series) -> _Parsed | None:
     cells = pa.chunked_array(column.array._pa_array).combine_chunks() if hasattr(column.array, "_pa_array") else None
     if cells is None:
         return None
-    text = pc.utf8_trim_whitespace(pc.fill_null(cells, ""))
+    cells = pc.fill_null(cells, "")
+    empty = pc.equal(cells, "")
+    try:  # most columns hold only plain numbers and empties: one cast settles them
+        values = np.array(pc.cast(pc.if_else(empty, None, cells), pa.float64()).to_numpy(zero_copy_only=False))
+    except pa.ArrowInvalid:
+        values = None
+    if values is not None and np.isfinite(values[~np.isnan(values)]).all():
+        present = ~empty.to_numpy(zero_copy_only=False)
+        problem = np.full(len(values), None, dtype=object)
+        problem[present & np.isnan(values)] = NOT_A_NUMBER  # "nan" spelled out is not a measurement
+        return _Parsed(values, np.zeros(len(values), dtype=bool), present, problem)
+    text = pc.utf8_trim_whitespace(cells)
     present = pc.not_equal(text, "").to_numpy(zero_copy_only=False)
     is_censor = pc.starts_with(text, "<")
     body = pc.if_else(is_censor, pc.utf8_trim_whitespace(pc.utf8_slice_codeunits(text, 1)), text)
