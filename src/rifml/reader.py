@@ -305,7 +305,7 @@ def validated_chunks(panel_file: PanelFile) -> Iterator[ValidatedChunk]:
         yield validate_chunk(raw.frame, raw.rows, panel_file.catalog, duplicates, raw.bad_field_count)
 
 
-def prefetched(chunks: Iterator[ValidatedChunk], depth: int = 2) -> Iterator[ValidatedChunk]:
+def prefetched(chunks: Iterator[ValidatedChunk], depth: int = 1) -> Iterator[ValidatedChunk]:
     """Read and validate the next chunks in a background thread while the caller scores this one.
 
     Arrow parsing and the compiled scoring kernels release the GIL, so on two cores the
