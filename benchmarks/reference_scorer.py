@@ -16,7 +16,7 @@ import shap
 
 from rifml.explain import marker_contributions, top_drivers
 from rifml.tracking import connect, load_profiler
-from rifml.validate import validate_chunk
+from rifml.validate import repeated_ids, validate_chunk
 
 
 def main(model_uri: str, tracking_uri: str, source: str, target: str) -> None:
@@ -24,9 +24,7 @@ def main(model_uri: str, tracking_uri: str, source: str, target: str) -> None:
     profiler, _ = load_profiler(model_uri)
     catalog = profiler.catalog_
     raw = pd.read_csv(source, dtype=str, keep_default_na=False)
-    ids = raw[catalog.id_column].str.strip()
-    counts = ids[ids != ""].value_counts()
-    panel = validate_chunk(raw, np.arange(2, len(raw) + 2), catalog, frozenset(counts.index[counts > 1])).panel
+    panel = validate_chunk(raw, np.arange(2, len(raw) + 2), catalog, repeated_ids(raw[catalog.id_column])).panel
     X = profiler.features_.transform(panel)
     model = profiler.profile_model_
     proba = model.predict_proba(X)

@@ -111,3 +111,10 @@ def test_every_row_accounted_for(catalog):
     result = validate_chunk(raw, np.arange(2, 502), catalog, frozenset({"a", "b"}))
     assert len(result.panel) + len(result.rejects) == 500
     assert sorted(result.panel.index.tolist() + result.rejects["row"].tolist()) == list(range(2, 502))
+
+
+def test_repeated_ids_strip_and_ignore_blanks():
+    first = pd.Series(["A", " B", "", None, "C"])
+    second = pd.Series(["B ", "", "D"])
+    assert v.repeated_ids(first, second) == frozenset({"B"})
+    assert v.repeated_ids(pd.Series([], dtype=object)) == frozenset()

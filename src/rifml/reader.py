@@ -21,7 +21,7 @@ import pandas as pd
 
 from rifml.catalog import Catalog
 from rifml.errors import RifmlInputError
-from rifml.validate import ValidatedChunk, validate_chunk
+from rifml.validate import ValidatedChunk, repeated_ids, validate_chunk
 
 DEFAULT_CHUNK_ROWS = 50_000
 PARQUET_MAGIC = b"PAR1"
@@ -284,18 +284,9 @@ class PanelFile:
 
         Also sets ``row_count`` (data rows in the file), known after this first pass.
         """
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        # Counted in Arrow: a million ids stay compact (no Python string per row).
-        parts = [pa.array(ids.astype("string[pyarrow]"), from_pandas=True) for ids in self.patient_ids()]
+        parts = list(self.patient_ids())
         self.row_count = sum(len(p) for p in parts)
-        if not self.row_count:
-            return frozenset()
-        ids = pc.utf8_trim_whitespace(pa.chunked_array(parts, type=pa.large_string()).combine_chunks())
-        counts = pc.value_counts(pc.filter(ids, pc.and_(pc.is_valid(ids), pc.not_equal(ids, ""))))
-        repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
-        return frozenset(repeated.to_pylist())
+        return repeated_ids(*parts)
 
 
 def validated_chunks(panel_file: PanelFile) -> Iterator[ValidatedChunk]:

@@ -19,7 +19,7 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from rifml.pipeline import ImmuneProfiler, calls_columns
-from rifml.validate import validate_chunk
+from rifml.validate import repeated_ids, validate_chunk
 
 PROFILER_ARTIFACT = "profiler"
 DUPLICATE_FLAG = "rifml_duplicate_patient_id"
@@ -64,12 +64,10 @@ def score_frame(profiler: ImmuneProfiler, raw: pd.DataFrame) -> pd.DataFrame:
         if catalog.id_column in raw
         else pd.Series(pd.NA, index=raw.index, dtype="string")
     )
-    known = ids.notna() & (ids != "")
-    counts = ids[known].value_counts()
-    duplicates = set(counts.index[counts > 1])
-    if duplicated is not None:
-        duplicates |= set(ids[known & duplicated])
-    checked = validate_chunk(raw, rows, catalog, frozenset(duplicates), bad_field_count)
+    duplicates = repeated_ids(ids)
+    if duplicated is not None:  # repeated elsewhere in the whole file
+        duplicates |= frozenset(ids[ids.notna() & (ids != "") & duplicated])
+    checked = validate_chunk(raw, rows, catalog, duplicates, bad_field_count)
     calls = profiler.call(checked.panel) if len(checked.panel) else pd.DataFrame(columns=calls_columns(catalog))
     calls = calls.reindex(columns=calls_columns(catalog))
     calls.index = checked.panel.index

@@ -230,6 +230,19 @@ def _range_problems(numbers: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
     return pd.DataFrame({"position": [], "column": [], "reason": []})
 
 
+def repeated_ids(*parts: pd.Series) -> frozenset[str]:
+    """Patient ids (stripped, non-empty) that occur on more than one row across ``parts``.
+
+    Counted in Arrow, so a million ids stay compact (no Python string per row).
+    """
+    arrays = [pa.array(ids.astype("string[pyarrow]"), from_pandas=True) for ids in parts]
+    if not sum(len(a) for a in arrays):
+        return frozenset()
+    ids = pc.utf8_trim_whitespace(pa.chunked_array(arrays, type=pa.large_string()).combine_chunks())
+    counts = pc.value_counts(pc.filter(ids, pc.and_(pc.is_valid(ids), pc.not_equal(ids, ""))))
+    return frozenset(pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1)).to_pylist())
+
+
 def validate_chunk(
     raw: pd.DataFrame,
     rows: np.ndarray,
