@@ -196,11 +196,6 @@ class InterventionalExplainer:
         self._pack()
         self.expected_value_ = self.margins(background).mean(axis=0)
 
-    def _ensure_packed(self) -> None:
-        # explainers pickled before the packed layout existed still load and score
-        if not hasattr(self, "_tree_class"):
-            self._pack()
-
     def _pack(self) -> None:
         """All trees in flat, padded arrays for the compiled scoring kernels."""
         trees = [tree for per_class in self.trees_ for tree in per_class]
@@ -233,7 +228,6 @@ class InterventionalExplainer:
 
     def margins(self, X: np.ndarray) -> np.ndarray:
         """Raw margins (n, n_classes), summed tree by tree in LightGBM's order (bitwise equal)."""
-        self._ensure_packed()
         Xt = np.ascontiguousarray(np.asarray(X, dtype=np.float64).T)  # feature-major for the kernels
         return _margins_kernel(
             Xt, self._tree_class, self._n_nodes, self._features, self._thresholds, self._default_left,
@@ -242,7 +236,6 @@ class InterventionalExplainer:
 
     def shap_values(self, X: np.ndarray, classes: np.ndarray | int) -> np.ndarray:
         """SHAP values (n, n_features) of each row for one class per row (e.g. the called class)."""
-        self._ensure_packed()
         X = np.asarray(X, dtype=np.float64)
         classes = np.broadcast_to(np.asarray(classes, dtype=np.int64), (len(X),))
         # Rows sorted by class fill blocks of one class, so a block routes only that class's trees.

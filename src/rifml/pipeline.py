@@ -234,17 +234,15 @@ class ImmuneProfiler(BaseEstimator):
         """Calls-file rows (design.md) for clean panel rows, in input order."""
         check_is_fitted(self, "explainer_")
         catalog = self.catalog_
-        X = self.features_.transform(panel)
+        X = self.features_.transform(panel).to_numpy(dtype=float)  # once: margins, SHAP and subtypes all read it
         # The explainer routes rows through the same trees (bitwise-equal margins), faster than LightGBM's predict.
-        margins = self.profile_model_.expand_margins(self.explainer_.margins(X.to_numpy(dtype=float)))
+        margins = self.profile_model_.expand_margins(self.explainer_.margins(X))
         proba = self.profile_model_.proba_from_margins(margins)
         called = proba.argmax(axis=1)
         contributions = self.contributions(X, called)
         measured = self._measured(panel)
         drivers = top_drivers(contributions, measured, k=N_DRIVERS)
-        if not hasattr(self, "subtype_router_"):  # models pickled before routing was compiled
-            self.subtype_router_ = InterventionalExplainer(self.subtype_model_.booster_, self.background_)
-        subtype_margins = self.subtype_model_.expand_margins(self.subtype_router_.margins(X.to_numpy(dtype=float)))
+        subtype_margins = self.subtype_model_.expand_margins(self.subtype_router_.margins(X))
         subtype_index = subtype_margins.argmax(axis=1)
         subtypes = self.subtype_model_.classes_[subtype_index]
         subtype_profile = self.subtype_table_.set_index("subtype")["profile"]
@@ -269,15 +267,16 @@ class ImmuneProfiler(BaseEstimator):
         extra = [c for c in panel.columns if c not in set(catalog.known_columns) and not c.endswith("__censored")]
         return pd.concat([calls, panel[extra]], axis=1) if extra else calls
 
-    def contributions(self, X: pd.DataFrame, called: np.ndarray) -> pd.DataFrame:
+    def contributions(self, X: pd.DataFrame | np.ndarray, called: np.ndarray) -> pd.DataFrame:
         """Per-marker SHAP (raw margin) of each row's called class, against the balanced background."""
         model = self.profile_model_
+        X = np.asarray(X, dtype=float)
         column = np.searchsorted(model.booster_classes_, called)
         if self.explainer_.n_classes_ == 1:  # binary booster: margin of the second class, the first's is 0
-            phi = self.explainer_.shap_values(X.to_numpy(dtype=float), 0)
+            phi = self.explainer_.shap_values(X, 0)
             phi = np.where((column == 1)[:, None], phi, -phi)
         else:
-            phi = self.explainer_.shap_values(X.to_numpy(dtype=float), column)
+            phi = self.explainer_.shap_values(X, column)
         return marker_contributions(phi, self.feature_names_, self.features_.feature_markers_, self.catalog_.marker_names)
 
     def _measured(self, panel: pd.DataFrame) -> pd.DataFrame:
