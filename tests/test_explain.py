@@ -1,5 +1,7 @@
 """The fast explainer is exact: equal to shap's interventional TreeExplainer, summing to the margin."""
 
+import pickle
+
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
@@ -47,6 +49,38 @@ def test_one_class_per_row_equals_full_computation():
     for c in range(4):
         rows = called == c
         np.testing.assert_allclose(mixed[rows], explainer.shap_values(X[:300][rows], c))
+
+
+@pytest.mark.parametrize("params", [{"zero_as_missing": True}, {"use_missing": False}, {}])
+def test_routing_follows_lightgbm_missing_value_rules(params):
+    """"Zero", "None" and "NaN" missing types: NaN and zeros go where LightGBM sends them."""
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(2000, 6))
+    X[rng.random(X.shape) < 0.2] = np.nan
+    X[rng.random(X.shape) < 0.1] = 0.0
+    X[:50, 0] = 1e-40  # below LightGBM's zero tolerance: a zero under "Zero"
+    y = (np.nan_to_num(X[:, 0], nan=1.0) + np.isnan(X[:, 1]) + (X[:, 2] == 0) > 0.5).astype(int) + (X[:, 3] > 0)
+    model = lgb.LGBMClassifier(n_estimators=30, num_leaves=8, verbose=-1, n_jobs=1, **params).fit(X, y)
+    explainer = InterventionalExplainer(model.booster_, X[:40])
+    raw = model.booster_.predict(X, raw_score=True)
+    np.testing.assert_array_equal(explainer.margins(X), raw)
+
+
+def test_one_pass_explains_the_highest_margin_class():
+    model, X, _ = random_model(5)
+    explainer = InterventionalExplainer(model.booster_, X[:50])
+    margins, phi = explainer.margins_and_shap(X)
+    np.testing.assert_array_equal(margins, explainer.margins(X))
+    np.testing.assert_array_equal(phi, explainer.shap_values(X, margins.argmax(axis=1)))
+
+
+def test_pickles_without_kernel_arrays_and_rebuilds_them():
+    model, X, _ = random_model(6)
+    explainer = InterventionalExplainer(model.booster_, X[:50])
+    state = explainer.__getstate__()
+    assert "_table" not in state and "trees_" in state
+    loaded = pickle.loads(pickle.dumps(explainer))
+    np.testing.assert_array_equal(loaded.margins_and_shap(X)[1], explainer.margins_and_shap(X)[1])
 
 
 def test_single_leaf_trees_and_bad_background():

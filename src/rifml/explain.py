@@ -197,7 +197,7 @@ class InterventionalExplainer:
         self.expected_value_ = self.margins(background).mean(axis=0)
 
     def _pack(self) -> None:
-        """All trees in flat, padded arrays for the compiled scoring kernels."""
+        """All trees in flat, padded arrays for the compiled scoring kernel."""
         trees = [tree for per_class in self.trees_ for tree in per_class]
         # LightGBM's order is tree i of class i % n_classes; keep it so margins sum in the same order.
         order = [(i // self.n_classes_, i % self.n_classes_) for i in range(len(trees))]
@@ -207,124 +207,145 @@ class InterventionalExplainer:
         size = len(trees)
         self._tree_class = np.array([c for _, c in order], dtype=np.int64)
         self._n_nodes = np.array([len(t.features) for t in trees], dtype=np.int64)
-        self._features = np.zeros((size, max(n_nodes, 1)), dtype=np.int64)
         self._thresholds = np.zeros((size, max(n_nodes, 1)))
-        self._default_left = np.zeros((size, max(n_nodes, 1)), dtype=np.bool_)
-        self._missing = np.zeros((size, max(n_nodes, 1)), dtype=np.int64)
         self._leaf = np.zeros((size, 2**n_nodes))
         self._used = np.zeros((size, n_used), dtype=np.int64)
         self._n_used = np.array([len(t.used) for t in trees], dtype=np.int64)
         self._table = np.zeros((size, 2**n_nodes, n_used))
+        # Each node reads a copy of its feature in which missing values already stand where
+        # LightGBM sends them (see _FILL_*), so routing is one branch-free comparison per node.
+        copies: dict[tuple[int, int], int] = {}
+        self._node_column = np.zeros((size, max(n_nodes, 1)), dtype=np.int64)
         for i, tree in enumerate(trees):
             k = len(tree.features)
-            self._features[i, :k] = tree.features
+            for j in range(k):
+                fill = _fill_rule(int(tree.missing[j]), bool(tree.default_left[j]))
+                self._node_column[i, j] = copies.setdefault((int(tree.features[j]), fill), len(copies))
             self._thresholds[i, :k] = tree.thresholds
-            self._default_left[i, :k] = tree.default_left
-            self._missing[i, :k] = tree.missing
             # patterns only use the tree's own k bits; padding bits are always 0
             self._leaf[i, : 2**k] = tree.leaf_of_pattern
             self._used[i, : len(tree.used)] = tree.used
             self._table[i, : 2**k, : len(tree.used)] = tree.table
+        self._copy_feature = np.array([f for f, _ in copies] or [0], dtype=np.int64)
+        self._copy_fill = np.array([fill for _, fill in copies] or [_FILL_NAN_LEFT], dtype=np.int64)
+
+    # The packed arrays are derived from trees_: leave them out of pickles and rebuild on load,
+    # so a saved model never depends on the kernel's current layout.
+    _PACKED = ("_tree_class", "_n_nodes", "_thresholds", "_leaf", "_used", "_n_used", "_table",
+               "_node_column", "_copy_feature", "_copy_fill")
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in self._PACKED}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._pack()
+
+    def _run(self, X: np.ndarray, classes: np.ndarray, explain: bool) -> tuple[np.ndarray, np.ndarray]:
+        Xt = np.ascontiguousarray(np.asarray(X, dtype=np.float64).T)  # feature-major for the kernel
+        return _score_kernel(
+            Xt, classes, explain, self._copy_feature, self._copy_fill, self._tree_class, self._n_nodes,
+            self._node_column, self._thresholds, self._leaf, self._table, self._used, self._n_used,
+            self.n_classes_, self.n_features_,
+        )
 
     def margins(self, X: np.ndarray) -> np.ndarray:
         """Raw margins (n, n_classes), summed tree by tree in LightGBM's order (bitwise equal)."""
-        Xt = np.ascontiguousarray(np.asarray(X, dtype=np.float64).T)  # feature-major for the kernels
-        return _margins_kernel(
-            Xt, self._tree_class, self._n_nodes, self._features, self._thresholds, self._default_left,
-            self._missing, self._leaf, self.n_classes_,
-        )
+        return self._run(X, np.empty(0, dtype=np.int64), False)[0]
 
     def shap_values(self, X: np.ndarray, classes: np.ndarray | int) -> np.ndarray:
         """SHAP values (n, n_features) of each row for one class per row (e.g. the called class)."""
-        X = np.asarray(X, dtype=np.float64)
         classes = np.broadcast_to(np.asarray(classes, dtype=np.int64), (len(X),))
-        # Rows sorted by class fill blocks of one class, so a block routes only that class's trees.
-        order = np.argsort(classes, kind="stable")
-        Xt = np.ascontiguousarray(X[order].T)
-        phi = _shap_kernel(
-            Xt, np.ascontiguousarray(classes[order]), self._tree_class, self._n_nodes, self._features,
-            self._thresholds, self._default_left, self._missing, self._table, self._used, self._n_used, self.n_features_,
-        )
-        out = np.empty_like(phi)
-        out[order] = phi
-        return out
+        return self._run(X, np.ascontiguousarray(classes), True)[1]
+
+    def margins_and_shap(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw margins, and the SHAP values of each row's highest-margin class, in one pass.
+
+        Rows are routed through the trees once; the routing patterns that sum the margins
+        also look up the SHAP values. A binary booster's one output is explained as is.
+        """
+        return self._run(X, np.full(len(X), ARGMAX, dtype=np.int64), True)
 
 
-# Compiled once and cached on disk (numba cache=True): about a second per million rows on
-# 2 cores, where routing tree by tree in numpy spends most of its time on temporaries.
-BLOCK_ROWS = 256  # rows per block: the inner loops run over rows of one feature (vectorizable)
+ARGMAX = -1  # class code asking the kernel to explain the row's highest-margin class
+
+# How a node's copy of a feature stands in for LightGBM's missing-value rule:
+# "NaN" missing type: NaN follows default_left (NaN -> -inf goes left, +inf right);
+# "None": NaN is read as 0.0; "Zero": NaN and |x| < 1e-35 follow default_left.
+_FILL_NAN_LEFT, _FILL_NAN_RIGHT, _FILL_NAN_ZERO, _FILL_ZERO_LEFT, _FILL_ZERO_RIGHT = range(5)
 
 
-@numba.njit(cache=True, nogil=True)
-def _block_patterns(Xt, start, stop, t, features, thresholds, default_left, missing, n_nodes, out):
-    """Routing patterns of rows [start, stop) in tree t (bit j set when a row goes left at node j)."""
-    for r in range(stop - start):
-        out[r] = 0
-    for j in range(n_nodes[t]):
-        column = Xt[features[t, j]]
-        threshold = thresholds[t, j]
-        nan_left = default_left[t, j] if missing[t, j] != 0 else 0.0 <= threshold
-        zero_default = missing[t, j] == 1
-        bit = 1 << j
-        if zero_default:  # rare ("Zero" missing type): zeros also take the default branch
-            for r in range(stop - start):
-                value = column[start + r]
-                if np.isnan(value) or abs(value) < 1e-35:
-                    left = default_left[t, j]
-                else:
-                    left = value <= threshold
-                if left:
-                    out[r] |= bit
-        else:
-            # branch-free so the loop vectorizes: NaN compares false, then takes its own branch
-            for r in range(stop - start):
-                value = column[start + r]
-                missing_value = value != value
-                left = (value <= threshold) | (missing_value & nan_left)
-                out[r] |= np.int64(left) * bit
+def _fill_rule(missing: int, default_left: bool) -> int:
+    if missing == 0:
+        return _FILL_NAN_ZERO
+    if missing == 1:
+        return _FILL_ZERO_LEFT if default_left else _FILL_ZERO_RIGHT
+    return _FILL_NAN_LEFT if default_left else _FILL_NAN_RIGHT
+
+
+# Compiled once and cached on disk (numba cache=True). Rows go in blocks of BLOCK_ROWS: the
+# inner loops run over the rows of one column, which the compiler vectorizes; routing every
+# tree once per block and keeping the patterns serves both margins and SHAP lookups.
+BLOCK_ROWS = 256
 
 
 @numba.njit(cache=True, parallel=True)
-def _margins_kernel(Xt, tree_class, n_nodes, features, thresholds, default_left, missing, leaf, n_classes):
+def _score_kernel(Xt, classes, explain, copy_feature, copy_fill, tree_class, n_nodes, node_column, thresholds,
+                  leaf, table, used, n_used, n_classes, n_features):
     n = Xt.shape[1]
-    out = np.zeros((n, n_classes))
+    n_trees = tree_class.shape[0]
+    margins = np.zeros((n, n_classes))
+    phi = np.zeros((n, n_features if explain else 0))
     n_blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
     for b in numba.prange(n_blocks):
         start = b * BLOCK_ROWS
-        stop = min(start + BLOCK_ROWS, n)
-        patterns = np.empty(BLOCK_ROWS, dtype=np.int64)
-        for t in range(tree_class.shape[0]):
-            _block_patterns(Xt, start, stop, t, features, thresholds, default_left, missing, n_nodes, patterns)
+        m = min(start + BLOCK_ROWS, n) - start
+        columns = np.empty((copy_feature.shape[0], BLOCK_ROWS))
+        for k in range(copy_feature.shape[0]):
+            source = Xt[copy_feature[k]]
+            fill = copy_fill[k]
+            low = fill == _FILL_NAN_LEFT or fill == _FILL_ZERO_LEFT
+            value_if_missing = -np.inf if low else (0.0 if fill == _FILL_NAN_ZERO else np.inf)
+            zeros_too = fill == _FILL_ZERO_LEFT or fill == _FILL_ZERO_RIGHT
+            for r in range(m):
+                v = source[start + r]
+                if v != v or (zeros_too and abs(v) < 1e-35):
+                    v = value_if_missing
+                columns[k, r] = v
+        patterns = np.empty((n_trees, BLOCK_ROWS), dtype=np.int64)
+        for t in range(n_trees):
+            pattern = patterns[t]
+            for r in range(m):
+                pattern[r] = 0
+            for j in range(n_nodes[t]):
+                column = columns[node_column[t, j]]
+                threshold = thresholds[t, j]
+                bit = np.int64(1) << j
+                for r in range(m):
+                    if column[r] <= threshold:
+                        pattern[r] |= bit
             c = tree_class[t]
-            for r in range(stop - start):
-                out[start + r, c] += leaf[t, patterns[r]]
-    return out
-
-
-@numba.njit(cache=True, parallel=True)
-def _shap_kernel(Xt, classes, tree_class, n_nodes, features, thresholds, default_left, missing, table, used, n_used, n_features):
-    n = Xt.shape[1]
-    phi = np.zeros((n, n_features))
-    n_blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
-    for b in numba.prange(n_blocks):
-        start = b * BLOCK_ROWS
-        stop = min(start + BLOCK_ROWS, n)
-        patterns = np.empty(BLOCK_ROWS, dtype=np.int64)
-        for t in range(tree_class.shape[0]):
+            for r in range(m):
+                margins[start + r, c] += leaf[t, pattern[r]]
+        if not explain:
+            continue
+        explained = np.empty(BLOCK_ROWS, dtype=np.int64)
+        for r in range(m):
+            best = classes[start + r] if classes.shape[0] else ARGMAX
+            if best == ARGMAX:
+                best = 0
+                for c in range(1, n_classes):
+                    if margins[start + r, c] > margins[start + r, best]:
+                        best = c
+            explained[r] = best
+        for t in range(n_trees):
             c = tree_class[t]
-            wanted = False
-            for r in range(stop - start):
-                if classes[start + r] == c:
-                    wanted = True
-                    break
-            if not wanted:
-                continue
-            _block_patterns(Xt, start, stop, t, features, thresholds, default_left, missing, n_nodes, patterns)
-            for r in range(stop - start):
-                if classes[start + r] == c:
+            for r in range(m):
+                if explained[r] == c:
+                    row = start + r
                     for u in range(n_used[t]):
-                        phi[start + r, used[t, u]] += table[t, patterns[r], u]
-    return phi
+                        phi[row, used[t, u]] += table[t, patterns[t, r], u]
+    return margins, phi
 
 
 def marker_contributions(

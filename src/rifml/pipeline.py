@@ -235,11 +235,13 @@ class ImmuneProfiler(BaseEstimator):
         check_is_fitted(self, "explainer_")
         catalog = self.catalog_
         X = self.features_.transform(panel).to_numpy(dtype=float)  # once: margins, SHAP and subtypes all read it
-        # The explainer routes rows through the same trees (bitwise-equal margins), faster than LightGBM's predict.
-        margins = self.profile_model_.expand_margins(self.explainer_.margins(X))
+        # One pass of the explainer's routing (bitwise-equal to LightGBM's margins, and faster than its
+        # predict) gives the margins and the SHAP values of the highest-margin class: the call.
+        raw, phi = self.explainer_.margins_and_shap(X)
+        margins = self.profile_model_.expand_margins(raw)
         proba = self.profile_model_.proba_from_margins(margins)
-        called = proba.argmax(axis=1)
-        contributions = self.contributions(X, called)
+        called = margins.argmax(axis=1)  # = argmax of proba (temperature scaling keeps the order)
+        contributions = self._per_marker(self._signed(phi, called))
         measured = self._measured(panel)
         drivers = top_drivers(contributions, measured, k=N_DRIVERS)
         subtype_margins = self.subtype_model_.expand_margins(self.subtype_router_.margins(X))
@@ -269,14 +271,19 @@ class ImmuneProfiler(BaseEstimator):
 
     def contributions(self, X: pd.DataFrame | np.ndarray, called: np.ndarray) -> pd.DataFrame:
         """Per-marker SHAP (raw margin) of each row's called class, against the balanced background."""
-        model = self.profile_model_
         X = np.asarray(X, dtype=float)
-        column = np.searchsorted(model.booster_classes_, called)
-        if self.explainer_.n_classes_ == 1:  # binary booster: margin of the second class, the first's is 0
-            phi = self.explainer_.shap_values(X, 0)
-            phi = np.where((column == 1)[:, None], phi, -phi)
-        else:
-            phi = self.explainer_.shap_values(X, column)
+        column = np.searchsorted(self.profile_model_.booster_classes_, called)
+        phi = self.explainer_.shap_values(X, 0 if self.explainer_.n_classes_ == 1 else column)
+        return self._per_marker(self._signed(phi, called))
+
+    def _signed(self, phi: np.ndarray, called: np.ndarray) -> np.ndarray:
+        """A binary booster explains the second class's margin (the first's is 0): flip it for the first."""
+        if self.explainer_.n_classes_ != 1:
+            return phi
+        column = np.searchsorted(self.profile_model_.booster_classes_, called)
+        return np.where((column == 1)[:, None], phi, -phi)
+
+    def _per_marker(self, phi: np.ndarray) -> pd.DataFrame:
         return marker_contributions(phi, self.feature_names_, self.features_.feature_markers_, self.catalog_.marker_names)
 
     def _measured(self, panel: pd.DataFrame) -> pd.DataFrame:
