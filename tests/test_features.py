@@ -21,6 +21,7 @@ from rifml.features import (
     NK_HLA_C_INCOMPATIBILITY,
     FlooredLog,
     PanelFeatures,
+    _distinct_rows,
     band_position,
 )
 
@@ -223,6 +224,25 @@ def test_kir_hla_truth_table(fitted, kir, hla, expected):
     np.testing.assert_equal(out[INCOMPATIBILITY_FEATURE], expected)
     np.testing.assert_equal(out[f"{KIR}__{KIR_RISK}"], np.nan if kir is None else float(kir == KIR_RISK))
     np.testing.assert_equal(out[f"{HLA}__{HLA_RISK}"], np.nan if hla is None else float(hla == HLA_RISK))
+
+
+def test_raw_spellings_of_categories_read_like_canonical_ones(fitted):
+    canonical = pd.DataFrame({"patient_id": ["p", "q", "r"], KIR: [KIR_RISK, KIR_OTHER, None], HLA: [HLA_RISK, HLA_OTHER, None]})
+    spelled = canonical.assign(
+        **{KIR: [f" {KIR_RISK.lower()} ", KIR_OTHER.upper(), "not a category"], HLA: [HLA_RISK.upper(), HLA_OTHER, None]}
+    )
+    pd.testing.assert_frame_equal(fitted.transform(spelled), fitted.transform(canonical))
+
+
+def test_distinct_rows_beyond_one_64_bit_word():
+    rng = np.random.default_rng(0)
+    kinds = rng.random((6, 70)) < 0.5
+    kinds[1] = kinds[0]
+    kinds[1, 66] = not kinds[0, 66]  # differs only past the first 64 columns
+    mask = kinds[rng.integers(0, 6, 400)]
+    patterns, which = _distinct_rows(mask)
+    np.testing.assert_array_equal(patterns[which], mask)
+    assert len(patterns) == len(np.unique(mask, axis=0))
 
 
 def test_feature_markers_cover_every_feature_and_name_only_catalog_markers(fitted):

@@ -382,15 +382,17 @@ def top_drivers(contributions: pd.DataFrame, measured: pd.DataFrame, k: int = 3)
     last marker with a positive push).
     """
     markers = list(measured.columns)
-    values = contributions[markers].to_numpy(copy=True)
+    values = contributions[markers].to_numpy(dtype=np.float64, copy=True)
     values[~measured.to_numpy(dtype=bool)] = -np.inf
-    order = np.argsort(-values, axis=1, kind="stable")[:, :k]
     out: dict[str, object] = {}
-    names = np.array(markers, dtype=object)
+    names = np.array(markers + [""], dtype=object)
+    rows = np.arange(len(values))
     for rank in range(k):
-        chosen = order[:, rank]
-        push = values[np.arange(len(values)), chosen]
+        # k passes of argmax (first index on ties) instead of sorting every row
+        chosen = values.argmax(axis=1)
+        push = values[rows, chosen]
         keep = push > 0
-        out[f"driver_{rank + 1}"] = np.where(keep, names[chosen], "")
+        out[f"driver_{rank + 1}"] = names[np.where(keep, chosen, len(markers))]
         out[f"driver_{rank + 1}_contribution"] = np.where(keep, push, np.nan)
+        values[rows, chosen] = -np.inf
     return pd.DataFrame(out, index=contributions.index)

@@ -16,7 +16,7 @@ from sklearn.utils.validation import check_is_fitted
 from rifml.catalog import Catalog
 from rifml.errors import RifmlInputError
 from rifml.explain import InterventionalExplainer, marker_contributions, top_drivers
-from rifml.features import PanelFeatures, band_position
+from rifml.features import PanelFeatures, band_position, compartment_names, measured_markers
 from rifml.model import CalibratedBoostedClassifier
 from rifml.subtypes import ConsensusClustering, name_clusters
 
@@ -242,7 +242,7 @@ class ImmuneProfiler(BaseEstimator):
         proba = self.profile_model_.proba_from_margins(margins)
         called = margins.argmax(axis=1)  # = argmax of proba (temperature scaling keeps the order)
         contributions = self._per_marker(self._signed(phi, called))
-        measured = self._measured(panel)
+        measured = measured_markers(panel, catalog)
         drivers = top_drivers(contributions, measured, k=N_DRIVERS)
         subtype_margins = self.subtype_model_.expand_margins(self.subtype_router_.margins(X))
         subtype_index = subtype_margins.argmax(axis=1)
@@ -258,7 +258,7 @@ class ImmuneProfiler(BaseEstimator):
         calls["subtype"] = subtypes
         for column in drivers.columns:
             calls[column] = drivers[column].to_numpy()
-        calls["compartments"] = self.features_.compartments(panel).to_numpy()
+        calls["compartments"] = compartment_names(measured, catalog).to_numpy()
         calls["subtype_profile"] = subtype_profile.reindex(subtypes).to_numpy()
         for column in flags.columns:
             calls[column] = flags[column].to_numpy()
@@ -285,8 +285,3 @@ class ImmuneProfiler(BaseEstimator):
 
     def _per_marker(self, phi: np.ndarray) -> pd.DataFrame:
         return marker_contributions(phi, self.feature_names_, self.features_.feature_markers_, self.catalog_.marker_names)
-
-    def _measured(self, panel: pd.DataFrame) -> pd.DataFrame:
-        return pd.DataFrame(
-            {m: panel[m].notna().to_numpy() if m in panel else np.zeros(len(panel), bool) for m in self.catalog_.marker_names}
-        )
