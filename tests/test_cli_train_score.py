@@ -79,7 +79,9 @@ def test_score_with_explicit_model_uri_and_missing_model(trained):
     ok = rifml("score", "--input", "batch.csv", "--output", "c2.csv", "--rejects", "r2.csv",
                "--model", "models:/rifml-immune-profile/1", cwd=work)
     assert ok.returncode == 0, ok.stderr
-    assert (work / "c2.csv").read_bytes() == (work / "calls.csv").read_bytes() or (work / "calls.csv").exists()
+    champion = rifml("score", "--input", "batch.csv", "--output", "c2b.csv", "--rejects", "r2b.csv", cwd=work)
+    assert champion.returncode == 0, champion.stderr
+    assert (work / "c2.csv").read_bytes() == (work / "c2b.csv").read_bytes()  # version 1 is the champion
     missing = rifml("score", "--input", "batch.csv", "--output", "c3.csv", "--rejects", "r3.csv",
                     "--model", "models:/no-such-model@champion", cwd=work)
     assert missing.returncode == 2 and "cannot load model" in missing.stderr
@@ -121,3 +123,22 @@ def test_score_refuses_a_model_from_another_catalog_version(trained, tmp_path):
                    "--catalog", tmp_path / "markers.yaml", cwd=work)
     assert result.returncode == 2
     assert "catalog 1.0" in result.stderr and "9.9" in result.stderr
+
+
+def test_score_validates_with_the_models_catalog_when_the_installed_one_was_edited(trained, tmp_path):
+    """Reading starts with the installed catalog while the model loads; the model's catalog still rules."""
+    import yaml
+
+    from rifml.config import config_dir
+
+    work, _ = trained
+    data = yaml.safe_load((config_dir() / "markers.yaml").read_text())
+    edited = next(m for m in data["markers"] if m["name"] == "pb_nk_pct")
+    edited["valid_range"] = [0, 8]  # same version, narrower range: most rows would be refused under it
+    (tmp_path / "markers.yaml").write_text(yaml.safe_dump(data))
+    plain = rifml("score", "--input", "batch.csv", "--output", "c6.csv", "--rejects", "r6.csv", cwd=work)
+    edited_run = rifml("score", "--input", "batch.csv", "--output", "c7.csv", "--rejects", "r7.csv",
+                       "--catalog", tmp_path / "markers.yaml", cwd=work)
+    assert plain.returncode == 0 and edited_run.returncode == 0, edited_run.stderr
+    assert (work / "c7.csv").read_bytes() == (work / "c6.csv").read_bytes()
+    assert (work / "r7.csv").read_bytes() == (work / "r6.csv").read_bytes()

@@ -202,10 +202,10 @@ def test_quoted_header_still_takes_the_fast_path_and_our_outputs_are_plain(tmp_p
     assert PanelFile(written, catalog).simple
 
 
-def test_prefetched_keeps_order_and_passes_errors_on():
-    from rifml.reader import prefetched
+def test_prefetcher_keeps_order_and_passes_errors_on():
+    from rifml.reader import Prefetcher
 
-    assert list(prefetched(iter(range(50)), depth=2)) == list(range(50))
+    assert list(Prefetcher(iter(range(50)), depth=2)) == list(range(50))
 
     def failing():
         yield 1
@@ -213,6 +213,29 @@ def test_prefetched_keeps_order_and_passes_errors_on():
 
     seen = []
     with pytest.raises(RuntimeError, match="disk gone"):
-        for item in prefetched(failing()):
+        for item in Prefetcher(failing()):
             seen.append(item)
     assert seen == [1]
+
+
+def test_prefetcher_reads_ahead_from_the_start_and_stops_when_closed():
+    import threading
+
+    from rifml.reader import Prefetcher
+
+    produced = []
+    ready = threading.Event()
+
+    def endless():
+        for i in range(10**9):
+            produced.append(i)
+            if i == 2:
+                ready.set()
+            yield i
+
+    prefetcher = Prefetcher(endless(), depth=2)
+    assert ready.wait(5), "nothing was read before the first request"  # reading started at construction
+    prefetcher.close()
+    stopped_at = len(produced)
+    assert stopped_at <= 4  # depth 2 waiting + one handed over + one being made
+    assert not prefetcher._worker.is_alive()

@@ -315,41 +315,65 @@ def validated_chunks(panel_file: PanelFile) -> Iterator[ValidatedChunk]:
         yield validate_chunk(raw.frame, raw.rows, panel_file.catalog, duplicates, raw.bad_field_count)
 
 
-def prefetched(chunks: Iterator[ValidatedChunk], depth: int = 1) -> Iterator[ValidatedChunk]:
-    """Read and validate the next chunks in a background thread while the caller scores this one.
+class Prefetcher:
+    """Read and validate chunks in a background thread, from construction on.
 
-    Arrow parsing and the compiled scoring kernels release the GIL, so on two cores the
-    reading of chunk i+1 overlaps the scoring of chunk i. At most ``depth`` chunks wait.
+    Arrow parsing, numpy and the compiled scoring kernels release the GIL, so on two
+    cores the reading of chunk i+1 overlaps the scoring of chunk i, and the first
+    chunks are read while the caller is still loading its model. At most ``depth``
+    chunks wait. Iterate once; ``close`` (or leaving a ``with`` block) stops the thread.
     """
-    import queue
-    import threading
 
-    waiting: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
+    _DONE = object()
 
-    def produce() -> None:
+    def __init__(self, chunks: Iterator[ValidatedChunk], depth: int = 1):
+        import queue
+        import threading
+
+        self._waiting: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._produce, args=(chunks,), name="rifml-reader", daemon=True)
+        self._worker.start()
+
+    def _produce(self, chunks: Iterator[ValidatedChunk]) -> None:
+        import queue
+
         try:
             for chunk in chunks:
-                while not stop.is_set():
+                while not self._stop.is_set():
                     try:
-                        waiting.put(chunk, timeout=0.1)
+                        self._waiting.put(chunk, timeout=0.1)
                         break
                     except queue.Full:
                         continue
-                if stop.is_set():
+                if self._stop.is_set():
                     return
-            waiting.put(done)
+            self._waiting.put(self._DONE)
         except BaseException as exc:  # handed to the consumer, raised there
-            waiting.put(exc)
+            self._waiting.put(exc)
 
-    worker = threading.Thread(target=produce, name="rifml-reader", daemon=True)
-    worker.start()
-    try:
-        while (item := waiting.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        worker.join(timeout=5)
+    def __iter__(self) -> Iterator[ValidatedChunk]:
+        try:
+            while (item := self._waiting.get()) is not self._DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._worker.is_alive():  # unblock a producer waiting to hand over a chunk
+            try:
+                self._waiting.get_nowait()
+            except Exception:  # queue.Empty
+                pass
+            self._worker.join(timeout=0.05)
+
+    def __enter__(self) -> "Prefetcher":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
