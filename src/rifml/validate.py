@@ -166,10 +166,13 @@ def _parse_arrow_numeric(column: pd.Series) -> _Parsed | None:
 
 def parse_category(column: pd.Series, lookup: dict[str, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Map spellings to canonical categories; returns (canonical or None, present, problem)."""
-    text = _as_text(column)
-    present = (text != "").to_numpy()
-    canonical = text.str.lower().map(lookup).to_numpy(dtype=object)
-    canonical = np.where(pd.isna(canonical), None, canonical)
+    text = pa.array(_as_text(column))
+    present = pc.not_equal(text, "").to_numpy(zero_copy_only=False)
+    spellings = list(lookup)
+    # position of each lower-cased cell among the spellings (Arrow hash lookup); the extra last slot is "unknown"
+    found = pc.index_in(pc.utf8_lower(text), value_set=pa.array(spellings, type=pa.string()))
+    position = pc.fill_null(found, len(spellings)).to_numpy(zero_copy_only=False)
+    canonical = np.array([lookup[s] for s in spellings] + [None], dtype=object)[position]
     problem = np.where(present & (canonical == None), NOT_A_CATEGORY, None)  # noqa: E711 (elementwise)
     return canonical, present, problem
 
@@ -347,6 +350,8 @@ def validate_chunk(
         },
         columns=REJECT_COLUMNS,
     )
+    if not reject_mask.any():  # the usual chunk: nothing to drop, so no copies
+        return ValidatedChunk(panel=panel_frame, accepted_raw=raw.set_axis(panel_frame.index), rejects=rejects)
     accepted_raw = raw.loc[accepted].set_axis(pd.Index(np.asarray(rows)[accepted], name="row"))
     return ValidatedChunk(panel=panel_frame.loc[accepted], accepted_raw=accepted_raw, rejects=rejects)
 
