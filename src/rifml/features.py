@@ -460,8 +460,10 @@ class PanelFeatures(TransformerMixin, BaseEstimator):
         for compartment, present in compartments_measured(measured, catalog).items():
             out[f"{MISSING_PREFIX}{compartment}"] = (~present).astype(np.float64)
         names = list(self.feature_markers_)
-        matrix = np.column_stack([out[name] for name in names]) if len(panel) else np.empty((0, len(names)))
-        return pd.DataFrame(matrix, index=panel.index, columns=names, dtype=np.float64)
+        # Feature-major storage: the frame's array is then (rows, features) in Fortran order,
+        # whose transpose is what the scoring kernels read, without a copy.
+        by_feature = np.vstack([out[name] for name in names]).astype(np.float64, copy=False)
+        return pd.DataFrame(by_feature.T, index=panel.index, columns=names, copy=False)
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         check_is_fitted(self)
