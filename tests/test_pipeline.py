@@ -59,7 +59,7 @@ def test_supervised_profile_call_and_calibration(cohorts, supervised, catalog):
     proba = calls[[f"prob_{p}" for p in catalog.profiles]].to_numpy()
     correct = calls["immune_profile"].to_numpy() == truth["immune_profile"].to_numpy()
     assert expected_calibration_error(proba, correct) <= 0.08
-    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=len(catalog.profiles) * 0.5e-6)  # 6 decimals each
 
 
 def test_partial_panels_are_called_with_wider_probabilities(cohorts, supervised):

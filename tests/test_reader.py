@@ -239,3 +239,17 @@ def test_prefetcher_reads_ahead_from_the_start_and_stops_when_closed():
     stopped_at = len(produced)
     assert stopped_at <= 4  # depth 2 waiting + one handed over + one being made
     assert not prefetcher._worker.is_alive()
+
+
+def test_writer_quotes_only_chunks_that_need_it_and_reads_back_the_same(tmp_path):
+    from rifml.writer import AtomicCsvWriter
+
+    plain = pd.DataFrame({"patient_id": ["A", "B"], "note": ["ok", "Ünïcode"], "x": [1.5, None]})
+    awkward = pd.DataFrame({"patient_id": ["C", "D"], "note": ['says "hi", then', "two\nlines"], "x": [2.0, 3.25]})
+    target = tmp_path / "mixed.csv"
+    with AtomicCsvWriter(target) as writer:
+        writer.write(plain)  # Arrow path
+        writer.write(awkward)  # separators, quotes, newline: the pandas path quotes them
+    back = pd.read_csv(target, keep_default_na=False, na_values=[""])
+    expected = pd.concat([plain, awkward], ignore_index=True)
+    pd.testing.assert_frame_equal(back, expected)

@@ -170,7 +170,8 @@ def test_split_payload_answers_the_calls_contract(server, panels, catalog):
     scored = got[got["status"] == "scored"]
     assert len(scored) == len(frame) - 1
     assert set(scored["immune_profile"]) <= set(catalog.profiles)
-    np.testing.assert_allclose(scored[profile_columns(catalog)].sum(axis=1), 1.0, atol=1e-9)
+    # each probability is reported to 6 decimals
+    np.testing.assert_allclose(scored[profile_columns(catalog)].sum(axis=1), 1.0, atol=len(catalog.profiles) * 0.5e-6)
     bad = got.iloc[where["corrupt"]]
     assert (bad["status"], bad["reject_reason"], bad["reject_column"]) == ("rejected", "negative value", where["percent"])
     assert got.iloc[where["partial"]]["compartments"] == "blood"

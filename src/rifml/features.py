@@ -131,7 +131,10 @@ def _category_codes(panel: pd.DataFrame, marker: Marker) -> np.ndarray:
         return np.full(len(panel), -1, dtype=np.int64)
     values = panel[marker.name]
     canonical = list(marker.categories or {})
-    codes = pd.Categorical(values, categories=canonical).codes.astype(np.int64)
+    cells = values.to_numpy(dtype=object)
+    codes = np.full(len(cells), -1, dtype=np.int64)
+    for code, category in enumerate(canonical):  # a few categories: one vectorized comparison each
+        codes[cells == category] = code
     if ((codes < 0) & values.notna().to_numpy()).any():  # spellings a validated panel would have made canonical
         text = values.astype("string").str.strip().str.lower().map(marker.category_lookup)
         codes = pd.Categorical(text, categories=canonical).codes.astype(np.int64)

@@ -21,6 +21,10 @@ from rifml.model import CalibratedBoostedClassifier
 from rifml.subtypes import ConsensusClustering, name_clusters
 
 N_DRIVERS = 3
+# Probabilities and contributions are reported to 6 decimals: calibration and SHAP carry no
+# meaning beyond that, and shorter numbers make large calls files faster to write and read.
+# Rounding here, once, keeps the CLI, REST and Spark answers identical.
+REPORTED_DECIMALS = 6
 BOTH = "blood+endometrium"
 
 
@@ -254,10 +258,11 @@ class ImmuneProfiler(BaseEstimator):
         calls[catalog.id_column] = panel[catalog.id_column].to_numpy()
         calls["immune_profile"] = np.asarray(catalog.profiles, dtype=object)[called]
         for j, column in enumerate(profile_columns(catalog)):
-            calls[column] = proba[:, j]
+            calls[column] = np.round(proba[:, j], REPORTED_DECIMALS)
         calls["subtype"] = subtypes
         for column in drivers.columns:
-            calls[column] = drivers[column].to_numpy()
+            values = drivers[column].to_numpy()
+            calls[column] = np.round(values, REPORTED_DECIMALS) if column.endswith("_contribution") else values
         calls["compartments"] = compartment_names(measured, catalog).to_numpy()
         calls["subtype_profile"] = subtype_profile.reindex(subtypes).to_numpy()
         for column in flags.columns:

@@ -38,7 +38,7 @@ from rifml.config import load_yaml
 from rifml.errors import RifmlInputError
 from rifml.explain import COVERAGE
 from rifml.features import INCOMPATIBILITY_FEATURE, LAB_COLUMN, band_position
-from rifml.pipeline import ImmuneProfiler, calls_columns, profile_columns
+from rifml.pipeline import REPORTED_DECIMALS, ImmuneProfiler, calls_columns, profile_columns
 from rifml.validate import censored_column
 
 RESEARCH_USE = (
@@ -60,7 +60,8 @@ TRACK_PX = 260
 TRACK_PAD = 8  # room left and right of a band axis for the value dot
 DOT_PX = 12
 WATERFALL = {"label_end": 196, "plot_start": 206, "plot_width": 300, "value_end": 580, "row": 24}
-PROBABILITY_TOLERANCE = 1e-6
+# Calls files carry probabilities rounded to REPORTED_DECIMALS (error at most half a unit of the last place).
+PROBABILITY_TOLERANCE = 10.0**-REPORTED_DECIMALS
 REPORT_MARKER = ".rifml-report"
 TEMPLATES = Path(__file__).with_name("templates")
 

@@ -7,6 +7,7 @@ rows go to a temporary file beside the target, renamed into place on success.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -59,7 +60,7 @@ class AtomicCsvWriter:
             raise RifmlInputError(f"{self.path}: folder {folder} does not exist")
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=folder)
         self._tmp = Path(tmp)
-        self._handle = os.fdopen(fd, "w", encoding="utf-8", newline="")
+        self._handle = os.fdopen(fd, "wb")  # bytes: Arrow's CSV output goes in without decoding
         self._header_written = False
         return self
 
@@ -74,13 +75,18 @@ class AtomicCsvWriter:
         try:
             pacsv.write_csv(_as_text_table(frame), buffer, write_options=options)
         except pa.ArrowInvalid:
-            frame.to_csv(self._handle, header=not self._header_written, index=False)
+            self._write_with_pandas(frame, header=not self._header_written)
         else:
             if not self._header_written:  # Arrow would quote every name; csv quotes only where needed
-                csv.writer(self._handle, lineterminator="\n").writerow([str(c) for c in frame.columns])
-            self._handle.write(buffer.getvalue().to_pybytes().decode("utf-8"))
+                header = io.StringIO()
+                csv.writer(header, lineterminator="\n").writerow([str(c) for c in frame.columns])
+                self._handle.write(header.getvalue().encode("utf-8"))
+            self._handle.write(buffer.getvalue())
         self._header_written = True
         self.rows += len(frame)
+
+    def _write_with_pandas(self, frame: pd.DataFrame, header: bool) -> None:
+        frame.to_csv(self._handle, header=header, index=False, encoding="utf-8", lineterminator="\n")
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -88,7 +94,7 @@ class AtomicCsvWriter:
         assert self._handle is not None and self._tmp is not None
         try:
             if exc_type is None and not self._header_written and self.columns is not None:
-                pd.DataFrame(columns=self.columns).to_csv(self._handle, index=False)
+                self._write_with_pandas(pd.DataFrame(columns=self.columns), header=True)
             self._handle.close()
             if exc_type is None:
                 os.replace(self._tmp, self.path)
