@@ -131,6 +131,8 @@ def _category_codes(panel: pd.DataFrame, marker: Marker) -> np.ndarray:
         return np.full(len(panel), -1, dtype=np.int64)
     values = panel[marker.name]
     canonical = list(marker.categories or {})
+    if isinstance(values.dtype, pd.CategoricalDtype) and list(values.cat.categories) == canonical:
+        return values.cat.codes.to_numpy(dtype=np.int64)  # a validated panel: codes already in catalog order
     cells = values.to_numpy(dtype=object)
     codes = np.full(len(cells), -1, dtype=np.int64)
     for code, category in enumerate(canonical):  # a few categories: one vectorized comparison each

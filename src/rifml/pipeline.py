@@ -32,8 +32,8 @@ def mask_compartment(panel: pd.DataFrame, catalog: Catalog, compartment: str) ->
     """A copy of the panel as if one compartment had not been measured (for partial-panel training)."""
     masked = panel.copy()
     for marker in catalog.compartment_markers(compartment):
-        if marker.name in masked:
-            masked[marker.name] = np.nan if marker.is_numeric else None
+        if marker.name in masked:  # all missing, same dtype (a categorical stays categorical)
+            masked[marker.name] = masked[marker.name].where(np.zeros(len(masked), dtype=bool))
         flag = f"{marker.name}__censored"
         if flag in masked:
             masked[flag] = False

@@ -699,8 +699,8 @@ def _columns(data: CohortData, bands: list[MarkerBand]) -> dict:
         "column": {n: j for j, n in enumerate(names)}, "numbers": numbers, "censored": censored,
         "fraction": fraction, "text": text, "position": position, "context": context,
         "harmless": {b.marker.name: _harmless_sides(b.marker) for b in bands},
-        "categorical": {m.name: panel[m.name].tolist() if m.name in panel else [None] * len(panel)
-                        for m in catalog.categorical_markers},
+        "categorical": {m.name: panel[m.name].astype(object).where(panel[m.name].notna(), None).tolist()
+                        if m.name in panel else [None] * len(panel) for m in catalog.categorical_markers},
     }
 
 

@@ -164,17 +164,22 @@ def _parse_arrow_numeric(column: pd.Series) -> _Parsed | None:
     return _Parsed(values, censored, present, problem)
 
 
-def parse_category(column: pd.Series, lookup: dict[str, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Map spellings to canonical categories; returns (canonical or None, present, problem)."""
+def parse_category(column: pd.Series, lookup: dict[str, str]) -> tuple[pd.Categorical, np.ndarray, np.ndarray]:
+    """Map spellings to canonical categories; returns (categorical, NaN where missing or unknown; present; problem).
+
+    A categorical keeps one small code per cell (no Python string per row), which later
+    steps read without touching the text again.
+    """
     text = pa.array(_as_text(column))
     present = pc.not_equal(text, "").to_numpy(zero_copy_only=False)
     spellings = list(lookup)
-    # position of each lower-cased cell among the spellings (Arrow hash lookup); the extra last slot is "unknown"
+    categories = list(dict.fromkeys(lookup.values()))
+    # position of each lower-cased cell among the spellings (Arrow hash lookup); null: unknown
     found = pc.index_in(pc.utf8_lower(text), value_set=pa.array(spellings, type=pa.string()))
-    position = pc.fill_null(found, len(spellings)).to_numpy(zero_copy_only=False)
-    canonical = np.array([lookup[s] for s in spellings] + [None], dtype=object)[position]
-    problem = np.where(present & (canonical == None), NOT_A_CATEGORY, None)  # noqa: E711 (elementwise)
-    return canonical, present, problem
+    code_of_spelling = np.array([categories.index(lookup[s]) for s in spellings] + [-1], dtype=np.int64)
+    codes = code_of_spelling[pc.fill_null(found, len(spellings)).to_numpy(zero_copy_only=False)]
+    problem = np.where(present & (codes < 0), NOT_A_CATEGORY, None)
+    return pd.Categorical.from_codes(codes, categories=categories), present, problem
 
 
 def _range_checks(low: float | None, high: float | None, percent: bool) -> list[pandera.Check]:
@@ -302,8 +307,8 @@ def validate_chunk(
             problems[marker.name] = parsed.problem
             any_marker |= parsed.present
         else:
-            canonical, present, problem = parse_category(raw[marker.name], marker.category_lookup)
-            panel[marker.name] = canonical
+            values, present, problem = parse_category(raw[marker.name], marker.category_lookup)
+            panel[marker.name] = values
             problems[marker.name] = problem
             any_marker |= present
 
@@ -321,8 +326,8 @@ def validate_chunk(
 
     if catalog.label_column in raw:
         lookup = {p: p for p in catalog.profiles}
-        canonical, _, problem = parse_category(raw[catalog.label_column], lookup)
-        panel[catalog.label_column] = canonical
+        values, _, problem = parse_category(raw[catalog.label_column], lookup)
+        panel[catalog.label_column] = values
         problems[catalog.label_column] = problem
 
     for position, column, reason in _range_problems(pd.DataFrame(numbers), catalog).itertuples(index=False):
