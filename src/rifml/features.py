@@ -144,10 +144,12 @@ def _category_codes(panel: pd.DataFrame, marker: Marker) -> np.ndarray:
 
 
 def _lab_ids(panel: pd.DataFrame) -> pd.Series:
-    """Lab id as text (so 3 and "3" are one lab), NaN where missing or absent."""
+    """Lab id as text (so 3 and "3" are one lab), missing (NaN / NA) where missing or absent."""
     if LAB_COLUMN not in panel.columns:
         return pd.Series(np.nan, index=panel.index, dtype=object)
     labs = panel[LAB_COLUMN]
+    if isinstance(labs.dtype, pd.StringDtype):  # a validated panel: already text
+        return labs
     return labs.astype(object).where(labs.isna(), labs.astype(str))
 
 

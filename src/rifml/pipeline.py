@@ -255,7 +255,7 @@ class ImmuneProfiler(BaseEstimator):
         flags = self.features_.flags(panel)
 
         calls = pd.DataFrame(index=panel.index)
-        calls[catalog.id_column] = panel[catalog.id_column].to_numpy()
+        calls[catalog.id_column] = panel[catalog.id_column].array
         calls["immune_profile"] = np.asarray(catalog.profiles, dtype=object)[called]
         for j, column in enumerate(profile_columns(catalog)):
             calls[column] = np.round(proba[:, j], REPORTED_DECIMALS)

@@ -705,7 +705,7 @@ def _columns(data: CohortData, bands: list[MarkerBand]) -> dict:
 
 
 def _context_text(value) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
         return ""
     return f"{value:g}" if isinstance(value, float) else str(value)
 

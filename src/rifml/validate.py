@@ -281,17 +281,18 @@ def validate_chunk(
     problems: dict[str, np.ndarray] = {}
     panel: dict[str, object] = {}
 
-    id_text = _as_text(raw[catalog.id_column]) if catalog.id_column in raw else pd.Series([""] * n, dtype="string")
-    ids = id_text.to_numpy(dtype=object)
+    # Text stays Arrow-backed (ids, lab, dates): no Python string per row.
+    id_text = _as_text(raw[catalog.id_column]) if catalog.id_column in raw else pd.Series([""] * n, dtype="string[pyarrow]")
+    missing_id = (id_text == "").to_numpy(dtype=bool)
     id_problem = np.full(n, None, dtype=object)
-    id_problem[ids == ""] = MISSING_ID
+    id_problem[missing_id] = MISSING_ID
     if duplicate_ids:
-        id_problem[(ids != "") & id_text.isin(duplicate_ids).to_numpy()] = DUPLICATE_ID
+        id_problem[~missing_id & id_text.isin(duplicate_ids).to_numpy(dtype=bool)] = DUPLICATE_ID
     if bad_field_count is not None:
         # A row whose fields do not line up with the header cannot be read cell by cell.
         problems[""] = np.where(np.asarray(bad_field_count, dtype=bool), WRONG_FIELD_COUNT, None)
     problems[catalog.id_column] = id_problem
-    panel[catalog.id_column] = ids
+    panel[catalog.id_column] = id_text.array
 
     any_marker = np.zeros(n, dtype=bool)
     numbers: dict[str, np.ndarray] = {}
@@ -322,7 +323,7 @@ def validate_chunk(
             problems[ctx.name] = parsed.problem
         else:
             text = _as_text(raw[ctx.name])
-            panel[ctx.name] = text.where(text != "", None).to_numpy(dtype=object)
+            panel[ctx.name] = text.where(text != "", None).array
 
     if catalog.label_column in raw:
         lookup = {p: p for p in catalog.profiles}
@@ -347,7 +348,7 @@ def validate_chunk(
     rejects = pd.DataFrame(
         {
             "row": np.asarray(rows)[reject_mask],
-            "patient_id": ids[reject_mask],
+            "patient_id": id_text[reject_mask].to_numpy(dtype=object),
             "column": first_column[reject_mask],
             "value": [_cell_text(raw, c, i) for c, i in zip(first_column[reject_mask], np.flatnonzero(reject_mask))],
             "reason": first_reason[reject_mask],
