@@ -77,8 +77,12 @@ class _Parsed:
 
 
 def _as_text(column: pd.Series) -> pd.Series:
-    # Arrow-backed strings: strip, match and compare run in C++ rather than per Python object.
-    return column.astype("string[pyarrow]").fillna("").str.strip()
+    """Stripped text, "" where missing, Arrow-backed: strip, match and compare run in C++."""
+    is_arrow_text = isinstance(column.dtype, pd.ArrowDtype) and pa_types.is_string(column.dtype.pyarrow_dtype)
+    if not (is_arrow_text or column.dtype == "string[pyarrow]"):
+        column = column.astype("string[pyarrow]")
+    text = pc.utf8_trim_whitespace(pc.fill_null(column.array._pa_array, ""))
+    return pd.Series(pd.arrays.ArrowStringArray(text), index=column.index)
 
 
 def parse_numeric(column: pd.Series, censorable: bool) -> _Parsed:
