@@ -285,6 +285,9 @@ def score(
     ] = "local",
 ) -> None:
     """Call immune profiles for a batch, with probabilities, subtype and the markers that drove each call."""
+    # OpenMP threads (the compiled kernels) otherwise spin between chunks, taking the core the
+    # reading thread needs; read by the OpenMP runtime when it loads, so set before any import.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from rifml.catalog import load_catalog
     from rifml.pipeline import calls_columns
     from rifml.reader import PanelFile, Prefetcher, validated_chunks
