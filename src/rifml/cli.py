@@ -335,9 +335,9 @@ def score(
                 reject_writer.write(chunk.rejects)
                 reasons.update(chunk.rejects["reason"])
                 if len(chunk.panel):
-                    calls = profiler.call(chunk.panel)
+                    calls = profiler.call(chunk.panel, compact=True)
                     calls_writer.write(calls)
-                    profiles.update(calls["immune_profile"])
+                    profiles.update(calls["immune_profile"].value_counts().to_dict())
                     scored += len(calls)
                 progress.advance(len(chunk.panel) + len(chunk.rejects), panel_file.row_count)
             if scored == 0:  # still give the calls file its header

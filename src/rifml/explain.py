@@ -385,14 +385,15 @@ def top_drivers(contributions: pd.DataFrame, measured: pd.DataFrame, k: int = 3)
     values = contributions[markers].to_numpy(dtype=np.float64, copy=True)
     values[~measured.to_numpy(dtype=bool)] = -np.inf
     out: dict[str, object] = {}
-    names = np.array(markers + [""], dtype=object)
+    # names as categorical codes (the last category is "no driver"): no Python string per row
+    names = markers + [""]
     rows = np.arange(len(values))
     for rank in range(k):
         # k passes of argmax (first index on ties) instead of sorting every row
         chosen = values.argmax(axis=1)
         push = values[rows, chosen]
         keep = push > 0
-        out[f"driver_{rank + 1}"] = names[np.where(keep, chosen, len(markers))]
+        out[f"driver_{rank + 1}"] = pd.Categorical.from_codes(np.where(keep, chosen, len(markers)), categories=names)
         out[f"driver_{rank + 1}_contribution"] = np.where(keep, push, np.nan)
         values[rows, chosen] = -np.inf
     return pd.DataFrame(out, index=contributions.index)

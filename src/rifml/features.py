@@ -187,7 +187,7 @@ def compartments_measured(measured: pd.DataFrame, catalog: Catalog) -> dict[str,
 
 
 def compartment_names(measured: pd.DataFrame, catalog: Catalog) -> pd.Series:
-    """Which compartments each row measured, e.g. "blood+endometrium", "blood", or "none"."""
+    """Which compartments each row measured, e.g. "blood+endometrium", "blood", or "none" (categorical)."""
     masks = compartments_measured(measured, catalog)
     names = list(masks)
     # Each row's set of measured compartments as a bit code, then one name per code (vectorized).
@@ -198,7 +198,7 @@ def compartment_names(measured: pd.DataFrame, catalog: Catalog) -> pd.Series:
         ["+".join(c for bit, c in enumerate(names) if value >> bit & 1) or "none" for value in range(2 ** len(names))],
         dtype=object,
     )
-    return pd.Series(labels[code], index=measured.index, dtype=object, name="compartments")
+    return pd.Series(pd.Categorical.from_codes(code, categories=labels), index=measured.index, name="compartments")
 
 
 def panel_compartments(panel_df: pd.DataFrame, catalog: Catalog) -> pd.Series:
@@ -488,7 +488,7 @@ class PanelFeatures(TransformerMixin, BaseEstimator):
 
         Returns a DataFrame with ``unknown_lab`` (lab id missing or not seen at fit, so no
         shift was applied), ``outside_training_range`` (some numeric marker outside the
-        [min, max] seen at fit) and ``out_of_range_markers`` (";"-joined marker names).
+        [min, max] seen at fit) and ``out_of_range_markers`` (";"-joined marker names, categorical).
         A censored "<x" cell is outside only when x is below the training minimum.
         """
         check_is_fitted(self)
@@ -509,7 +509,7 @@ class PanelFeatures(TransformerMixin, BaseEstimator):
             {
                 "unknown_lab": ~_lab_ids(panel).isin(self.known_labs_),
                 "outside_training_range": outside.any(axis=1),
-                "out_of_range_markers": pd.Series(joined[which], index=panel.index, dtype=object),
+                "out_of_range_markers": pd.Series(pd.Categorical.from_codes(which, categories=joined), index=panel.index),
             },
             index=panel.index,
         )

@@ -234,8 +234,17 @@ class ImmuneProfiler(BaseEstimator):
         return self.features_.transform(chosen).to_numpy(dtype=float)
 
     # -- call ----------------------------------------------------------------------
-    def call(self, panel: pd.DataFrame) -> pd.DataFrame:
-        """Calls-file rows (design.md) for clean panel rows, in input order."""
+    def call(self, panel: pd.DataFrame, compact: bool = False) -> pd.DataFrame:
+        """Calls-file rows (design.md) for clean panel rows, in input order.
+
+        Parameters
+        ----------
+        panel : DataFrame
+            Clean panel rows (see :mod:`rifml.validate`).
+        compact : bool, default False
+            Keep text columns as categoricals and Arrow-backed strings (no Python string per
+            row), as batch scoring writes them; the default gives plain object columns.
+        """
         check_is_fitted(self, "explainer_")
         catalog = self.catalog_
         X = self.features_.transform(panel).to_numpy(dtype=float)  # once: margins, SHAP and subtypes all read it
@@ -250,27 +259,35 @@ class ImmuneProfiler(BaseEstimator):
         drivers = top_drivers(contributions, measured, k=N_DRIVERS)
         subtype_margins = self.subtype_model_.expand_margins(self.subtype_router_.margins(X))
         subtype_index = subtype_margins.argmax(axis=1)
-        subtypes = self.subtype_model_.classes_[subtype_index]
-        subtype_profile = self.subtype_table_.set_index("subtype")["profile"]
+        subtype_profiles = self.subtype_table_.set_index("subtype")["profile"].reindex(self.subtype_model_.classes_)
+        profile_names = list(dict.fromkeys(subtype_profiles))
         flags = self.features_.flags(panel)
 
-        calls = pd.DataFrame(index=panel.index)
-        calls[catalog.id_column] = panel[catalog.id_column].array
-        calls["immune_profile"] = np.asarray(catalog.profiles, dtype=object)[called]
-        for j, column in enumerate(profile_columns(catalog)):
-            calls[column] = np.round(proba[:, j], REPORTED_DECIMALS)
-        calls["subtype"] = subtypes
+        # Built as one dict in contract order, then one frame: no per-column inserts or reorder copy.
+        # Names are categoricals (codes into a few labels): no Python string per row.
+        columns: dict[str, object] = {
+            catalog.id_column: panel[catalog.id_column].array,
+            "immune_profile": pd.Categorical.from_codes(called, categories=list(catalog.profiles)),
+            **{column: np.round(proba[:, j], REPORTED_DECIMALS) for j, column in enumerate(profile_columns(catalog))},
+            "subtype": pd.Categorical.from_codes(subtype_index, categories=list(self.subtype_model_.classes_)),
+        }
         for column in drivers.columns:
-            values = drivers[column].to_numpy()
-            calls[column] = np.round(values, REPORTED_DECIMALS) if column.endswith("_contribution") else values
-        calls["compartments"] = compartment_names(measured, catalog).to_numpy()
-        calls["subtype_profile"] = subtype_profile.reindex(subtypes).to_numpy()
-        for column in flags.columns:
-            calls[column] = flags[column].to_numpy()
+            if column.endswith("_contribution"):
+                columns[column] = np.round(drivers[column].to_numpy(), REPORTED_DECIMALS)
+            else:
+                columns[column] = drivers[column].array
+        columns["compartments"] = compartment_names(measured, catalog).array
+        profile_code = np.array([profile_names.index(p) for p in subtype_profiles], dtype=np.int64)
+        columns["subtype_profile"] = pd.Categorical.from_codes(profile_code[subtype_index], categories=profile_names)
+        columns.update({column: flags[column].array for column in flags.columns})
         for marker in catalog.markers:
             if marker.flag_at_or_above and marker.name in panel:
-                calls[marker.flag_at_or_above.flag] = (panel[marker.name] >= marker.flag_at_or_above.value).to_numpy()
-        calls = calls.reindex(columns=calls_columns(catalog))
+                columns[marker.flag_at_or_above.flag] = (panel[marker.name] >= marker.flag_at_or_above.value).to_numpy()
+        missing = np.full(len(panel), np.nan)
+        calls = pd.DataFrame({c: columns.get(c, missing) for c in calls_columns(catalog)}, index=panel.index)
+        if not compact:
+            text = [c for c in calls.columns if isinstance(calls[c].dtype, (pd.CategoricalDtype, pd.StringDtype))]
+            calls = calls.astype({c: object for c in text})
         extra = [c for c in panel.columns if c not in set(catalog.known_columns) and not c.endswith("__censored")]
         return pd.concat([calls, panel[extra]], axis=1) if extra else calls
 
