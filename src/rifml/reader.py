@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import functools
 import io
 import sys
 from collections.abc import Iterator
@@ -134,15 +135,27 @@ class PanelFile:
         except OSError as exc:
             raise RifmlInputError(f"{self.path}: cannot be read ({exc.strerror})") from exc
         self.format = "parquet" if head.startswith(PARQUET_MAGIC) else "csv"
+        self._byte_order_mark = head.startswith(codecs.BOM_UTF8)
         if self.format == "csv":
             self._check_text(head)
             self.columns = self._csv_header()
-            # a byte-order mark would sit in the first column name of an Arrow read
-            self.simple = not head.startswith(codecs.BOM_UTF8)
-            if self.simple:
-                self.simple, self.row_count = simple_csv_layout(self.path, len(self.columns))
         else:
             self.columns = self._parquet_header()
+
+    @functools.cached_property
+    def simple(self) -> bool:
+        """A CSV plain enough for the Arrow fast path (:func:`simple_csv_layout`).
+
+        Scanned on first use, which is in the reading thread when scoring, so the scan
+        overlaps the model load rather than preceding it.
+        """
+        # a byte-order mark would sit in the first column name of an Arrow read
+        if self.format != "csv" or self._byte_order_mark:
+            return False
+        simple, rows = simple_csv_layout(self.path, len(self.columns))
+        if simple:
+            self.row_count = rows
+        return simple
 
     # -- file-level checks -------------------------------------------------
     def _check_text(self, head: bytes) -> None:
