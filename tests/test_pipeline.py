@@ -150,3 +150,31 @@ def test_too_few_complete_panels_is_refused(catalog):
     panel = pd.DataFrame({"patient_id": ["a", "b"], "pb_nk_pct": [1.0, 2.0]})
     with pytest.raises(RifmlInputError, match="complete panels"):
         ImmuneProfiler().fit(panel)
+
+
+def test_one_pass_drivers_match_the_explicit_path_also_for_a_two_profile_model(cohorts, catalog):
+    """call() explains the call in the same pass that computes it; a two-class booster has one output,
+    explained as is and flipped for the first class. Both must agree with contributions()."""
+    from rifml.explain import top_drivers
+    from rifml.features import measured_markers
+
+    train, test, _ = cohorts
+    two = train["immune_profile"].where(train["immune_profile"].isin(["balanced", "hyperactive"]))
+    profiler = profiler_from_config(load_train_config()).fit(train, two)
+    assert profiler.explainer_.n_classes_ == 1
+    rows = test.iloc[:400]
+    calls = profiler.call(rows)
+    assert set(calls["immune_profile"]) == {"balanced", "hyperactive"}
+    called = np.array([list(profiler.profile_model_.classes_).index(p) for p in calls["immune_profile"]])
+    X = profiler.features_.transform(rows)
+    per_marker = profiler.contributions(X, called)
+    # toward the called class: +(margin - expected) for the booster's class, minus that for the other
+    margin = profiler.explainer_.margins(X.to_numpy())[:, 0] - profiler.explainer_.expected_value_[0]
+    sign = np.where(np.searchsorted(profiler.profile_model_.booster_classes_, called) == 1, 1.0, -1.0)
+    np.testing.assert_allclose(per_marker.sum(axis=1), sign * margin, atol=1e-9)
+    expected = top_drivers(per_marker, measured_markers(rows, catalog), k=3)
+    for k in (1, 2, 3):
+        assert calls[f"driver_{k}"].tolist() == expected[f"driver_{k}"].astype(object).tolist()
+        np.testing.assert_allclose(calls[f"driver_{k}_contribution"], expected[f"driver_{k}_contribution"], atol=5e-7)
+    compact = profiler.call(rows, compact=True)
+    pd.testing.assert_frame_equal(compact.astype(object), calls.astype(object))
