@@ -221,19 +221,21 @@ class PanelFile:
         import pyarrow as pa
         import pyarrow.csv as pacsv
 
+        def gathered(batches: list, first_row: int) -> RawChunk:
+            frame = pa.Table.from_batches(batches).to_pandas(types_mapper=pd.ArrowDtype)
+            return RawChunk(frame, np.arange(first_row, first_row + len(frame)), np.zeros(len(frame), dtype=bool))
+
         first_row = 2
         pending: list = []
         with pacsv.open_csv(self.path, **self._arrow_options(block_size=READ_BLOCK_BYTES)) as reader:
             for batch in reader:
                 pending.append(batch)
                 if sum(b.num_rows for b in pending) >= self.chunk_rows:
-                    frame = pa.Table.from_batches(pending).to_pandas(types_mapper=pd.ArrowDtype)
-                    pending = []
-                    yield RawChunk(frame, np.arange(first_row, first_row + len(frame)), np.zeros(len(frame), dtype=bool))
-                    first_row += len(frame)
+                    chunk = gathered(pending, first_row)
+                    pending, first_row = [], first_row + len(chunk.rows)
+                    yield chunk
         if any(b.num_rows for b in pending):
-            frame = pa.Table.from_batches(pending).to_pandas(types_mapper=pd.ArrowDtype)
-            yield RawChunk(frame, np.arange(first_row, first_row + len(frame)), np.zeros(len(frame), dtype=bool))
+            yield gathered(pending, first_row)
 
     def _csv_chunks(self) -> Iterator[RawChunk]:
         width = len(self.columns)
