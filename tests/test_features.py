@@ -226,11 +226,13 @@ def test_kir_hla_truth_table(fitted, kir, hla, expected):
     np.testing.assert_equal(out[f"{HLA}__{HLA_RISK}"], np.nan if hla is None else float(hla == HLA_RISK))
 
 
-def test_raw_spellings_of_categories_read_like_canonical_ones(fitted):
+@pytest.mark.parametrize("dtype", [object, "string", "string[pyarrow]", "category"])
+def test_raw_spellings_of_categories_read_like_canonical_ones(fitted, dtype):
     canonical = pd.DataFrame({"patient_id": ["p", "q", "r"], KIR: [KIR_RISK, KIR_OTHER, None], HLA: [HLA_RISK, HLA_OTHER, None]})
     spelled = canonical.assign(
         **{KIR: [f" {KIR_RISK.lower()} ", KIR_OTHER.upper(), "not a category"], HLA: [HLA_RISK.upper(), HLA_OTHER, None]}
     )
+    spelled = spelled.astype({KIR: dtype, HLA: dtype})
     pd.testing.assert_frame_equal(fitted.transform(spelled), fitted.transform(canonical))
 
 

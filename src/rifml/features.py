@@ -133,7 +133,7 @@ def _category_codes(panel: pd.DataFrame, marker: Marker) -> np.ndarray:
     canonical = list(marker.categories or {})
     if isinstance(values.dtype, pd.CategoricalDtype) and list(values.cat.categories) == canonical:
         return values.cat.codes.to_numpy(dtype=np.int64)  # a validated panel: codes already in catalog order
-    cells = values.to_numpy(dtype=object)
+    cells = values.to_numpy(dtype=object, na_value=None)  # NA-safe comparisons below
     codes = np.full(len(cells), -1, dtype=np.int64)
     for code, category in enumerate(canonical):  # a few categories: one vectorized comparison each
         codes[cells == category] = code
