@@ -118,3 +118,16 @@ def test_repeated_ids_strip_and_ignore_blanks():
     second = pd.Series(["B ", "", "D"])
     assert v.repeated_ids(first, second) == frozenset({"B"})
     assert v.repeated_ids(pd.Series([], dtype=object)) == frozenset()
+
+
+def test_range_prefilter_sends_exactly_the_rows_beyond_a_bound_to_pandera():
+    import pandera.pandas as pandera
+
+    numbers = pd.DataFrame({"a": [1.0, -2.0, np.nan, 5.0], "b": [0.5, 0.5, 120.0, np.nan]})
+    bounded = pandera.DataFrameSchema(
+        {"a": pandera.Column(float, checks=[pandera.Check.ge(0)], nullable=True),
+         "b": pandera.Column(float, checks=[pandera.Check.le(100)], nullable=True)}
+    )
+    assert v._rows_past_bounds(numbers, bounded).tolist() == [False, True, True, False]
+    custom = pandera.DataFrameSchema({"a": pandera.Column(float, checks=[pandera.Check(lambda s: s != 5.0)], nullable=True)})
+    assert v._rows_past_bounds(numbers, custom).all()  # no plain bound to read: pandera sees every row

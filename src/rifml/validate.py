@@ -222,10 +222,34 @@ def range_schema(catalog: Catalog) -> pandera.DataFrameSchema:
     return schema
 
 
+def _rows_past_bounds(numbers: pd.DataFrame, schema: pandera.DataFrameSchema) -> np.ndarray:
+    """Rows with a value beyond a bound of the schema's own checks (NaN never is).
+
+    A prefilter: most chunks are clean, and pandera, which names the reasons, then only
+    sees the suspect rows. A check without a plain bound sends every row to pandera.
+    """
+    suspect = np.zeros(len(numbers), dtype=bool)
+    for name, column in schema.columns.items():
+        if name not in numbers:
+            continue
+        values = numbers[name].to_numpy(dtype=np.float64)
+        for check in column.checks:
+            if "min_value" in check.statistics:
+                suspect |= values < check.statistics["min_value"]
+            elif "max_value" in check.statistics:
+                suspect |= values > check.statistics["max_value"]
+            else:
+                return np.ones(len(numbers), dtype=bool)
+    return suspect
+
+
 def _range_problems(numbers: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
     """(position, column, reason) for every range failure, first failing check per cell."""
+    schema = range_schema(catalog)
+    suspect = _rows_past_bounds(numbers, schema)
     try:
-        range_schema(catalog).validate(numbers, lazy=True)
+        if suspect.any():  # numbers has a positional index, so failure positions stay positions
+            schema.validate(numbers.loc[suspect], lazy=True)
     except pandera.errors.SchemaErrors as errors:
         cases = errors.failure_cases
         cases = cases[cases["index"].notna()].copy()
@@ -376,16 +400,16 @@ def _first_problems(
     first_reason = np.full(n, None, dtype=object)
     summary = np.full(n, "", dtype=object)
     for column, reasons in ordered:
-        hit = reasons != None  # noqa: E711 (elementwise on an object array)
+        hit = pd.notna(reasons)  # reasons are None or text; a C loop, unlike `!= None` on objects
         if not hit.any():
             continue
-        fresh = hit & (first_reason == None)  # noqa: E711
+        fresh = hit & pd.isna(first_reason)
         first_column[fresh] = column
         first_reason[fresh] = reasons[fresh]
         label = f"{column}: " if column else ""
         for i in np.flatnonzero(hit):
             summary[i] = f"{summary[i]}; {label}{reasons[i]}" if summary[i] else f"{label}{reasons[i]}"
-    reject_mask = first_reason != None  # noqa: E711
+    reject_mask = pd.notna(first_reason)
     return reject_mask, first_column, first_reason, summary
 
 
