@@ -271,11 +271,12 @@ def repeated_ids(*parts: pd.Series) -> frozenset[str]:
 
     Counted in Arrow, so a million ids stay compact (no Python string per row).
     """
-    arrays = [pa.array(ids.astype("string[pyarrow]"), from_pandas=True) for ids in parts]
-    if not sum(len(a) for a in arrays):
+    # the same reading of an id as validate_chunk's: _as_text (stripped, "" where missing)
+    chunks = [chunk.cast(pa.large_string()) for ids in parts for chunk in _as_text(ids).array._pa_array.chunks]
+    if not sum(len(c) for c in chunks):
         return frozenset()
-    ids = pc.utf8_trim_whitespace(pa.chunked_array(arrays, type=pa.large_string()).combine_chunks())
-    counts = pc.value_counts(pc.filter(ids, pc.and_(pc.is_valid(ids), pc.not_equal(ids, ""))))
+    ids = pa.chunked_array(chunks, type=pa.large_string()).combine_chunks()
+    counts = pc.value_counts(pc.filter(ids, pc.not_equal(ids, "")))
     return frozenset(pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1)).to_pylist())
 
 
