@@ -59,15 +59,23 @@ class TreeTable:
 _MISSING_CODES = {"None": 0, "Zero": 1, "NaN": 2}
 
 
+def _stand_in(missing: int, default_left: bool) -> tuple[float, bool]:
+    """LightGBM's missing-value rule for one node as (value that missing cells read as, zeros count as missing).
+
+    "NaN" missing type: NaN follows default_left, so it reads as -inf (left) or +inf (right);
+    "Zero": NaN and |x| < 1e-35 do the same; "None": NaN reads as 0.0. A node's decision is
+    then one comparison, ``value <= threshold``, in numpy here and in the scoring kernel.
+    """
+    if missing == 0:
+        return 0.0, False
+    return (-np.inf if default_left else np.inf), missing == 1
+
+
 def _go_left(values: np.ndarray, threshold: float, default_left: bool, missing: int) -> np.ndarray:
     """LightGBM's numerical decision for one node, on a column of values."""
-    nan = np.isnan(values)
-    if missing == 2:
-        return np.where(nan, default_left, values <= threshold)
-    if missing == 1:
-        zero = nan | (np.abs(values) < 1e-35)
-        return np.where(zero, default_left, values <= threshold)
-    return np.where(nan, 0.0, values) <= threshold
+    value, zeros_too = _stand_in(missing, default_left)
+    stands_in = np.isnan(values) | (zeros_too & (np.abs(values) < 1e-35))
+    return np.where(stands_in, value, values) <= threshold
 
 
 def _flatten(structure: dict) -> tuple[list[dict], list[tuple[float, list[tuple[int, bool]]]]]:
@@ -213,26 +221,27 @@ class InterventionalExplainer:
         self._n_used = np.array([len(t.used) for t in trees], dtype=np.int64)
         self._table = np.zeros((size, 2**n_nodes, n_used))
         # Each node reads a copy of its feature in which missing values already stand where
-        # LightGBM sends them (see _FILL_*), so routing is one branch-free comparison per node.
-        copies: dict[tuple[int, int], int] = {}
+        # LightGBM sends them (_stand_in), so routing is one branch-free comparison per node.
+        copies: dict[tuple[int, float, bool], int] = {}
         self._node_column = np.zeros((size, max(n_nodes, 1)), dtype=np.int64)
         for i, tree in enumerate(trees):
             k = len(tree.features)
             for j in range(k):
-                fill = _fill_rule(int(tree.missing[j]), bool(tree.default_left[j]))
-                self._node_column[i, j] = copies.setdefault((int(tree.features[j]), fill), len(copies))
+                rule = _stand_in(int(tree.missing[j]), bool(tree.default_left[j]))
+                self._node_column[i, j] = copies.setdefault((int(tree.features[j]), *rule), len(copies))
             self._thresholds[i, :k] = tree.thresholds
             # patterns only use the tree's own k bits; padding bits are always 0
             self._leaf[i, : 2**k] = tree.leaf_of_pattern
             self._used[i, : len(tree.used)] = tree.used
             self._table[i, : 2**k, : len(tree.used)] = tree.table
-        self._copy_feature = np.array([f for f, _ in copies] or [0], dtype=np.int64)
-        self._copy_fill = np.array([fill for _, fill in copies] or [_FILL_NAN_LEFT], dtype=np.int64)
+        self._copy_feature = np.array([f for f, _, _ in copies] or [0], dtype=np.int64)
+        self._copy_value = np.array([v for _, v, _ in copies] or [0.0], dtype=np.float64)
+        self._copy_zeros = np.array([z for _, _, z in copies] or [False], dtype=np.bool_)
 
     # The packed arrays are derived from trees_: leave them out of pickles and rebuild on load,
     # so a saved model never depends on the kernel's current layout.
     _PACKED = ("_tree_class", "_n_nodes", "_thresholds", "_leaf", "_used", "_n_used", "_table",
-               "_node_column", "_copy_feature", "_copy_fill")
+               "_node_column", "_copy_feature", "_copy_value", "_copy_zeros")
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k not in self._PACKED}
@@ -244,7 +253,7 @@ class InterventionalExplainer:
     def _run(self, X: np.ndarray, classes: np.ndarray, explain: bool) -> tuple[np.ndarray, np.ndarray]:
         Xt = np.ascontiguousarray(np.asarray(X, dtype=np.float64).T)  # feature-major for the kernel
         return _score_kernel(
-            Xt, classes, explain, self._copy_feature, self._copy_fill, self._tree_class, self._n_nodes,
+            Xt, classes, explain, self._copy_feature, self._copy_value, self._copy_zeros, self._tree_class, self._n_nodes,
             self._node_column, self._thresholds, self._leaf, self._table, self._used, self._n_used,
             self.n_classes_, self.n_features_,
         )
@@ -269,20 +278,6 @@ class InterventionalExplainer:
 
 ARGMAX = -1  # class code asking the kernel to explain the row's highest-margin class
 
-# How a node's copy of a feature stands in for LightGBM's missing-value rule:
-# "NaN" missing type: NaN follows default_left (NaN -> -inf goes left, +inf right);
-# "None": NaN is read as 0.0; "Zero": NaN and |x| < 1e-35 follow default_left.
-_FILL_NAN_LEFT, _FILL_NAN_RIGHT, _FILL_NAN_ZERO, _FILL_ZERO_LEFT, _FILL_ZERO_RIGHT = range(5)
-
-
-def _fill_rule(missing: int, default_left: bool) -> int:
-    if missing == 0:
-        return _FILL_NAN_ZERO
-    if missing == 1:
-        return _FILL_ZERO_LEFT if default_left else _FILL_ZERO_RIGHT
-    return _FILL_NAN_LEFT if default_left else _FILL_NAN_RIGHT
-
-
 # Compiled once and cached on disk (numba cache=True). Rows go in blocks of BLOCK_ROWS: the
 # inner loops run over the rows of one column, which the compiler vectorizes; routing every
 # tree once per block and keeping the patterns serves both margins and SHAP lookups.
@@ -290,7 +285,7 @@ BLOCK_ROWS = 256
 
 
 @numba.njit(cache=True, parallel=True)
-def _score_kernel(Xt, classes, explain, copy_feature, copy_fill, tree_class, n_nodes, node_column, thresholds,
+def _score_kernel(Xt, classes, explain, copy_feature, copy_value, copy_zeros, tree_class, n_nodes, node_column, thresholds,
                   leaf, table, used, n_used, n_classes, n_features):
     n = Xt.shape[1]
     n_trees = tree_class.shape[0]
@@ -303,14 +298,12 @@ def _score_kernel(Xt, classes, explain, copy_feature, copy_fill, tree_class, n_n
         columns = np.empty((copy_feature.shape[0], BLOCK_ROWS))
         for k in range(copy_feature.shape[0]):
             source = Xt[copy_feature[k]]
-            fill = copy_fill[k]
-            low = fill == _FILL_NAN_LEFT or fill == _FILL_ZERO_LEFT
-            value_if_missing = -np.inf if low else (0.0 if fill == _FILL_NAN_ZERO else np.inf)
-            zeros_too = fill == _FILL_ZERO_LEFT or fill == _FILL_ZERO_RIGHT
+            stand_in = copy_value[k]
+            zeros_too = copy_zeros[k]
             for r in range(m):
                 v = source[start + r]
                 if v != v or (zeros_too and abs(v) < 1e-35):
-                    v = value_if_missing
+                    v = stand_in
                 columns[k, r] = v
         patterns = np.empty((n_trees, BLOCK_ROWS), dtype=np.int64)
         for t in range(n_trees):
