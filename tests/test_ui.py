@@ -68,9 +68,12 @@ def ui(store, tmp_path_factory):
     started = {"process": process, "base": base, "stdout": logs / "stdout", "stderr": logs / "stderr", "descendants": []}
     try:
         deadline = time.monotonic() + 60
-        while not page_answers(base):
+        # Ready for the tests when the pages answer and the command has printed its links (the
+        # champion's run is the last one; the store has a champion): the server answers a moment
+        # before `rifml ui` has looked that run up and printed it.
+        while not (page_answers(base) and "champion's training run:" in (logs / "stdout").read_text()):
             assert process.poll() is None, f"rifml ui quit: {(logs / 'stderr').read_text()}"
-            assert time.monotonic() < deadline, "the UI did not answer within 60 s"
+            assert time.monotonic() < deadline, "the UI did not answer and print its links within 60 s"
             time.sleep(0.5)
         started["descendants"] = psutil.Process(process.pid).children(recursive=True)
         yield started
