@@ -65,7 +65,7 @@ def explain_only(uri: str, model: str, batch: Path, rows: int) -> tuple[float, f
     """
     import shap
 
-    from rifml.reader import PanelFile, validated_chunks
+    from rifml.io.reader import PanelFile, validated_chunks
     from rifml.tracking import connect, load_profiler
 
     connect(uri)

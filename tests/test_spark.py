@@ -18,7 +18,7 @@ if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
 
 from rifml.cli import app  # noqa: E402
 from rifml.pipeline import calls_columns, profile_columns  # noqa: E402
-from rifml.reader import PanelFile  # noqa: E402
+from rifml.io.reader import PanelFile  # noqa: E402
 from rifml.serving import FIELD_COUNT_FLAG  # noqa: E402
 from rifml.spark_engine import read_panel, spark_session, with_row_numbers  # noqa: E402
 from rifml.validate import validate_chunk  # noqa: E402

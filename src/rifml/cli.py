@@ -99,7 +99,7 @@ def simulate(
     """Write a synthetic cohort of RIF immune panels (for demos and tests; not real patients)."""
     from rifml.catalog import load_catalog
     from rifml.simulate import load_simulation_config, simulate_cohort
-    from rifml.writer import write_table
+    from rifml.io.writer import write_table
 
     cohort, truth_table = simulate_cohort(
         n, seed=seed, bad_share=bad_share, config=load_simulation_config(config), catalog=load_catalog(catalog)
@@ -130,9 +130,9 @@ def validate(
 ) -> None:
     """Check a batch against the marker catalog: every row is accepted or rejected with a reason."""
     from rifml.catalog import load_catalog
-    from rifml.reader import PanelFile, validated_chunks
+    from rifml.io.reader import PanelFile, validated_chunks
     from rifml.validate import REJECT_COLUMNS
-    from rifml.writer import AtomicCsvWriter
+    from rifml.io.writer import AtomicCsvWriter
 
     panel_file = PanelFile(input, load_catalog(catalog), chunk_rows=chunk_rows)
     reasons: Counter[str] = Counter()
@@ -165,7 +165,7 @@ def read_clean_panel(path: Path, catalog, chunk_rows: int = 50_000):
     """Validate a whole file into one clean panel (training data); returns (panel, reject reasons)."""
     import pandas as pd
 
-    from rifml.reader import PanelFile, validated_chunks
+    from rifml.io.reader import PanelFile, validated_chunks
 
     panels, reasons = [], Counter()
     for chunk in validated_chunks(PanelFile(path, catalog, chunk_rows=chunk_rows)):
@@ -290,10 +290,10 @@ def score(
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from rifml.catalog import load_catalog
     from rifml.pipeline import calls_columns
-    from rifml.reader import PanelFile, Prefetcher, validated_chunks
+    from rifml.io.reader import PanelFile, Prefetcher, validated_chunks
     from rifml.tracking import connect, load_profiler
     from rifml.validate import REJECT_COLUMNS
-    from rifml.writer import AtomicCsvWriter
+    from rifml.io.writer import AtomicCsvWriter
 
     uri = connect(tracking_uri)
     model_uri = model or "models:/rifml-immune-profile@champion"

@@ -848,7 +848,7 @@ def read_panel_for_calls(path: Path, catalog: Catalog, ids: pd.Series) -> tuple[
     RifmlInputError
         When some called patients are not among the file's accepted rows.
     """
-    from rifml.reader import PanelFile, validated_chunks
+    from rifml.io.reader import PanelFile, validated_chunks
 
     wanted = set(ids)
     parts, reasons = [], Counter()

@@ -27,10 +27,10 @@ import pandas as pd
 
 from rifml.errors import RifmlInputError
 from rifml.pipeline import calls_columns
-from rifml.reader import PanelFile
+from rifml.io.reader import PanelFile
 from rifml.serving import BATCH_FLAGS, DUPLICATE_FLAG, FIELD_COUNT_FLAG, REJECT_DETAILS
 from rifml.validate import REJECT_COLUMNS
-from rifml.writer import AtomicCsvWriter
+from rifml.io.writer import AtomicCsvWriter
 
 # Working columns; the prefix keeps them apart from whatever a panel file carries.
 ROW = "_rifml_row"

@@ -2,7 +2,7 @@
 
 Pure core: takes a chunk of raw cells (text as read from CSV, or typed values from
 Parquet) and returns the clean panel of the accepted rows plus one reject record
-per refused row. No file access here; see :mod:`rifml.reader` for that.
+per refused row. No file access here; see :mod:`rifml.io.reader` for that.
 
 A cell is empty (missing), a number, or ``<x`` (below the limit of detection x,
 a valid left-censored value). Parsing is vectorized per column; range rules are a

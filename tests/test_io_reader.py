@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rifml.errors import RifmlInputError
-from rifml.reader import PanelFile, validated_chunks
+from rifml.io.reader import PanelFile, validated_chunks
 
 
 def collect(path, catalog, chunk_rows=3):
@@ -137,7 +137,7 @@ def test_random_bytes_never_crash(tmp_path, catalog, body):
 
 
 def test_atomic_writer_leaves_nothing_under_final_name_on_failure(tmp_path):
-    from rifml.writer import AtomicCsvWriter
+    from rifml.io.writer import AtomicCsvWriter
 
     target = tmp_path / "calls.csv"
     with pytest.raises(RuntimeError):
@@ -190,7 +190,7 @@ def test_fast_path_only_for_plain_files(tmp_path, catalog, content, simple):
 
 
 def test_quoted_header_still_takes_the_fast_path_and_our_outputs_are_plain(tmp_path, catalog):
-    from rifml.writer import AtomicCsvWriter
+    from rifml.io.writer import AtomicCsvWriter
 
     quoted = tmp_path / "q.csv"
     quoted.write_bytes(b'"patient_id","pb_nk_pct"\nA,1\nB,2\n')
@@ -203,7 +203,7 @@ def test_quoted_header_still_takes_the_fast_path_and_our_outputs_are_plain(tmp_p
 
 
 def test_prefetcher_keeps_order_and_passes_errors_on():
-    from rifml.reader import Prefetcher
+    from rifml.io.reader import Prefetcher
 
     assert list(Prefetcher(iter(range(50)), depth=2)) == list(range(50))
 
@@ -221,7 +221,7 @@ def test_prefetcher_keeps_order_and_passes_errors_on():
 def test_prefetcher_reads_ahead_from_the_start_and_stops_when_closed():
     import threading
 
-    from rifml.reader import Prefetcher
+    from rifml.io.reader import Prefetcher
 
     produced = []
     ready = threading.Event()
@@ -242,7 +242,7 @@ def test_prefetcher_reads_ahead_from_the_start_and_stops_when_closed():
 
 
 def test_writer_quotes_only_chunks_that_need_it_and_reads_back_the_same(tmp_path):
-    from rifml.writer import AtomicCsvWriter
+    from rifml.io.writer import AtomicCsvWriter
 
     plain = pd.DataFrame({"patient_id": ["A", "B"], "note": ["ok", "Ünïcode"], "x": [1.5, None]})
     awkward = pd.DataFrame({"patient_id": ["C", "D"], "note": ['says "hi", then', "two\nlines"], "x": [2.0, 3.25]})
