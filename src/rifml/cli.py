@@ -291,6 +291,7 @@ def score(
     from rifml.catalog import load_catalog
     from rifml.pipeline import calls_columns
     from rifml.io.reader import PanelFile, Prefetcher, validated_chunks
+    from rifml.scoring import scored_chunks
     from rifml.tracking import connect, load_profiler
     from rifml.validate import REJECT_COLUMNS
     from rifml.io.writer import AtomicCsvWriter
@@ -331,11 +332,10 @@ def score(
             reject_writer = stack.enter_context(AtomicCsvWriter(rejects, columns=REJECT_COLUMNS))
             calls_writer = stack.enter_context(AtomicCsvWriter(output))
             progress = stack.enter_context(RowProgress("scoring", quiet))
-            for chunk in chunks:
+            for chunk, calls in scored_chunks(profiler, chunks, lambda: validated_chunks(panel_file)):
                 reject_writer.write(chunk.rejects)
                 reasons.update(chunk.rejects["reason"])
-                if len(chunk.panel):
-                    calls = profiler.call(chunk.panel, compact=True)
+                if calls is not None:
                     calls_writer.write(calls)
                     profiles.update(calls["immune_profile"].value_counts().to_dict())
                     scored += len(calls)
