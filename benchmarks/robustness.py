@@ -21,7 +21,7 @@ import math  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from concurrent.futures import ProcessPoolExecutor  # noqa: E402
+from concurrent.futures import ProcessPoolExecutor, as_completed  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Annotated, Optional  # noqa: E402
 
@@ -110,7 +110,8 @@ def main(
     """Train and call rifml on many simulated worlds; print and save one row per scenario."""
     if train_seed == test_seed:
         raise typer.BadParameter("train and test cohorts need separate seeds", param_hint="--test-seed")
-    names = [s.strip() for s in scenarios.split(",") if s.strip()] if scenarios else [DEFAULT, *available_scenarios()]
+    given = [s.strip() for s in scenarios.split(",") if s.strip()] if scenarios else [DEFAULT, *available_scenarios()]
+    names = list(dict.fromkeys(given))
     try:  # fail on a bad name before any training starts
         descriptions = {n: "" if n == DEFAULT else scenario_description(n) for n in names}
         for n in names:
@@ -121,11 +122,21 @@ def main(
     started = time.perf_counter()
     args = [(n, n_train, n_test, train_seed, test_seed, str(train_config) if train_config else None) for n in names]
     console.print(f"{len(names)} scenarios, {n_train:,} training / {n_test:,} scoring panels each, {jobs} at a time")
-    if jobs == 1:
-        rows = [run_one(*a) for a in args]
-    else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            rows = list(pool.map(run_one, *zip(*args)))
+    rows: dict[str, dict] = {}
+    # Results are saved as each scenario finishes: a long run stopped early keeps what it measured.
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(run_one, *a): a[0] for a in args}
+        for future in as_completed(futures):
+            rows[futures[future]] = future.result()
+            console.print(f"{futures[future]} done ({time.perf_counter() - started:.0f} s)")
+            results = tabulate([rows[n] for n in names if n in rows], descriptions, n_train, n_test, train_seed, test_seed)
+            output.parent.mkdir(parents=True, exist_ok=True)
+            results.to_csv(output, index=False, float_format="%.4f")
+    show(results)
+    console.print(f"wrote {output} ({time.perf_counter() - started:.0f} s)")
+
+
+def tabulate(rows: list[dict], descriptions: dict[str, str], n_train: int, n_test: int, train_seed: int, test_seed: int) -> pd.DataFrame:
     results = pd.DataFrame(rows)
     results.insert(1, "description", results["scenario"].map(descriptions))
     results.insert(0, "commit", commit())
@@ -133,10 +144,7 @@ def main(
         results[column] = results[column].astype(int)
     for column, value in (("n_train", n_train), ("n_test", n_test), ("train_seed", train_seed), ("test_seed", test_seed)):
         results[column] = value
-    show(results)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    results.to_csv(output, index=False, float_format="%.4f")
-    console.print(f"wrote {output} ({time.perf_counter() - started:.0f} s)")
+    return results
 
 
 if __name__ == "__main__":
