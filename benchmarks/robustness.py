@@ -32,7 +32,8 @@ from rich.table import Table  # noqa: E402
 
 from rifml.errors import RifmlInputError  # noqa: E402
 from rifml.robustness import BARS, bar_results, evaluate_scenario  # noqa: E402
-from rifml.simulate import available_scenarios, load_simulation_config, scenario_description  # noqa: E402
+from rifml.scenarios import available_scenarios, scenario_description  # noqa: E402
+from rifml.simulate import load_simulation_config  # noqa: E402
 from rifml.training import load_train_config  # noqa: E402
 
 DEFAULT = "default"  # simulate.yaml with no overlay: the world rifml was built on, for reference
@@ -119,7 +120,7 @@ def main(
     except RifmlInputError as exc:
         console.print(f"[red]robustness: {exc}")
         raise typer.Exit(2) from exc
-    started = time.perf_counter()
+    started, measured_on = time.perf_counter(), commit()  # the code the workers run, whatever is committed meanwhile
     args = [(n, n_train, n_test, train_seed, test_seed, str(train_config) if train_config else None) for n in names]
     console.print(f"{len(names)} scenarios, {n_train:,} training / {n_test:,} scoring panels each, {jobs} at a time")
     rows: dict[str, dict] = {}
@@ -129,21 +130,20 @@ def main(
         for future in as_completed(futures):
             rows[futures[future]] = future.result()
             console.print(f"{futures[future]} done ({time.perf_counter() - started:.0f} s)")
-            results = tabulate([rows[n] for n in names if n in rows], descriptions, n_train, n_test, train_seed, test_seed)
+            results = tabulate([rows[n] for n in names if n in rows], descriptions, measured_on)
+            results = results.assign(n_train=n_train, n_test=n_test, train_seed=train_seed, test_seed=test_seed)
             output.parent.mkdir(parents=True, exist_ok=True)
             results.to_csv(output, index=False, float_format="%.4f")
     show(results)
     console.print(f"wrote {output} ({time.perf_counter() - started:.0f} s)")
 
 
-def tabulate(rows: list[dict], descriptions: dict[str, str], n_train: int, n_test: int, train_seed: int, test_seed: int) -> pd.DataFrame:
+def tabulate(rows: list[dict], descriptions: dict[str, str], measured_on: str) -> pd.DataFrame:
     results = pd.DataFrame(rows)
     results.insert(1, "description", results["scenario"].map(descriptions))
-    results.insert(0, "commit", commit())
+    results.insert(0, "commit", measured_on)
     for column in ("n_complete", "n_unseen_complete", "clean_rejected"):
         results[column] = results[column].astype(int)
-    for column, value in (("n_train", n_train), ("n_test", n_test), ("train_seed", train_seed), ("test_seed", test_seed)):
-        results[column] = value
     return results
 
 

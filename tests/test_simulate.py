@@ -20,13 +20,11 @@ import pytest
 
 from rifml.catalog import load_catalog
 from rifml.errors import RifmlInputError
+from rifml.scenarios import available_scenarios, merge_patch, scenario_description
 from rifml.simulate import (
     CORRUPTION_KINDS,
-    available_scenarios,
     baseline_distribution,
     load_simulation_config,
-    merge_patch,
-    scenario_description,
     simulate_cohort,
 )
 

@@ -20,7 +20,6 @@ keys of its shift and category tables.
 
 from __future__ import annotations
 
-from pathlib import Path
 from statistics import NormalDist
 from typing import Literal
 
@@ -29,7 +28,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rifml.catalog import Catalog, Kind, Marker, Profile, load_catalog
-from rifml.config import config_dir, load_validated, load_yaml, validate_mapping
+from rifml.config import load_validated, load_yaml, validate_mapping
+from rifml.scenarios import merge_patch, scenario_overlay, scenario_path
 from rifml.errors import RifmlInputError
 
 Panel = Literal["complete", "blood_only", "biopsy_only"]
@@ -265,53 +265,9 @@ def load_simulation_config(path=None, scenario=None) -> SimulationConfig:
     """
     if scenario is None:
         return load_validated(SimulationConfig, path, "simulate.yaml", "simulation config")
-    source = scenario_path(scenario)
-    overlay = load_yaml(source, "")
-    overlay.pop("description", None)
-    merged = merge_patch(load_yaml(path, "simulate.yaml"), overlay)
-    return validate_mapping(SimulationConfig, merged, f"{path or 'configs/simulate.yaml'} + {source}", "simulation config")
-
-
-def merge_patch(target, patch):
-    """RFC 7386 JSON Merge Patch of plain YAML data: a new object, neither input is changed."""
-    if not isinstance(patch, dict):
-        return patch
-    merged = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            merged.pop(key, None)
-        else:
-            merged[key] = merge_patch(merged.get(key), value)
-    return merged
-
-
-def scenarios_dir() -> Path:
-    return config_dir() / "scenarios"
-
-
-def available_scenarios() -> list[str]:
-    """Names of the scenarios shipped under configs/scenarios/, sorted."""
-    return sorted(p.stem for p in scenarios_dir().glob("*.yaml"))
-
-
-def scenario_path(name_or_file) -> Path:
-    """The overlay file of a scenario given by name (configs/scenarios/NAME.yaml) or by path."""
-    given = Path(name_or_file)
-    if given.suffix in {".yaml", ".yml"} or given.is_file():
-        if not given.is_file():
-            raise RifmlInputError(f"scenario file {given} does not exist")
-        return given
-    named = scenarios_dir() / f"{name_or_file}.yaml"
-    if not named.is_file():
-        raise RifmlInputError(
-            f"unknown scenario {str(name_or_file)!r}; known: {', '.join(available_scenarios()) or 'none'}"
-        )
-    return named
-
-
-def scenario_description(name_or_file) -> str:
-    """The ``description`` of a scenario overlay ("" when it has none)."""
-    return str(load_yaml(scenario_path(name_or_file), "").get("description", "")).strip()
+    merged = merge_patch(load_yaml(path, "simulate.yaml"), scenario_overlay(scenario))
+    source = f"{path or 'configs/simulate.yaml'} + {scenario_path(scenario)}"
+    return validate_mapping(SimulationConfig, merged, source, "simulation config")
 
 
 def _check_against_catalog(config: SimulationConfig, catalog: Catalog) -> None:
