@@ -21,7 +21,6 @@ from sklearn.metrics import adjusted_rand_score, f1_score
 from rifml.catalog import Catalog, load_catalog
 from rifml.model import expected_calibration_error
 from rifml.simulate import SimulationConfig, simulate_cohort
-from rifml.training import profiler_from_config
 from rifml.validate import repeated_ids, validate_chunk
 
 BALANCED = "balanced"  # the profile whose calls have no abnormal driver to check
@@ -213,6 +212,9 @@ def evaluate_scenario(
         :func:`scenario_metrics`, plus ``corrupt_caught``, ``clean_rejected`` and
         ``seconds`` (wall time of the whole scenario).
     """
+    # Imported here: the metrics and bars alone need no model stack (LightGBM, shap, numba).
+    from rifml.training import profiler_from_config
+
     started = time.perf_counter()
     catalog = catalog if catalog is not None else load_catalog()
     label = catalog.label_column
