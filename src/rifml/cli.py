@@ -95,6 +95,13 @@ def simulate(
         Optional[Path], typer.Option("--config", help="Simulation parameters (default: configs/simulate.yaml).")
     ] = None,
     catalog: CatalogOption = None,
+    scenario: Annotated[
+        Optional[str],
+        typer.Option("--scenario", help="Overlay merged over the config: a name in configs/scenarios/ or a YAML file."),
+    ] = None,
+    batch: Annotated[
+        str, typer.Option("--batch", help="train: no scoring-only labs; score: every lab, scoring-only ones included.")
+    ] = "train",
 ) -> None:
     """Write a synthetic cohort of RIF immune panels (for demos and tests; not real patients)."""
     from rifml.catalog import load_catalog
@@ -102,7 +109,12 @@ def simulate(
     from rifml.io.writer import write_table
 
     cohort, truth_table = simulate_cohort(
-        n, seed=seed, bad_share=bad_share, config=load_simulation_config(config), catalog=load_catalog(catalog)
+        n,
+        seed=seed,
+        bad_share=bad_share,
+        config=load_simulation_config(config, scenario),
+        catalog=load_catalog(catalog),
+        batch=batch,
     )
     write_table(cohort, output)
     if truth is not None:
