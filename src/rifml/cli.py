@@ -338,7 +338,7 @@ def score(
         if engine == "spark":
             from rifml.spark_engine import score_with_spark
 
-            spark_run = score_with_spark(panel_file, model_uri, output, rejects)
+            spark_run = score_with_spark(panel_file, model_uri, output, rejects, profiler)
             scored, reasons, profiles = spark_run.scored, spark_run.reasons, spark_run.profiles
         else:
             reject_writer = stack.enter_context(AtomicCsvWriter(rejects, columns=REJECT_COLUMNS))

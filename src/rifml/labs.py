@@ -11,6 +11,7 @@ Pure functions over frames; the fitted pipeline decides which rows and clusters 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +38,21 @@ class LabAdaptation:
 
     shifts: dict[str, dict[str, float]] = field(default_factory=dict)
     panels: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """Text form, for engines that hand it to the model as a parameter (Spark); "" when empty."""
+        if not self.panels:
+            return ""
+        return json.dumps({"shifts": self.shifts, "panels": self.panels}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "LabAdaptation | None":
+        """The adaptation :meth:`to_json` wrote; None for no text (the batch adapts itself)."""
+        if not text:
+            return None
+        data = json.loads(text)
+        return cls({lab: {m: float(v) for m, v in per.items()} for lab, per in data["shifts"].items()},
+                   {lab: int(n) for lab, n in data["panels"].items()})
 
 
 def shrunk_median_offsets(

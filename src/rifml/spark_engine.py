@@ -23,13 +23,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from rifml.errors import RifmlInputError
 from rifml.pipeline import calls_columns
 from rifml.io.reader import PanelFile
-from rifml.serving import BATCH_FLAGS, DUPLICATE_FLAG, FIELD_COUNT_FLAG, REJECT_DETAILS
-from rifml.validate import REJECT_COLUMNS
+from rifml.serving import BATCH_FLAGS, DUPLICATE_FLAG, FIELD_COUNT_FLAG, LAB_OFFSETS_PARAM, REJECT_DETAILS
+from rifml.validate import REJECT_COLUMNS, validate_chunk
 from rifml.io.writer import AtomicCsvWriter
 
 # Working columns; the prefix keeps them apart from whatever a panel file carries.
@@ -195,7 +196,29 @@ def _model_inputs(udf, model_uri: str) -> list[str]:
     return names
 
 
-def scored_frame(spark, panel_file: PanelFile, model_uri: str):
+def unseen_lab_offsets(frame, panel_file: PanelFile, profiler) -> str:
+    """Offsets of labs unseen in training, estimated on the driver from the whole file (JSON, "" for none).
+
+    Only rows of such labs come to the driver (validated as usual, whole-file rejects
+    left out), so every Spark batch scores with the same offsets as the local engine.
+    """
+    from pyspark.sql import functions as F
+
+    from rifml.features import LAB_COLUMN
+
+    if LAB_COLUMN not in panel_file.columns:
+        return ""
+    lab = F.trim(F.col(LAB_COLUMN))
+    known = list(profiler.features_.known_labs_)
+    unseen = frame.where(lab.isNotNull() & (lab != "") & ~lab.isin(known) & ~F.col(DUPLICATE_FLAG) & ~F.col(FIELD_COUNT_FLAG))
+    rows = unseen.select(*panel_file.columns).toPandas()
+    if rows.empty:
+        return ""
+    checked = validate_chunk(rows, np.arange(2, len(rows) + 2), panel_file.catalog)
+    return profiler.lab_adaptation(checked.panel).to_json()
+
+
+def scored_frame(spark, panel_file: PanelFile, model_uri: str, profiler=None):
     """Every input row with its line number, clean id, and the model's answer (calls or reject details).
 
     Returns
@@ -208,10 +231,12 @@ def scored_frame(spark, panel_file: PanelFile, model_uri: str):
     from pyspark.sql import functions as F
 
     catalog = panel_file.catalog
-    udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=None, env_manager="local")
-    inputs = [name for name in _model_inputs(udf, model_uri) if name in panel_file.columns or name in BATCH_FLAGS]
     frame, total = with_row_numbers(read_panel(spark, panel_file))
     frame = flag_duplicates(frame, catalog.id_column)
+    offsets = unseen_lab_offsets(frame, panel_file, profiler) if profiler is not None else ""
+    udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=None, env_manager="local",
+                                  params={LAB_OFFSETS_PARAM: offsets} if offsets else None)
+    inputs = [name for name in _model_inputs(udf, model_uri) if name in panel_file.columns or name in BATCH_FLAGS]
     parts = max(spark.sparkContext.defaultParallelism, math.ceil(total / panel_file.chunk_rows))
     frame = frame.repartitionByRange(max(1, min(parts, total)), ROW)
     frame = frame.withColumn(PREDICTION, udf(F.struct(*inputs)))
@@ -245,7 +270,7 @@ def _rejects_records(chunk: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({column: chunk[fields[column]].to_numpy() for column in REJECT_COLUMNS})
 
 
-def score_with_spark(panel_file: PanelFile, model_uri: str, calls_path: Path, rejects_path: Path) -> SparkScoring:
+def score_with_spark(panel_file: PanelFile, model_uri: str, calls_path: Path, rejects_path: Path, profiler=None) -> SparkScoring:
     """Score a panel file on Spark; write the calls and rejects CSVs exactly as the local engine does.
 
     Parameters
@@ -256,6 +281,9 @@ def score_with_spark(panel_file: PanelFile, model_uri: str, calls_path: Path, re
         Any MLflow model URI the driver and executors can reach.
     calls_path, rejects_path : Path
         Output CSVs (written atomically).
+    profiler : ImmuneProfiler, optional
+        The model's profiler, loaded on the driver: labs unseen in training are adapted on
+        the whole file (:func:`unseen_lab_offsets`) before the batches are scored.
 
     Returns
     -------
@@ -271,7 +299,7 @@ def score_with_spark(panel_file: PanelFile, model_uri: str, calls_path: Path, re
     with _session() as spark, AtomicCsvWriter(rejects_path, columns=REJECT_COLUMNS) as reject_writer, AtomicCsvWriter(
         calls_path
     ) as calls_writer:
-        result, columns = scored_frame(spark, panel_file, model_uri)
+        result, columns = scored_frame(spark, panel_file, model_uri, profiler)
         calls_writer.columns = columns
         # Score every partition at once (one job across the cluster), then bring them home one by one.
         result = result.persist(StorageLevel.MEMORY_AND_DISK)

@@ -134,7 +134,9 @@ def log_training(
     from mlflow import MlflowClient
     from mlflow.models import infer_signature
 
-    from rifml.serving import PROFILER_ARTIFACT, score_frame
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    from rifml.serving import LAB_OFFSETS_PARAM, PROFILER_ARTIFACT, score_frame
 
     experiment_id = ensure_experiment(experiment, uri)
     catalog = profiler.catalog_
@@ -154,6 +156,7 @@ def log_training(
         example = example_panel(catalog)
         signature = infer_signature(example, score_frame(profiler, example))
         signature.inputs = input_schema(catalog)
+        signature.params = ParamSchema([ParamSpec(LAB_OFFSETS_PARAM, "string", "")])
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(Path(__file__).with_name("mlflow_entry.py")),
