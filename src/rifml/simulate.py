@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rifml.catalog import Catalog, Kind, Marker, Profile, load_catalog
 from rifml.config import load_validated
 from rifml.errors import RifmlInputError
+from rifml.outcomes.simulate import OutcomesSpec
 
 Panel = Literal["complete", "blood_only", "biopsy_only"]
 
@@ -185,6 +186,7 @@ class SimulationConfig(_Strict):
     context: ContextSpec
     corruption: CorruptionSpec
     significant_digits: int = Field(default=3, ge=1, le=6)
+    outcomes: OutcomesSpec | None = None  # the registry of `simulate --outcomes` (rifml.outcomes.simulate)
 
     @model_validator(mode="after")
     def _shares_sum(self) -> "SimulationConfig":
