@@ -62,7 +62,7 @@ def forest_plot(effects: pd.DataFrame, level: str):
     ax.set_xlabel("odds ratio of the outcome, treated vs no add-on (log scale; right of 1 = more often)")
     ax.set_title(f"{level}: treatment effects within each group"
                  + (f", adjusted for {adjusted_for.replace(',', ', ')}" if adjusted_for else " (unadjusted)"), fontsize=10)
-    ax.legend(loc="lower right", fontsize=8, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.5 / fig.get_figheight() - 0.06), ncol=2, fontsize=8, frameon=False)
     ax.grid(axis="x", color="#eef1f4")
     fig.tight_layout()
     return fig
