@@ -541,7 +541,8 @@ def outcomes(
         "calls_without_outcome": matched.calls_without_outcome, "overall_rate": float(data[outcome].mean()),
         "treatments": ", ".join(f"{t} {n:,}" for t, n in data[contract.TREATMENT].value_counts().items()),
     }
-    page = render_page(analysis, levels=list(levels), outcome=outcome, adjust=covariates, pngs=pngs, summary=summary)
+    page = render_page(analysis, levels=list(levels), outcome=outcome, adjust=covariates, pngs=pngs, summary=summary,
+                       model_label=model)
     written = write_analysis(folder, analysis, matched.rejects, page, pngs)
     uri = connect(tracking_uri)
     run_id = log_outcomes(

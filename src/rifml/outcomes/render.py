@@ -62,7 +62,7 @@ def forest_plot(effects: pd.DataFrame, level: str):
     ax.set_xlabel("odds ratio of the outcome, treated vs no add-on (log scale; right of 1 = more often)")
     ax.set_title(f"{level}: treatment effects within each group"
                  + (f", adjusted for {adjusted_for.replace(',', ', ')}" if adjusted_for else " (unadjusted)"), fontsize=10)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.5 / fig.get_figheight() - 0.06), ncol=2, fontsize=8, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3 / fig.get_figheight() - 0.05), ncol=2, fontsize=8, frameon=False)
     ax.grid(axis="x", color="#eef1f4")
     fig.tight_layout()
     return fig
@@ -130,9 +130,10 @@ def render_page(
     adjust: list[str],
     pngs: dict[str, bytes],
     summary: dict,
+    model_label: str | None = None,
 ) -> str:
     """The self-contained index.html (figures inlined as base64 PNG)."""
-    from rifml.report import environment
+    from rifml.report import RESEARCH_USE, environment
 
     env = environment()
     env.filters["num"] = _number
@@ -153,5 +154,6 @@ def render_page(
     return env.get_template(TEMPLATE).render(
         sections=sections, outcome=outcome, adjust=adjust, summary=summary, analysis=analysis,
         tests_run=analysis.tests_run, interaction_tests=int(analysis.interactions["p_value"].notna().sum()),
-        rifml_version=__version__, generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        shared={"rifml_version": __version__, "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                "model_label": model_label or "the calls given", "research_use": RESEARCH_USE},
     )
