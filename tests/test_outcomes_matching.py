@@ -66,12 +66,14 @@ def test_each_bad_row_is_rejected_with_its_reason():
 
 
 def test_accepted_rows_carry_groups_treatment_outcome_covariates():
-    matched = _match(ROWS[:1] + [{"patient_id": "H", "treatment": " IVIG ", "live_birth": "1.0", "embryo_quality": "fair"}])
+    # "none" in any case is no add-on; treatment names keep their spelling (stripped).
+    matched = _match([{"patient_id": "A", "treatment": "None", "live_birth": "1", "embryo_quality": "good"},
+                      {"patient_id": "H", "treatment": " IVIG ", "live_birth": "1.0", "embryo_quality": "fair"}])
     data = matched.registry.data
     assert matched.rejects.empty
     assert data.to_dict("records") == [
         {"profile": "balanced", "subtype": "bal", "treatment": "none", "live_birth": 1, "age_years": 31.0, "embryo_quality": "good"},
-        {"profile": "hyperactive", "subtype": "th1", "treatment": "ivig", "live_birth": 1, "age_years": 36.0, "embryo_quality": "fair"},
+        {"profile": "hyperactive", "subtype": "th1", "treatment": "IVIG", "live_birth": 1, "age_years": 36.0, "embryo_quality": "fair"},
     ]
     assert matched.registry.covariates == {"age_years": "numeric", "embryo_quality": "categorical"}
     # the profile level compares with balanced; the subtype level with the largest balanced subtype

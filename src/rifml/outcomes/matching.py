@@ -119,7 +119,9 @@ def match_registry(
     calls_by_id = calls.assign(**{id_column: call_ids}).set_index(id_column)
 
     ids = _text(outcomes[id_column])
-    treatment = _text(outcomes[c.TREATMENT]).str.lower()
+    treatment = _text(outcomes[c.TREATMENT])
+    # Treatment names stay as the registry spells them (they name rows of effects.csv); only "none" is a keyword.
+    treatment = treatment.mask(treatment.str.lower() == c.NO_TREATMENT, c.NO_TREATMENT)
     result = _text(outcomes[outcome])
     number = pd.to_numeric(result.where(result != "", None), errors="coerce")
     known = ids.isin(calls_by_id.index)
