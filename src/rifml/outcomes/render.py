@@ -17,7 +17,9 @@ import pandas as pd
 from rifml import __version__
 from rifml.outcomes.analysis import OutcomeAnalysis
 
-TEMPLATE = "outcomes.html"
+TEMPLATE = "outcomes.html"  # extends base.html, the look of every rifml page
+RESEARCH_USE = ("Research use only: an observational analysis of a registry, not a diagnostic device and not a "
+                "treatment recommendation.")
 _NO_EFFECT = 1.0
 
 
@@ -133,9 +135,11 @@ def render_page(
     model_label: str | None = None,
 ) -> str:
     """The self-contained index.html (figures inlined as base64 PNG)."""
-    from rifml.report import RESEARCH_USE, environment
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-    env = environment()
+    # Not rifml.report's environment: importing that module loads the whole scoring stack (seconds).
+    env = Environment(loader=PackageLoader("rifml", "templates"), autoescape=select_autoescape(["html"]),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = _number
     env.filters["p"] = _p
     images = {stem: base64.b64encode(data).decode("ascii") for stem, data in pngs.items()}
