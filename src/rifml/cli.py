@@ -102,23 +102,25 @@ def simulate(
     batch: Annotated[
         str, typer.Option("--batch", help="train: no scoring-only labs; score: every lab, scoring-only ones included.")
     ] = "train",
+    outcomes: Annotated[
+        Optional[Path],
+        typer.Option("--outcomes", help="Also write an outcomes registry: treatment, embryo_quality, live_birth per patient."),
+    ] = None,
 ) -> None:
     """Write a synthetic cohort of RIF immune panels (for demos and tests; not real patients)."""
     from rifml.catalog import load_catalog
     from rifml.simulate import load_simulation_config, simulate_cohort
     from rifml.io.writer import write_table
 
+    settings = load_simulation_config(config, scenario)
     cohort, truth_table = simulate_cohort(
-        n,
-        seed=seed,
-        bad_share=bad_share,
-        config=load_simulation_config(config, scenario),
-        catalog=load_catalog(catalog),
-        batch=batch,
+        n, seed=seed, bad_share=bad_share, config=settings, catalog=load_catalog(catalog), batch=batch
     )
     write_table(cohort, output)
     if truth is not None:
         write_table(truth_table, truth)
+    if outcomes is not None:
+        _simulate_outcomes(cohort, truth_table, settings, load_catalog(catalog), seed, outcomes)
     profiles = truth_table["immune_profile"].value_counts()
     out.print(
         f"wrote {len(cohort):,} panels to {output}"
@@ -379,9 +381,10 @@ def demo(
         ("validate it", lambda: validate(input=Path("cohort.csv"), rejects=Path("cohort_rejects.csv"), output=None, chunk_rows=50_000, catalog=None)),
         ("train with labels (registered, champion if it meets the floors)", lambda: trained.update(labels=train(data=Path("cohort.csv"), label_column="immune_profile", no_labels=False, experiment="rifml-demo", tracking_uri=uri, config=None, champion=True, catalog=None))),
         ("train without labels: subtypes named into profiles (second run)", lambda: train(data=Path("cohort.csv"), label_column="immune_profile", no_labels=True, experiment="rifml-demo", tracking_uri=uri, config=None, champion=False, catalog=None)),
-        ("simulate a fresh batch to score", lambda: simulate(n=max(n // 2, 200), output=Path("batch.csv"), seed=2, bad_share=0.02, truth=Path("batch_truth.csv"), config=None, catalog=None)),
+        ("simulate a fresh batch to score (with an outcomes registry)", lambda: simulate(n=max(n // 2, 200), output=Path("batch.csv"), seed=2, bad_share=0.02, truth=Path("batch_truth.csv"), config=None, catalog=None, outcomes=Path("batch_outcomes.csv"))),
         ("score it with the model trained on labels", lambda: score(input=Path("batch.csv"), output=Path("calls.csv"), rejects=Path("rejects.csv"), model=_version_uri(trained["labels"]), tracking_uri=uri, chunk_rows=50_000, catalog=None)),
         ("write the HTML report", lambda: report(input=Path("batch.csv"), calls=Path("calls.csv"), output=Path("report"), model=_version_uri(trained["labels"]), tracking_uri=uri, rejects=Path("rejects.csv"))),
+        ("analyse outcomes by profile and subtype (observational: see the caveats)", lambda: outcomes(panels=Path("batch.csv"), calls=Path("calls.csv"), outcomes_file=Path("batch_outcomes.csv"), output=Path("outcomes"), adjust=_demo_covariates(), outcome="live_birth", min_treated=30, model=_version_uri(trained["labels"]), tracking_uri=uri, catalog=None)),
     ]
     for number, (title, step) in enumerate(steps, 1):
         out.rule(f"[bold]{number}/{len(steps)} {title}")
@@ -390,6 +393,7 @@ def demo(
     here = Path.cwd()
     out.print(f"everything is in {here}: cohort.csv, calls.csv, rejects.csv, mlflow.db (runs, plots, registered model)")
     out.print(f"cohort report: {here / 'report' / 'index.html'}")
+    out.print(f"outcomes page: {here / 'outcomes' / 'index.html'}")
     out.print(f"open the MLflow UI on this store:  rifml ui --tracking-uri {uri}")
 
 
@@ -464,6 +468,204 @@ def report(
     if summary.changed_calls:
         err.print(f"warning: {summary.changed_calls:,} calls are not reproduced by {model_uri}: were they scored with another model?")
     out.print(f"wrote {summary.output / 'index.html'} and {summary.patients:,} patient pages in {summary.seconds:.1f} s")
+
+
+def _simulate_outcomes(cohort, truth_table, settings, cat, seed: int, path: Path) -> None:
+    from rifml.io.writer import write_table
+    from rifml.outcomes.contract import NO_TREATMENT, TREATMENT
+    from rifml.outcomes.simulate import simulate_outcomes
+
+    if settings.outcomes is None:
+        raise RifmlInputError("--outcomes needs an `outcomes:` section in the simulation config")
+    registry = simulate_outcomes(cohort, truth_table, settings.outcomes, cat.id_column, seed=seed)
+    write_table(registry, path)
+    treated = int((registry[TREATMENT] != NO_TREATMENT).sum())
+    out.print(f"wrote outcomes of {len(registry):,} patients to {path} ({treated:,} with an add-on)")
+
+
+def _demo_covariates() -> str:
+    from rifml.outcomes.simulate import EMBRYO_QUALITY
+    from rifml.simulate import load_simulation_config
+
+    return f"{load_simulation_config().outcomes.age_column},{EMBRYO_QUALITY}"
+
+
+OutcomesFileOption = Annotated[
+    Path, typer.Option("--outcomes", help="Outcomes registry: patient_id, treatment (none = no add-on), a 0/1 outcome, covariates.")
+]
+
+
+@app.command()
+@reports_errors
+def outcomes(
+    panels: Annotated[Path, typer.Option("--panels", help="The panel file that was scored (covariates such as age_years).")],
+    calls: Annotated[Path, typer.Option("--calls", help="Calls file written by `rifml score` for those panels.")],
+    outcomes_file: OutcomesFileOption,
+    output: Annotated[Path, typer.Option("--output", help="Folder for effects.csv, rates.csv, rejects.csv, index.html.")],
+    adjust: Annotated[
+        Optional[str], typer.Option("--adjust", help="Covariates to adjust for, comma-separated (outcomes or panels columns).")
+    ] = None,
+    outcome: Annotated[str, typer.Option("--outcome", help="The 0/1 outcome column.")] = "live_birth",
+    min_treated: Annotated[
+        int, typer.Option("--min-treated", min=1, help="Analyse a treatment in a group only when at least this many got it.")
+    ] = 30,
+    model: Annotated[Optional[str], typer.Option("--model", help="URI of the model that made the calls (recorded in the run).")] = None,
+    tracking_uri: TrackingOption = None,
+    catalog: CatalogOption = None,
+) -> None:
+    """Outcome rates and treatment effects by immune profile and subtype (observational; adjusted odds ratios)."""
+    from rifml.catalog import load_catalog
+    from rifml.outcomes import contract
+    from rifml.outcomes.analysis import analyse
+    from rifml.outcomes.files import prepare_folder, read_panel_columns, read_table, write_analysis
+    from rifml.outcomes.matching import match_registry
+    from rifml.outcomes.render import figures, png_bytes, render_page
+    from rifml.tracking import connect, log_outcomes
+
+    cat = load_catalog(catalog)
+    covariates = [name.strip() for name in (adjust or "").split(",") if name.strip()]
+    folder = prepare_folder(output, [panels, calls, outcomes_file])
+    registry_rows, line_numbers = read_table(outcomes_file, "outcomes")
+    calls_table, _ = read_table(calls, "calls")
+    from_panels = [name for name in covariates if name not in registry_rows]
+    panel_table, panel_reasons = read_panel_columns(panels, cat, from_panels)
+    levels = {"profile": cat.label_column, "subtype": contract.SUBTYPE_COLUMN}
+    matched = match_registry(
+        registry_rows, line_numbers, calls_table, id_column=cat.id_column, level_columns=levels,
+        outcome=outcome, adjust=covariates, panel_covariates=panel_table,
+    )
+    reasons = Counter(matched.rejects["reason"])
+    if matched.registry.data.empty:
+        raise RifmlInputError(
+            f"{outcomes_file}: no row could be analysed ({', '.join(f'{r} {n:,}' for r, n in reasons.most_common())})"
+        )
+    analysis = analyse(matched.registry, min_treated=min_treated)
+    pngs = {stem: png_bytes(figure) for stem, figure in figures(analysis, list(levels), outcome).items()}
+    data = matched.registry.data
+    summary = {
+        "rows_in": matched.rows_in, "analysed": len(data), "rejected": len(matched.rejects),
+        "reasons": ", ".join(f"{r} {n:,}" for r, n in reasons.most_common()),
+        "calls_without_outcome": matched.calls_without_outcome, "overall_rate": float(data[outcome].mean()),
+        "treatments": ", ".join(f"{t} {n:,}" for t, n in data[contract.TREATMENT].value_counts().items()),
+    }
+    page = render_page(analysis, levels=list(levels), outcome=outcome, adjust=covariates, pngs=pngs, summary=summary,
+                       model_label=model)
+    written = write_analysis(folder, analysis, matched.rejects, page, pngs)
+    uri = connect(tracking_uri)
+    run_id = log_outcomes(
+        experiment="rifml-outcomes", uri=uri,
+        params={"outcome": outcome, "adjusted_for": ",".join(covariates), "min_treated": min_treated,
+                "min_events": analysis.min_events, "calls_model": model or "", "rows_in": matched.rows_in},
+        metrics={"patients_analysed": len(data), "rows_rejected": len(matched.rejects),
+                 "outcome_rate": summary["overall_rate"], "effect_tests": analysis.tests_run,
+                 "effects_ci_above_1": int((analysis.effects["ci_low"] > 1).sum()),
+                 "effects_ci_below_1": int((analysis.effects["ci_high"] < 1).sum())},
+        tables={"effects": analysis.effects, "rates": analysis.rates, "interactions": analysis.interactions},
+        plots=[written.files[stem] for stem in pngs], page=page,
+    )
+    _print_effects(analysis, outcome, covariates)
+    out.print(f"wrote {written.files['index']} (effects.csv, rates.csv, interactions.csv, rejects.csv); run {run_id} in {uri}")
+    if panel_reasons:
+        out.print(f"{sum(panel_reasons.values()):,} panels failed validation: their covariates were not read")
+    print_accounting(len(data), reasons, verb="analysed")
+
+
+def _print_wide(table) -> None:
+    """A table at least 130 columns wide: whole group and treatment names, also when piped to a log."""
+    Console(width=max(out.width, 130), soft_wrap=True, file=out.file).print(table)
+
+
+def _print_effects(analysis, outcome: str, covariates: list[str]) -> None:
+    effects = analysis.effects
+    shown = effects[effects["estimable"].astype(bool)]
+    table = Table(box=None, header_style="bold", title=f"{outcome}: treated vs no add-on, adjusted for "
+                  + (", ".join(covariates) or "nothing"), title_justify="left")
+    for name, justify in [("level", "left"), ("group", "left"), ("treatment", "left"), ("n treated", "right"),
+                          ("adjusted OR (95% CI)", "right"), ("p (Holm)", "right"), ("crude OR", "right")]:
+        table.add_column(name, justify=justify)
+    for row in shown.itertuples():
+        table.add_row(row.level, row.group, row.treatment, f"{row.n_treated:,}",
+                      f"{row.odds_ratio:.2f} ({row.ci_low:.2f}-{row.ci_high:.2f})", f"{row.p_holm:.3g}", f"{row.crude_odds_ratio:.2f}")
+    if len(shown):
+        _print_wide(table)
+    out.print(f"{len(shown):,} effects estimated ({analysis.tests_run} tests, Holm-adjusted); "
+              f"{len(effects) - len(shown):,} not estimable (see effects.csv, note). Observational data: associations, not proof.")
+
+
+@app.command("plan-trial")
+@reports_errors
+def plan_trial(
+    calls: Annotated[Path, typer.Option("--calls", help="Calls file: each profile's and subtype's prevalence.")],
+    effect: Annotated[float, typer.Option("--effect", help="Absolute improvement of the outcome rate to detect (0.10 = 10 points).")],
+    outcomes_file: Annotated[
+        Optional[Path], typer.Option("--outcomes", help="Outcomes registry: control rates from its untreated patients.")
+    ] = None,
+    power: Annotated[float, typer.Option("--power", help="Power of the trial.")] = 0.8,
+    alpha: Annotated[float, typer.Option("--alpha", help="Two-sided significance level.")] = 0.05,
+    baseline: Annotated[float, typer.Option("--baseline", help="Control-arm rate where the registry gives none.")] = 0.3,
+    outcome: Annotated[str, typer.Option("--outcome", help="The 0/1 outcome column of the registry.")] = "live_birth",
+    output: Annotated[Path, typer.Option("--output", help="Plan CSV to write.")] = Path("plan.csv"),
+    catalog: CatalogOption = None,
+) -> None:
+    """Patients per arm and patients to screen for a trial within each profile and subtype."""
+    from rifml.catalog import load_catalog
+    from rifml.io.writer import write_table
+    from rifml.outcomes import contract
+    from rifml.outcomes.files import read_table
+    from rifml.outcomes.planning import check_design, plan_trial as plan
+
+    check_design(effect, alpha, power)
+    cat = load_catalog(catalog)
+    levels = {"profile": cat.label_column, "subtype": contract.SUBTYPE_COLUMN}
+    calls_table, _ = read_table(calls, "calls")
+    missing = [column for column in levels.values() if column not in calls_table]
+    if missing:
+        raise RifmlInputError(f"{calls}: no {', '.join(missing)} column: is it a calls file written by `rifml score`?")
+    control_rates, reasons, used = {}, Counter(), None
+    if outcomes_file is not None:
+        control_rates, reasons, used = _control_rates(outcomes_file, calls_table, cat, levels, outcome)
+    table = plan({level: calls_table[column] for level, column in levels.items()}, control_rates, baseline, effect, alpha, power)
+    write_table(table, output)
+    _print_plan(table, effect, alpha, power)
+    out.print(f"wrote {output}")
+    if used is not None:
+        print_accounting(used, reasons, verb="used")
+
+
+def _control_rates(path: Path, calls_table, cat, levels: dict[str, str], outcome: str):
+    """(level, group) -> untreated outcome rate, where at least 5 events and 5 non-events were seen."""
+    from rifml.outcomes import contract
+    from rifml.outcomes.files import read_table
+    from rifml.outcomes.matching import match_registry
+
+    rows, numbers = read_table(path, "outcomes")
+    matched = match_registry(rows, numbers, calls_table, id_column=cat.id_column, level_columns=levels, outcome=outcome, adjust=[])
+    data = matched.registry.data
+    untreated = data[data[contract.TREATMENT] == contract.NO_TREATMENT]
+    rates = {}
+    for level in levels:
+        for group, outcomes_of_group in untreated.groupby(level)[outcome]:
+            events, n = int(outcomes_of_group.sum()), len(outcomes_of_group)
+            if min(events, n - events) >= 5:
+                rates[(level, str(group))] = (events / n, f"untreated (n={n})")
+    return rates, Counter(matched.rejects["reason"]), len(data)
+
+
+def _print_plan(table, effect: float, alpha: float, power: float) -> None:
+    import pandas as pd
+
+    def number(value) -> str:
+        return "" if pd.isna(value) else f"{int(value):,}"
+
+    shown = Table(box=None, header_style="bold", title_justify="left",
+                  title=f"two-arm trial per group: +{effect:.0%} absolute, power {power:.0%}, two-sided alpha {alpha:g}")
+    for name, justify in [("level", "left"), ("group", "left"), ("prevalence", "right"), ("control rate", "right"),
+                          ("per arm", "right"), ("total", "right"), ("to screen", "right"), ("control rate from", "left")]:
+        shown.add_column(name, justify=justify)
+    for row in table.itertuples():
+        shown.add_row(row.level, row.group, f"{row.prevalence:.1%}", f"{row.control_rate:.1%}", number(row.patients_per_arm),
+                      number(row.patients_total), number(row.patients_to_screen), row.control_rate_source or row.note)
+    _print_wide(shown)
 
 
 def _version_uri(logged) -> str:

@@ -31,6 +31,7 @@ from rifml.catalog import Catalog, Kind, Marker, Profile, load_catalog
 from rifml.config import load_validated, load_yaml, validate_mapping
 from rifml.scenarios import merge_patch, scenario_overlay, scenario_path
 from rifml.errors import RifmlInputError
+from rifml.outcomes.simulate import OutcomesSpec
 
 Panel = Literal["complete", "blood_only", "biopsy_only"]
 Batch = Literal["train", "score"]
@@ -223,6 +224,7 @@ class SimulationConfig(_Strict):
     context: ContextSpec
     corruption: CorruptionSpec
     significant_digits: int = Field(default=3, ge=1, le=6)
+    outcomes: OutcomesSpec | None = None  # the registry of `simulate --outcomes` (rifml.outcomes.simulate)
 
     @model_validator(mode="after")
     def _shares_sum(self) -> "SimulationConfig":
