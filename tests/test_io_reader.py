@@ -176,8 +176,10 @@ def test_fast_and_careful_csv_paths_agree(tmp_path, catalog):
         (b"patient_id,pb_nk_pct\nA,1\n\nB,2\n", False),  # blank line shifts line numbers
         (b"patient_id,pb_nk_pct\nA,1,9\nB,2\n", False),  # a row with an extra field
         (b'patient_id,pb_nk_pct\n"A",1\n', False),
-        (b"patient_id,pb_nk_pct\r\nA,1\r\n", False),
-        (b"patient_id,pb_nk_pct\nA\xff,1\n", False),  # not UTF-8
+        (b"patient_id,pb_nk_pct\r\nA,1\r\n", True),  # Windows line ends: Arrow reads them
+        (b"patient_id;pb_nk_pct\r\nA;1,5\r\n", True),  # European Excel export
+        (b"patient_id,pb_nk_pct\rA,1\r", False),  # bare CR (old Mac): the careful path
+        (b"patient_id,pb_nk_pct\nA\xff,1\n", True),  # not UTF-8: read as Windows-1252 by Arrow
     ],
 )
 def test_fast_path_only_for_plain_files(tmp_path, catalog, content, simple):
