@@ -164,8 +164,7 @@ def validate(
             accepted += len(chunk.panel)
             if accepted_writer:
                 accepted_writer.write(chunk.accepted_raw)
-    out.print(panel_file.describe(), markup=False, highlight=False)
-    print_accounting(accepted, reasons, verb="accepted", rows_in=panel_file.row_count)
+    print_accounting(accepted, reasons, verb="accepted", rows_in=panel_file.row_count, source=panel_file.describe())
 
 
 TrackingOption = Annotated[
@@ -376,8 +375,7 @@ def score(
     _state["skip_teardown"] = engine == "local" and _state["command"] == "score"
     if profiles:
         out.print("calls: " + ", ".join(f"{p} {profiles[p]:,}" for p in model_catalog.profiles if profiles[p]))
-    out.print(panel_file.describe(), markup=False, highlight=False)
-    print_accounting(scored, reasons, verb="scored", rows_in=panel_file.row_count)
+    print_accounting(scored, reasons, verb="scored", rows_in=panel_file.row_count, source=panel_file.describe())
 
 
 @app.command()
@@ -496,11 +494,14 @@ def _version_uri(logged) -> str:
     return f"models:/rifml-immune-profile/{logged.version}"
 
 
-def print_accounting(done: int, reasons: Counter[str], verb: str, rows_in: int | None = None) -> None:
+def print_accounting(
+    done: int, reasons: Counter[str], verb: str, rows_in: int | None = None, source: str | None = None
+) -> None:
     """The closing summary every batch command prints: rows in = done + rejected.
 
     ``rows_in`` is the record count of the file, from the reader's own line count; a sum
     that does not reach it is a bug in rifml, raised (exit 1) rather than printed.
+    ``source`` (what was read, in which dialect) goes on the line just before.
     """
     from rifml.io.accounting import AccountingError
 
@@ -514,6 +515,8 @@ def print_accounting(done: int, reasons: Counter[str], verb: str, rows_in: int |
         table.add_row(reason, f"{count:,}")
     if reasons:
         out.print(table)
+    if source:
+        out.print(source, markup=False, highlight=False)
     out.print(f"rows in {done + rejected:,} = {verb} {done:,} + rejected {rejected:,}")
 
 

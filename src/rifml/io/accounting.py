@@ -4,8 +4,10 @@ The rule (README, "Formats"): after the header, every non-blank line starts a re
 except the lines of a quoted cell that goes on over line breaks. Such a cell is
 recognized by quote parity: a line with an odd number of ``"`` opens it and the next
 line with an odd number of ``"`` closes it. If the lines between do not parse as one
-record with the header's number of fields (or no closing line comes), the opening line is
-a record of its own, rejected as ``unclosed quote``, and reading goes on at the next line.
+record with the header's number of fields, or no closing line comes, or a line after the
+opening one has the header's number of separators by itself (it is a record of its own:
+a stray quote must never swallow patients), the opening line is a record of its own,
+rejected as ``unclosed quote``, and reading goes on at the next line.
 
 :func:`survey` counts lines, blank lines and odd-parity lines with numpy on the bytes,
 without the parser. :meth:`Survey.check` then verifies that the records the parser
@@ -46,6 +48,9 @@ class Survey:
         Blank data lines (after the header), 1-based.
     odd : ndarray of int
         Data lines holding an odd number of quotes.
+    narrow : ndarray of int
+        Data lines, blank ones included, without the header's number of separators (the
+        only lines a quoted cell may run over).
     quoted : bool
         Some data line holds a quote.
     lone_cr : bool
@@ -61,6 +66,7 @@ class Survey:
     header_line: int = 0
     blank: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     odd: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    narrow: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     quoted: bool = False
     lone_cr: bool = False
     ragged: bool = False
@@ -104,7 +110,8 @@ class Survey:
             for i in multi:
                 s, e = int(starts[i]), int(ends[i])
                 inner = np.searchsorted(self.odd, e) - np.searchsorted(self.odd, s, side="right")
-                if not (np.isin([s, e], self.odd).all() and inner == 0):
+                narrow = np.searchsorted(self.narrow, e, side="right") - np.searchsorted(self.narrow, s, side="right")
+                if not (np.isin([s, e], self.odd).all() and inner == 0 and narrow == e - s):
                     raise AccountingError(f"lines {s}-{e} were read as one record against the quote rule")
         return len(starts)
 
@@ -124,7 +131,7 @@ def survey(stream: BinaryIO, encoding: str, sep: str, width: int) -> Survey:
     result = Survey()
     check_utf8 = codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
     decoder = codecs.getincrementaldecoder("utf-8")() if check_utf8 else None
-    blanks, odds, sample = [], [], []
+    blanks, odds, narrows, sample = [], [], [], []
     carry = b""
     for block in utf8_blocks(stream, encoding):
         if decoder is not None:
@@ -139,9 +146,9 @@ def survey(stream: BinaryIO, encoding: str, sep: str, width: int) -> Survey:
             carry = block
             continue
         carry = block[cut + 1 :]
-        _scan(block[: cut + 1], result, sep, width, blanks, odds, sample)
+        _scan(block[: cut + 1], result, sep, width, (blanks, odds, narrows), sample)
     if carry:
-        _scan(carry + b"\n", result, sep, width, blanks, odds, sample)  # a last line without a line end
+        _scan(carry + b"\n", result, sep, width, (blanks, odds, narrows), sample)  # a last line without a line end
     if decoder is not None:
         try:
             decoder.decode(b"", final=True)
@@ -149,11 +156,12 @@ def survey(stream: BinaryIO, encoding: str, sep: str, width: int) -> Survey:
             sample = [carry or b"?"]
     result.blank = np.concatenate(blanks) if blanks else result.blank
     result.odd = np.concatenate(odds) if odds else result.odd
+    result.narrow = np.concatenate(narrows) if narrows else result.narrow
     result.undecodable_sample = b"".join(sample)
     return result
 
 
-def _scan(block: bytes, result: Survey, sep: str, width: int, blanks: list, odds: list, sample: list) -> None:
+def _scan(block: bytes, result: Survey, sep: str, width: int, found: tuple[list, list, list], sample: list) -> None:
     """One block of whole lines (ending in LF, or a bare CR before the block's end)."""
     data = np.frombuffer(block, dtype=np.uint8)
     is_lf, is_cr = data == LF, data == CR
@@ -174,10 +182,13 @@ def _scan(block: bytes, result: Survey, sep: str, width: int, blanks: list, odds
     data_line = numbers > result.header_line
     quotes = _per_line(data == QUOTE, starts, ends)
     separators = _per_line(data == ord(sep), starts, ends)
+    blanks, odds, narrows = found
+    narrow = data_line & (separators != width - 1)
     blanks.append(numbers[data_line & blank])
     odds.append(numbers[data_line & (quotes % 2 == 1)])
+    narrows.append(numbers[narrow])
     result.quoted |= bool((quotes[data_line] > 0).any())
-    result.ragged |= bool(np.any(data_line & ~blank & (separators != width - 1)))
+    result.ragged |= bool(np.any(narrow & ~blank))
     if sample and sum(map(len, sample)) < SAMPLE_BYTES:
         high = _per_line(data >= 0x80, starts, ends) > 0
         for i in np.flatnonzero(high)[:200]:

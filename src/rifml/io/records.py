@@ -1,8 +1,9 @@
 """The careful reader of delimited text: records with their line spans, broken quotes contained.
 
 Follows the record rule of :mod:`rifml.io.accounting` (quote parity opens and closes a
-cell that goes on over line breaks; a cell that does not close into one well-formed record
-rejects only its opening line). Used for files Arrow cannot number line by line: quotes in
+cell that goes on over line breaks; a cell that does not close into one well-formed record,
+or would take in a line that has the header's number of separators, rejects only its
+opening line). Used for files Arrow cannot number line by line: quotes in
 the data, blank lines, ragged rows, bare CRs, undecodable bytes.
 """
 
@@ -61,7 +62,10 @@ def records(lines: Iterable[str], sep: str, width: int) -> Iterator[Record]:
             group.append(more)
             if _odd(more[1]):
                 break
-        cells = _one_record([text for _, text in group], sep, width) if len(group) > 1 and _odd(group[-1][1]) else None
+        closed = len(group) > 1 and _odd(group[-1][1])
+        # a line with the header's number of separators is a record of its own, never part of a cell
+        swallows = any(text.count(sep) == width - 1 for _, text in group[1:])
+        cells = _one_record([text for _, text in group], sep, width) if closed and not swallows else None
         if cells is not None:
             yield Record(number, group[-1][0], cells)
         else:
