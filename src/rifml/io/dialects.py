@@ -22,10 +22,10 @@ SEPARATOR_SPELLINGS = {",": ",", "comma": ",", ";": ";", "semicolon": ";", "\\t"
 DECIMAL_MARKS = (".", ",")
 GZIP_MAGIC = b"\x1f\x8b"
 SNIFF_BYTES = 1 << 16
-# Non-UTF-8 files: which single-byte code pages charset-normalizer may choose among. Lab
-# exports come from Western/Central European Windows and Excel; a free choice among all code
-# pages turns a short "José" sample into Greek or Cyrillic guesses.
-SINGLE_BYTE_CANDIDATES = ["cp1252", "latin_1", "iso8859_15", "cp1250"]
+# Non-UTF-8 files: which single-byte code pages charset-normalizer may choose among. A free
+# choice among all code pages turns a short "José" sample into Greek or Cyrillic guesses, and
+# even Windows-1250 read "Josè" as "Josč": Western code pages only; --encoding for the others.
+SINGLE_BYTE_CANDIDATES = ["cp1252", "latin_1", "iso8859_15"]
 # Python's codec names (codecs.lookup(...).name) as people know them, and as Java (Spark) does.
 ENCODING_NAMES = {"utf-8": "UTF-8", "utf-8-sig": "UTF-8 with BOM", "utf-16": "UTF-16", "cp1252": "Windows-1252",
                   "iso8859-1": "Latin-1", "iso8859-15": "Latin-9", "cp1250": "Windows-1250"}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import codecs
 import csv
 import functools
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -359,9 +360,13 @@ def nfc(ids: pd.Series) -> pd.Series:
             return ids
     else:
         return ids  # numbers (Parquet) need no normalizing
-    if all(pc.all(pc.string_is_ascii(chunk)).as_py() in (True, None) for chunk in cells.chunks):
+    cells = cells.combine_chunks()
+    other = pc.invert(pc.fill_null(pc.string_is_ascii(cells), True))
+    if not pc.any(other).as_py():
         return ids
-    normalized = pc.utf8_normalize(cells, "NFC")
+    # Only the non-ASCII ids, in Python: pyarrow's utf8_normalize gave NFD for "NFC" (pyarrow 25).
+    spelled = [unicodedata.normalize("NFC", text) for text in pc.filter(cells, other).to_pylist()]
+    normalized = pc.replace_with_mask(cells, other, pa.array(spelled, type=cells.type))
     return pd.Series(pd.arrays.ArrowExtensionArray(normalized), index=ids.index, name=ids.name)
 
 
