@@ -162,17 +162,26 @@ def survey(stream: BinaryIO, encoding: str, sep: str, width: int) -> Survey:
 
 
 def _scan(block: bytes, result: Survey, sep: str, width: int, found: tuple[list, list, list], sample: list) -> None:
-    """One block of whole lines (ending in LF, or a bare CR before the block's end)."""
+    """One block of whole lines (ending in LF, or a bare CR before the block's end).
+
+    Works on positions of the few bytes that matter (line ends, quotes, separators), so
+    its temporaries stay small: a byte-wide cumulative sum would cost 8 bytes per byte.
+    """
     data = np.frombuffer(block, dtype=np.uint8)
-    is_lf, is_cr = data == LF, data == CR
-    lone_cr = is_cr & ~np.r_[is_lf[1:], False]
-    ends = np.flatnonzero(is_lf | lone_cr)
+    ends = np.flatnonzero(data == LF)
+    crs = np.flatnonzero(data == CR)
+    if len(crs):
+        follows = crs + 1 < len(data)
+        lone = crs[~follows | (data[np.minimum(crs + 1, len(data) - 1)] != LF)]
+        if len(lone):
+            result.lone_cr = True
+            ends = np.union1d(ends, lone)
     starts = np.r_[0, ends[:-1] + 1]
-    crlf = is_lf[ends] & (ends > 0) & is_cr[np.maximum(ends - 1, 0)]
-    content_end = ends - crlf
+    content_end = ends.copy()
+    if len(crs):  # a CRLF's CR is not content
+        content_end -= np.isin(ends - 1, crs) & (data[ends] == LF)
     numbers = result.lines + 1 + np.arange(len(ends), dtype=np.int64)
     result.lines += len(ends)
-    result.lone_cr |= bool(lone_cr.any())
     blank = content_end == starts
     if result.header_line == 0:
         nonblank = np.flatnonzero(~blank)
@@ -180,8 +189,8 @@ def _scan(block: bytes, result: Survey, sep: str, width: int, found: tuple[list,
             return
         result.header_line = int(numbers[nonblank[0]])
     data_line = numbers > result.header_line
-    quotes = _per_line(data == QUOTE, starts, ends)
-    separators = _per_line(data == ord(sep), starts, ends)
+    quotes = _per_line(np.flatnonzero(data == QUOTE), starts, ends)
+    separators = _per_line(np.flatnonzero(data == ord(sep)), starts, ends)
     blanks, odds, narrows = found
     narrow = data_line & (separators != width - 1)
     blanks.append(numbers[data_line & blank])
@@ -190,11 +199,11 @@ def _scan(block: bytes, result: Survey, sep: str, width: int, found: tuple[list,
     result.quoted |= bool((quotes[data_line] > 0).any())
     result.ragged |= bool(np.any(narrow & ~blank))
     if sample and sum(map(len, sample)) < SAMPLE_BYTES:
-        high = _per_line(data >= 0x80, starts, ends) > 0
+        high = _per_line(np.flatnonzero(data >= 0x80), starts, ends) > 0
         for i in np.flatnonzero(high)[:200]:
             sample.append(block[starts[i] : ends[i] + 1])
 
 
-def _per_line(hits: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    total = np.r_[0, np.cumsum(hits, dtype=np.int64)]
-    return total[ends] - total[starts]
+def _per_line(positions: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """How many of ``positions`` fall in each line [start, end)."""
+    return np.searchsorted(positions, ends) - np.searchsorted(positions, starts)
