@@ -3,16 +3,16 @@
 import gzip
 import re
 
-import numpy as np
 import pandas as pd
 import pytest
+
+from lab_exports import decimal_comma, excel_numbers
 
 from rifml.errors import RifmlInputError
 from rifml.io.dialects import ReadOptions
 from rifml.io.reader import PanelFile, validated_chunks
 
 ACCENTED = "Jos\u00e9-001"  # NFC
-NUMBER = re.compile(r"^<?-?\d+(\.\d+)?$")
 
 
 @pytest.fixture(scope="module")
@@ -23,15 +23,6 @@ def cohort(catalog):
     frame = frame.copy()
     frame.loc[0, "patient_id"] = ACCENTED
     return frame
-
-
-def decimal_comma(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.apply(lambda col: col.map(lambda v: v.replace(".", ",") if NUMBER.match(v) else v))
-
-
-def as_excel_numbers(frame: pd.DataFrame) -> pd.DataFrame:
-    """Cells that look like numbers become numbers, as Excel stores typed values."""
-    return frame.apply(lambda col: col.map(lambda v: float(v) if NUMBER.match(v) and not v.startswith("<") else v))
 
 
 def write_form(frame: pd.DataFrame, form: str, folder) -> tuple:
@@ -55,7 +46,7 @@ def write_form(frame: pd.DataFrame, form: str, folder) -> tuple:
         frame.to_csv(path, index=False, encoding="utf-8-sig")
     elif form == "xlsx":
         path = path.with_suffix(".xlsx")
-        as_excel_numbers(frame).to_excel(path, index=False, sheet_name="panels")
+        excel_numbers(frame).to_excel(path, index=False, sheet_name="panels")
     elif form == "gzip":
         path = path.with_suffix(".csv.gz")
         with gzip.open(path, "wt", encoding="utf-8", newline="") as handle:
