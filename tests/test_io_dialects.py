@@ -223,3 +223,21 @@ def test_bare_cr_line_ends_are_lines(tmp_path, catalog):
     panel_file, panel, rejects = read(path, catalog)
     assert panel_file.row_count == 2 and rejects["row"].tolist() == [3]
     assert panel_file.describe().endswith("CR")
+
+
+def test_spark_refuses_what_it_would_read_otherwise(tmp_path, catalog, cohort):
+    from rifml.spark_engine import spark_can_read
+
+    unclosed = tmp_path / "unclosed.csv"
+    unclosed.write_text('patient_id,lab_id,pb_nk_pct\nA,"lab_C,1\nB,lab_C,2\n')
+    for form in ("semicolon_decimal_comma", "xlsx"):
+        path, options = write_form(cohort, form, tmp_path)
+        with pytest.raises(RifmlInputError, match="--engine local"):
+            spark_can_read(PanelFile(path, catalog, options=options))
+    with pytest.raises(RifmlInputError, match="line 2"):
+        spark_can_read(PanelFile(unclosed, catalog))
+    for form in ("crlf", "tab", "latin1_point"):
+        path = tmp_path / f"{form}.csv"
+        sep = "\t" if form == "tab" else ","
+        cohort.to_csv(path, index=False, sep=sep, encoding="latin-1" if form == "latin1_point" else "utf-8")
+        spark_can_read(PanelFile(path, catalog))  # these Spark reads like the local engine
