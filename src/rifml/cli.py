@@ -77,6 +77,20 @@ def reports_errors(command: Command) -> Command:
 CatalogOption = Annotated[
     Optional[Path], typer.Option("--catalog", help="Marker catalog YAML (default: configs/markers.yaml).")
 ]
+# How a panel file is written; every reading command takes these (None: detected from the file).
+SepOption = Annotated[Optional[str], typer.Option("--sep", help="Field separator: ',', ';' or tab (default: detected).")]
+DecimalOption = Annotated[Optional[str], typer.Option("--decimal", help="Decimal mark: '.' or ',' (default: detected).")]
+EncodingOption = Annotated[
+    Optional[str], typer.Option("--encoding", help="Text encoding, e.g. utf-8, cp1252, latin-1, utf-16 (default: detected).")
+]
+SheetOption = Annotated[Optional[str], typer.Option("--sheet", help="Excel sheet to read (default: the first).")]
+
+
+def read_options(sep: str | None = None, decimal: str | None = None, encoding: str | None = None, sheet: str | None = None):
+    """The reading options as one value for :class:`rifml.io.reader.PanelFile`."""
+    from rifml.io.dialects import ReadOptions
+
+    return ReadOptions(sep=sep, decimal=decimal, encoding=encoding, sheet=sheet)
 
 
 @app.command()
@@ -141,6 +155,10 @@ def validate(
     ] = None,
     chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, help="Rows per chunk.")] = 50_000,
     catalog: CatalogOption = None,
+    sep: SepOption = None,
+    decimal: DecimalOption = None,
+    encoding: EncodingOption = None,
+    sheet: SheetOption = None,
 ) -> None:
     """Check a batch against the marker catalog: every row is accepted or rejected with a reason."""
     from rifml.catalog import load_catalog
@@ -148,7 +166,7 @@ def validate(
     from rifml.validate import REJECT_COLUMNS
     from rifml.io.writer import AtomicCsvWriter
 
-    panel_file = PanelFile(input, load_catalog(catalog), chunk_rows=chunk_rows)
+    panel_file = PanelFile(input, load_catalog(catalog), chunk_rows=chunk_rows, options=read_options(sep, decimal, encoding, sheet))
     reasons: Counter[str] = Counter()
     accepted = 0
     with ExitStack() as stack:
@@ -160,7 +178,7 @@ def validate(
             accepted += len(chunk.panel)
             if accepted_writer:
                 accepted_writer.write(chunk.accepted_raw)
-    print_accounting(accepted, reasons, verb="accepted")
+    print_accounting(accepted, reasons, verb="accepted", rows_in=panel_file.row_count, source=panel_file.describe())
 
 
 TrackingOption = Annotated[
@@ -175,16 +193,18 @@ ModelOption = Annotated[
 ]
 
 
-def read_clean_panel(path: Path, catalog, chunk_rows: int = 50_000):
+def read_clean_panel(path: Path, catalog, chunk_rows: int = 50_000, options=None):
     """Validate a whole file into one clean panel (training data); returns (panel, reject reasons)."""
     import pandas as pd
 
     from rifml.io.reader import PanelFile, validated_chunks
 
     panels, reasons = [], Counter()
-    for chunk in validated_chunks(PanelFile(path, catalog, chunk_rows=chunk_rows)):
+    panel_file = PanelFile(path, catalog, chunk_rows=chunk_rows, options=options)
+    for chunk in validated_chunks(panel_file):
         panels.append(chunk.panel)
         reasons.update(chunk.rejects["reason"])
+    err.print(panel_file.describe(), markup=False, highlight=False)
     return pd.concat(panels), reasons
 
 
@@ -205,6 +225,10 @@ def train(
         bool, typer.Option("--champion/--no-champion", help="Point the champion alias here when the floors are met.")
     ] = True,
     catalog: CatalogOption = None,
+    sep: SepOption = None,
+    decimal: DecimalOption = None,
+    encoding: EncodingOption = None,
+    sheet: SheetOption = None,
 ) -> None:
     """Learn subtypes and the calibrated profile call; log everything to MLflow and register the model."""
     import hashlib
@@ -218,7 +242,7 @@ def train(
     settings = load_train_config(config)
     cat = load_catalog(catalog)
     err.print(f"reading {data} ...")
-    panel, reasons = read_clean_panel(data, cat)
+    panel, reasons = read_clean_panel(data, cat, options=read_options(sep, decimal, encoding, sheet))
     labels = None
     if not no_labels and label_column in panel:
         labels = _profile_labels(panel[label_column], cat, label_column)
@@ -297,6 +321,10 @@ def score(
         Literal["local", "spark"],
         typer.Option("--engine", help="local: this process, in chunks; spark: a Spark UDF (see README, Spark and REST)."),
     ] = "local",
+    sep: SepOption = None,
+    decimal: DecimalOption = None,
+    encoding: EncodingOption = None,
+    sheet: SheetOption = None,
 ) -> None:
     """Call immune profiles for a batch, with probabilities, subtype and the markers that drove each call."""
     # OpenMP threads (the compiled kernels) otherwise spin between chunks, taking the core the
@@ -313,7 +341,8 @@ def score(
     uri = connect(tracking_uri)
     model_uri = model or "models:/rifml-immune-profile@champion"
     installed = load_catalog(catalog)
-    panel_file = PanelFile(input, installed, chunk_rows=chunk_rows)  # a bad file fails before the slow load
+    reading = read_options(sep, decimal, encoding, sheet)
+    panel_file = PanelFile(input, installed, chunk_rows=chunk_rows, options=reading)  # a bad file fails before the slow load
     reasons: Counter[str] = Counter()
     profiles: Counter[str] = Counter()
     scored = 0
@@ -333,7 +362,7 @@ def score(
                 f"{', '.join(model_catalog.marker_names[:5])}, ...)"
             )
         if model_catalog != installed:  # same version, edited since: the model's catalog rules
-            panel_file = PanelFile(input, model_catalog, chunk_rows=chunk_rows)
+            panel_file = PanelFile(input, model_catalog, chunk_rows=chunk_rows, options=reading)
             if chunks is not None:
                 chunks.close()
                 chunks = stack.enter_context(Prefetcher(validated_chunks(panel_file)))
@@ -360,7 +389,7 @@ def score(
     _state["skip_teardown"] = engine == "local" and _state["command"] == "score"
     if profiles:
         out.print("calls: " + ", ".join(f"{p} {profiles[p]:,}" for p in model_catalog.profiles if profiles[p]))
-    print_accounting(scored, reasons, verb="scored")
+    print_accounting(scored, reasons, verb="scored", rows_in=panel_file.row_count, source=panel_file.describe())
 
 
 @app.command()
@@ -456,6 +485,10 @@ def report(
     model: ModelOption = None,
     tracking_uri: TrackingOption = None,
     rejects: Annotated[Optional[Path], typer.Option("--rejects", help="Rejects file of that run, summarized by reason.")] = None,
+    sep: SepOption = None,
+    decimal: DecimalOption = None,
+    encoding: EncodingOption = None,
+    sheet: SheetOption = None,
 ) -> None:
     """Write a self-contained HTML report: the cohort page and one page per patient (a local folder; ids stay out of MLflow)."""
     from rifml.report import generate_report
@@ -464,7 +497,10 @@ def report(
     connect(tracking_uri)
     model_uri = model or "models:/rifml-immune-profile@champion"
     profiler, metadata = load_profiler(model_uri)
-    summary = generate_report(profiler, model_uri, metadata, panels=input, calls=calls, output=output, rejects=rejects)
+    summary = generate_report(
+        profiler, model_uri, metadata, panels=input, calls=calls, output=output, rejects=rejects,
+        read_options=read_options(sep, decimal, encoding, sheet),
+    )
     if summary.changed_calls:
         err.print(f"warning: {summary.changed_calls:,} calls are not reproduced by {model_uri}: were they scored with another model?")
     out.print(f"wrote {summary.output / 'index.html'} and {summary.patients:,} patient pages in {summary.seconds:.1f} s")
@@ -672,9 +708,20 @@ def _version_uri(logged) -> str:
     return f"models:/rifml-immune-profile/{logged.version}"
 
 
-def print_accounting(done: int, reasons: Counter[str], verb: str) -> None:
-    """The closing summary every batch command prints: rows in = done + rejected."""
+def print_accounting(
+    done: int, reasons: Counter[str], verb: str, rows_in: int | None = None, source: str | None = None
+) -> None:
+    """The closing summary every batch command prints: rows in = done + rejected.
+
+    ``rows_in`` is the record count of the file, from the reader's own line count; a sum
+    that does not reach it is a bug in rifml, raised (exit 1) rather than printed.
+    ``source`` (what was read, in which dialect) goes on the line just before.
+    """
+    from rifml.io.accounting import AccountingError
+
     rejected = sum(reasons.values())
+    if rows_in is not None and rows_in != done + rejected:
+        raise AccountingError(f"the file holds {rows_in:,} records but {done + rejected:,} were accounted for")
     table = Table(show_header=True, header_style="bold", box=None)
     table.add_column("rejected because")
     table.add_column("rows", justify="right")
@@ -682,6 +729,8 @@ def print_accounting(done: int, reasons: Counter[str], verb: str) -> None:
         table.add_row(reason, f"{count:,}")
     if reasons:
         out.print(table)
+    if source:
+        out.print(source, markup=False, highlight=False)
     out.print(f"rows in {done + rejected:,} = {verb} {done:,} + rejected {rejected:,}")
 
 

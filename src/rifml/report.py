@@ -850,7 +850,7 @@ def read_calls(path: Path, catalog: Catalog) -> pd.DataFrame:
     return calls
 
 
-def read_panel_for_calls(path: Path, catalog: Catalog, ids: pd.Series) -> tuple[pd.DataFrame, Counter]:
+def read_panel_for_calls(path: Path, catalog: Catalog, ids: pd.Series, read_options=None) -> tuple[pd.DataFrame, Counter]:
     """The clean panel rows of ``ids`` (in that order) from the scored file, and reject counts by reason.
 
     Raises
@@ -862,7 +862,7 @@ def read_panel_for_calls(path: Path, catalog: Catalog, ids: pd.Series) -> tuple[
 
     wanted = set(ids)
     parts, reasons = [], Counter()
-    for chunk in validated_chunks(PanelFile(path, catalog)):
+    for chunk in validated_chunks(PanelFile(path, catalog, options=read_options)):
         reasons.update(chunk.rejects["reason"])
         parts.append(chunk.panel[chunk.panel[catalog.id_column].isin(wanted)])
     panel = pd.concat(parts).set_index(catalog.id_column, drop=False)
@@ -992,6 +992,7 @@ def generate_report(
     output: Path,
     rejects: Path | None = None,
     card: ModelCard | None = None,
+    read_options=None,
 ) -> ReportSummary:
     """Read the scored panels and calls, explain, render and write the whole report folder.
 
@@ -1008,6 +1009,8 @@ def generate_report(
         Report folder (index.html, patients/).
     rejects : Path, optional
         Rejects file to summarize; without it, the reject reasons found re-validating ``panels``.
+    read_options : rifml.io.dialects.ReadOptions, optional
+        How ``panels`` is written (separator, decimal mark, encoding, sheet), else detected.
     card : ModelCard, optional
         Model description; looked up in the current MLflow store when not given.
 
@@ -1019,7 +1022,7 @@ def generate_report(
     catalog = profiler.catalog_
     interventions = load_interventions()
     call_rows = read_calls(Path(calls), catalog)
-    panel, reasons = read_panel_for_calls(Path(panels), catalog, call_rows[catalog.id_column])
+    panel, reasons = read_panel_for_calls(Path(panels), catalog, call_rows[catalog.id_column], read_options)
     if rejects is not None:
         reasons, rejects_source = read_reject_counts(Path(rejects)), Path(rejects).name
     else:

@@ -28,6 +28,7 @@ import pandas as pd
 
 from rifml.errors import RifmlInputError
 from rifml.pipeline import calls_columns
+from rifml.io.dialects import JAVA_CHARSETS
 from rifml.io.reader import PanelFile
 from rifml.serving import BATCH_FLAGS, DUPLICATE_FLAG, FIELD_COUNT_FLAG, LAB_OFFSETS_PARAM, REJECT_DETAILS
 from rifml.validate import REJECT_COLUMNS, validate_chunk
@@ -115,6 +116,7 @@ def read_panel(spark, panel_file: PanelFile):
     from pyspark.sql import types as T
 
     path = str(panel_file.path.resolve())
+    spark_can_read(panel_file)
     if panel_file.format == "parquet":
         frame = spark.read.parquet(path).toDF(*panel_file.columns)
         text = [_as_text(field.dataType, field.name) for field in frame.schema.fields]
@@ -124,9 +126,27 @@ def read_panel(spark, panel_file: PanelFile):
     )
     frame = spark.read.csv(
         path, schema=schema, header=True, multiLine=True, quote='"', escape='"', mode="PERMISSIVE",
-        columnNameOfCorruptRecord=CORRUPT, encoding="UTF-8",
+        columnNameOfCorruptRecord=CORRUPT, encoding=JAVA_CHARSETS.get(panel_file.dialect.encoding, panel_file.dialect.encoding), sep=panel_file.dialect.sep,
     )
     return frame.withColumn(FIELD_COUNT_FLAG, F.col(CORRUPT).isNotNull()).drop(CORRUPT)
+
+
+def spark_can_read(panel_file: PanelFile) -> None:
+    """Refuse what Spark's CSV reader would read otherwise than the local reader (one line, exit 2).
+
+    The model's validation runs with a decimal point, Spark has no Excel reader, and
+    Spark's multi-line parse of a quote that never closes swallows the lines after it.
+    """
+    local = "; use --engine local"
+    if panel_file.format == "excel":
+        raise RifmlInputError(f"{panel_file.path}: --engine spark reads CSV and Parquet, not Excel{local}")
+    if panel_file.decimal != ".":
+        raise RifmlInputError(f"{panel_file.path}: --engine spark reads numbers with a decimal point only{local}")
+    if panel_file.format == "text" and len(panel_file.survey.odd):
+        raise RifmlInputError(
+            f"{panel_file.path}: a quoted cell spans lines or a quote is unclosed (line {int(panel_file.survey.odd[0])}):"
+            f" --engine spark cannot account for such records{local}"
+        )
 
 
 def _as_text(data_type, name: str):
