@@ -31,10 +31,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from rifml.errors import RifmlInputError  # noqa: E402
-from rifml.robustness import BARS, bar_results, evaluate_scenario  # noqa: E402
 from rifml.scenarios import available_scenarios, scenario_description  # noqa: E402
 from rifml.simulate import load_simulation_config  # noqa: E402
-from rifml.training import load_train_config  # noqa: E402
 
 DEFAULT = "default"  # simulate.yaml with no overlay: the world rifml was built on, for reference
 HERE = Path(__file__).resolve().parent
@@ -53,6 +51,9 @@ console = Console(width=None if sys.stdout.isatty() else 200)
 
 
 def run_one(name: str, n_train: int, n_test: int, train_seed: int, test_seed: int, train_config_path: str | None) -> dict:
+    from rifml.robustness import bar_results, evaluate_scenario
+    from rifml.training import load_train_config
+
     config = load_simulation_config(scenario=None if name == DEFAULT else name)
     metrics = evaluate_scenario(
         config, load_train_config(train_config_path), n_train=n_train, n_test=n_test, train_seed=train_seed, test_seed=test_seed
@@ -74,6 +75,8 @@ def mark(held: bool | None) -> str:
 
 
 def show(results: pd.DataFrame) -> None:
+    from rifml.robustness import BARS
+
     table = Table(title="rifml across simulated worlds (complete panels of the scoring batch)", show_lines=False)
     table.add_column("scenario", no_wrap=True)
     short = {"supervised_f1": "sup F1", "label_free_f1": "free F1", "subtype_ari": "ARI", "coherence": "coher.",
@@ -120,6 +123,9 @@ def main(
     except RifmlInputError as exc:
         console.print(f"[red]robustness: {exc}")
         raise typer.Exit(2) from exc
+    # Imported once the arguments are known good: a refused run answers without the model stack.
+    import rifml.robustness  # noqa: F401
+
     started, measured_on = time.perf_counter(), commit()  # the code the workers run, whatever is committed meanwhile
     args = [(n, n_train, n_test, train_seed, test_seed, str(train_config) if train_config else None) for n in names]
     console.print(f"{len(names)} scenarios, {n_train:,} training / {n_test:,} scoring panels each, {jobs} at a time")
