@@ -467,11 +467,10 @@ def ui(
     host: Annotated[str, typer.Option("--host", help="Interface to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
 ) -> None:
     """Open the MLflow UI (runs, plots, registered model) on the store train and score use; Ctrl-C stops it."""
-    from rifml.tracking import require_store, resolve_tracking_uri
+    from rifml.tracking import resolve_tracking_uri
     from rifml.ui import running_ui, ui_links, wait_for_interrupt
 
     uri = resolve_tracking_uri(tracking_uri)
-    require_store(uri)
     err.print(f"starting the MLflow UI on {uri} ...")
     with running_ui(uri, host, port) as server:
         out.print(f"MLflow UI at {server.url} (Ctrl-C stops it; server log {server.log_path})")
