@@ -2,6 +2,7 @@
 each problem of issue 11 (items 7-10) reproduced through the console script, in tmp dirs with SQLite stores."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -214,22 +215,36 @@ def test_formula_cells_are_neutralized_in_calls_and_rejects_and_the_report_reads
     assert "=HYPERLINK(" in index and "&#39;=HYPERLINK" not in index  # shown as the lab wrote it
 
 
-@pytest.mark.parametrize("column, value, phrase", [
-    ("prob_balanced", "5.0", "outside [0, 1]"),
-    ("prob_mixed", "", "missing or not a number"),
-    ("prob_hyperactive", "abc", "missing or not a number"),
-    ("prob_balanced", "0.9", "do not sum to 1"),
-    ("immune_profile", "sick", "is not a profile"),
-])
-def test_report_refuses_a_tampered_calls_file_naming_the_row(store, tmp_path, column, value, phrase):
+def tampered(store: Path, folder: Path, column: str, value: str, row: int = 3) -> Path:
     calls = pd.read_csv(store / "calls.csv", dtype=str, keep_default_na=False)
-    row = 3
-    if column == "prob_balanced" and value == "0.9":
+    if value == "+0.1":  # off by far more than the 6-decimal rounding
         value = f"{float(calls.loc[row, column]) + 0.1:.6f}" if float(calls.loc[row, column]) < 0.9 else "0.0"
     calls.loc[row, column] = value
-    calls.to_csv(tmp_path / "calls.csv", index=False)
+    calls.to_csv(folder / "calls.csv", index=False)
+    return folder / "calls.csv"
+
+
+@pytest.mark.parametrize("column, value, phrase", [
+    ("prob_mixed", "", "missing or not a number"),
+    ("prob_hyperactive", "abc", "missing or not a number"),
+    ("prob_hypoactive", "-0.2", "outside [0, 1]"),
+    ("prob_balanced", "+0.1", "do not sum to 1"),
+    ("immune_profile", "sick", "is not a profile"),
+])
+def test_a_tampered_calls_file_is_refused_naming_its_line(store, tmp_path, catalog, column, value, phrase):
+    from rifml.errors import RifmlInputError
+    from rifml.report import read_calls
+
+    with pytest.raises(RifmlInputError, match=re.escape(phrase)) as refusal:
+        read_calls(tampered(store, tmp_path, column, value), catalog)
+    assert "line 5" in str(refusal.value)
+    read_calls(store / "calls.csv", catalog)  # the file as written passes, rounding and all
+
+
+def test_report_refuses_a_tampered_calls_file_before_writing_anything(store, tmp_path):
+    tampered(store, tmp_path, "prob_balanced", "5.0")
     shutil.copy(store / "batch.csv", tmp_path / "batch.csv")
     uri = f"sqlite:///{store / 'mlflow.db'}"
     refused(rifml("report", "--input", "batch.csv", "--calls", "calls.csv", "--output", "rep", "--tracking-uri", uri,
-                  cwd=tmp_path), phrase, f"line {row + 2}")
+                  cwd=tmp_path), "outside [0, 1]", "line 5", "prob_balanced=5.0")
     assert not (tmp_path / "rep").exists()
