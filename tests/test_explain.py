@@ -10,11 +10,13 @@ import pandas as pd
 import pytest
 import shap
 
-from rifml.explain import COVERAGE, InterventionalExplainer, leaves, marker_contributions, top_drivers
+from rifml.errors import RifmlInputError
+from rifml.explain import COVERAGE, InterventionalExplainer, check_tree_settings, leaves, marker_contributions, top_drivers
 from rifml.explain import explainer as explainer_module
 from rifml.explain.leaves import LeafTable, leaf_table
 from rifml.explain.patterns import TreeTable, pattern_table
 from rifml.explain.trees import parse_tree
+from rifml.pipeline import ImmuneProfiler
 
 
 def random_model(seed, n_classes=4, missing_rate=0.2, n_features=12, num_leaves=8, n_rows=1500, n_estimators=40, **params):
@@ -217,3 +219,17 @@ def test_drivers_are_measured_markers_pushing_toward_the_call():
     assert drivers.loc[0, ["driver_1", "driver_2", "driver_3"]].tolist() == ["c", "a", ""]
     assert drivers.loc[1, ["driver_1", "driver_2"]].tolist() == ["c", ""]
     assert np.isnan(drivers.loc[1, "driver_2_contribution"])
+
+
+@pytest.mark.parametrize("num_leaves", [1, 0, 2.5, "63", True, 200_000])
+def test_unsupported_tree_settings_are_refused_before_any_fit(num_leaves):
+    panel = pd.DataFrame({"patient_id": ["a", "b"], "pb_nk_pct": [1.0, 2.0]})  # too few panels to fit anything
+    with pytest.raises(RifmlInputError, match="num_leaves"):
+        ImmuneProfiler(num_leaves=num_leaves).fit(panel)
+
+
+def test_every_tree_size_is_accepted_unless_paths_could_outgrow_the_masks():
+    for num_leaves, n_features in [(2, 40), (63, 40), (255, 40), (131072, 62), (63, 500)]:
+        check_tree_settings(num_leaves, n_features)
+    with pytest.raises(RifmlInputError, match="distinct features"):
+        check_tree_settings(255, 63)
