@@ -180,6 +180,15 @@ def add_group(mask, b, z, w, for_a, for_b, out):
 
 
 @numba.njit(cache=True)
+def begin(mask, width, out):
+    """Clear out[:width]; return the features the row fails and their number (|B| for every pair)."""
+    failed = ((np.int64(1) << width) - 1) & ~mask
+    for s in range(width):
+        out[s] = 0.0
+    return failed, popcount(failed)
+
+
+@numba.njit(cache=True)
 def finish(mask, width, value, total_b, out):
     """Scale the A-side sums by the leaf value and spread the B side over the failed features."""
     for s in range(width):
@@ -189,11 +198,7 @@ def finish(mask, width, value, total_b, out):
 @numba.njit(cache=True)
 def leaf_shap(mask, width, value, group_masks, group_weights, first, last, for_a, for_b, out):
     """out[:width] = what one leaf adds to the SHAP values of a row with this mask (by mask bit)."""
-    full = (np.int64(1) << width) - 1
-    failed = full & ~mask
-    b = popcount(failed)
-    for s in range(width):
-        out[s] = 0.0
+    failed, b = begin(mask, width, out)
     total_b = 0.0
     for g in range(first, last):
         z = group_masks[g]
@@ -245,11 +250,7 @@ def group_bitsets(width, group_start, group_masks, bitset_start, bitsets):
 @numba.njit(cache=True)
 def far_leaf_shap(mask, width, value, group_masks, group_weights, first, last, bitsets, bits_at, for_a, for_b, out):
     """As leaf_shap, visiting only the groups that satisfy every feature the row fails (group_bitsets)."""
-    full = (np.int64(1) << width) - 1
-    failed = full & ~mask
-    b = popcount(failed)
-    for s in range(width):
-        out[s] = 0.0
+    failed, b = begin(mask, width, out)
     total_b = 0.0
     words = (last - first + 63) // 64
     any_group = False
