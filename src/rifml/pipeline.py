@@ -15,7 +15,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from rifml.catalog import Catalog
 from rifml.errors import RifmlInputError
-from rifml.explain import InterventionalExplainer, marker_contributions, top_drivers
+from rifml.explain import InterventionalExplainer, check_tree_settings, marker_contributions, top_drivers
 from rifml.features import PanelFeatures, compartment_names, lab_ids, measured_markers
 from rifml.labs import LabAdaptation, shrunk_median_offsets
 from rifml.model import CalibratedBoostedClassifier
@@ -190,6 +190,7 @@ class ImmuneProfiler(BaseEstimator):
     def fit(self, panel: pd.DataFrame, y: pd.Series | None = None) -> "ImmuneProfiler":
         """Fit on a clean panel; ``y`` (profile labels, NaN for unlabeled rows) is optional."""
         self.features_ = PanelFeatures(catalog_path=self.catalog_path, lab_min_count=self.lab_min_panels).fit(panel)
+        check_tree_settings(self.num_leaves, len(self.features_.get_feature_names_out()))  # before any booster fit
         catalog = self.catalog_
         coverage = self.features_.compartments(panel)
         complete = panel.loc[(coverage == BOTH).to_numpy()]
