@@ -218,6 +218,13 @@ class ImmuneProfiler(BaseEstimator):
             self.profile_model_ = self._classifier(list(catalog.profiles)).fit(X_train, self.training_labels_)
             background_pool = panel.loc[labeled & (labels == "balanced").to_numpy() & (coverage == BOTH).to_numpy()]
         else:
+            found = sorted(set(self.signature_profiles_))
+            if len(found) < 2:
+                raise RifmlInputError(
+                    f"without labels, every panel reads as {found[0]} (subtypes found: "
+                    f"{', '.join(self.subtype_table_['subtype'])}): there is no profile call to learn; "
+                    "train with a label column, or on a larger or more varied cohort"
+                )
             X_train = X_aug
             self.training_labels_ = np.tile(self.signature_profiles_, repeat)
             self.training_coverage_ = self.features_.compartments(augmented).to_numpy(dtype=object)
