@@ -103,7 +103,7 @@ def test_train_without_labels_names_profiles_from_subtypes(trained):
 
 
 def test_too_little_training_data_is_a_clear_error(tmp_path):
-    lines = ["patient_id,pb_nk_pct,immune_profile"] + [f"P{i},{5 + i % 7},{'sick' if i == 3 else 'balanced'}" for i in range(40)]
+    lines = ["patient_id,pb_nk_pct,immune_profile"] + [f"P{i},{5 + i % 7},{'hyperactive' if i % 2 else 'balanced'}" for i in range(40)]
     (tmp_path / "l.csv").write_text("\n".join(lines) + "\n")
     result = rifml("train", "--data", "l.csv", cwd=tmp_path)
     assert result.returncode == 2

@@ -613,8 +613,11 @@ def outcomes(
     from rifml.io.paths import prepare_outputs
     from rifml.outcomes.files import OUTPUT_FILES
 
-    prepare_outputs([("--panels", panels), ("--calls", calls), ("--outcomes", outcomes_file), ("--catalog", catalog)],
-                    [("--output", Path(output) / name) for name in OUTPUT_FILES])
+    inputs = [("--panels", panels), ("--calls", calls), ("--outcomes", outcomes_file), ("--catalog", catalog)]
+    if Path(output).is_dir():  # files are written into it one by one: only their names may not clash
+        prepare_outputs(inputs, [("--output", Path(output) / name) for name in OUTPUT_FILES])
+    else:  # a new folder (or a file in the way, refused as a folder given where a folder is expected)
+        prepare_outputs(inputs, [("--output", output)], folders=("--output",))
     folder = prepare_folder(output)
     registry_rows, line_numbers = read_table(outcomes_file, "outcomes")
     calls_table, _ = read_table(calls, "calls")
