@@ -5,6 +5,8 @@ Every marker list in rifml is read from here; no module spells marker names by h
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
@@ -17,6 +19,15 @@ Compartment = Literal["blood", "endometrium"]
 Kind = Literal["percent", "ratio", "concentration", "count", "categorical"]
 Direction = Literal["above", "below"]
 Profile = Literal["balanced", "hyperactive", "hypoactive", "mixed"]
+
+
+def spelling_key(name: str) -> str:
+    """How a column name is compared with the catalog's names and aliases.
+
+    Case, spaces and punctuation do not count (``Patient ID`` = ``patient_id``), but
+    ``+`` and ``%`` do: ``CD3+CD56+`` (NKT cells) must not read as ``CD3-CD56+`` (NK cells).
+    """
+    return re.sub(r"[^\w+%]|_", "", unicodedata.normalize("NFKC", name).casefold())
 
 
 class Flag(BaseModel):
@@ -45,6 +56,8 @@ class Marker(BaseModel):
     drifts: bool = False
     categories: dict[str, list[str]] | None = None
     flag_at_or_above: Flag | None = None
+    aliases: tuple[str, ...] = ()
+    units: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _kind_fits(self) -> "Marker":
@@ -86,6 +99,8 @@ class ContextColumn(BaseModel):
     description: str
     unit: str | None = None
     valid_range: tuple[float, float | None] | None = None
+    aliases: tuple[str, ...] = ()
+    units: tuple[str, ...] = ()
 
 
 class Catalog(BaseModel):
@@ -99,6 +114,8 @@ class Catalog(BaseModel):
     profiles: tuple[Profile, ...]
     markers: tuple[Marker, ...]
     context: tuple[ContextColumn, ...]
+    id_aliases: tuple[str, ...] = ()
+    label_aliases: tuple[str, ...] = ()
 
     @field_validator("profiles")
     @classmethod
@@ -116,7 +133,30 @@ class Catalog(BaseModel):
             if name in seen:
                 raise ValueError(f"column {name!r} is defined twice")
             seen.add(name)
+        self.column_spellings  # raises on a spelling shared by two columns
         return self
+
+    @cached_property
+    def aliases(self) -> dict[str, tuple[str, ...]]:
+        """Catalog column -> the other spellings lab exports use for it."""
+        return {
+            self.id_column: self.id_aliases,
+            **{c.name: c.aliases for c in (*self.markers, *self.context)},
+            self.label_column: self.label_aliases,
+        }
+
+    @cached_property
+    def column_spellings(self) -> dict[str, str]:
+        """:func:`spelling_key` of every name and alias -> its catalog column."""
+        spellings: dict[str, str] = {}
+        for column, aliases in self.aliases.items():
+            for spelling in (column, *aliases):
+                key = spelling_key(spelling)
+                if not key:
+                    raise ValueError(f"alias {spelling!r} of {column} has no letters or digits")
+                if spellings.setdefault(key, column) != column:
+                    raise ValueError(f"alias {spelling!r} would name both {spellings[key]} and {column}")
+        return spellings
 
     @cached_property
     def by_name(self) -> dict[str, Marker]:

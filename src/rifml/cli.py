@@ -77,6 +77,38 @@ def reports_errors(command: Command) -> Command:
 CatalogOption = Annotated[
     Optional[Path], typer.Option("--catalog", help="Marker catalog YAML (default: configs/markers.yaml).")
 ]
+ColumnsOption = Annotated[
+    Optional[Path],
+    typer.Option("--columns", help="YAML map 'input column name: catalog column', applied before the catalog's aliases."),
+]
+LayoutOption = Annotated[
+    Optional[Literal["wide", "long"]],
+    typer.Option("--layout", help="wide: a row per patient; long: a line per patient and analyte "
+                 "(patient_id, analyte, value[, unit]). Default: detected from the header."),
+]
+
+
+def reading_options(columns: Optional[Path], layout: Optional[str]) -> dict:
+    """The PanelFile keywords of --columns and --layout."""
+    from rifml.io.columns import load_column_map
+
+    return {"columns": load_column_map(columns) if columns else None, "layout": layout}
+
+
+def print_reading(panel_file) -> None:
+    """Which input column fed which catalog column (renamed ones only), unit conversions, the layout."""
+    from rifml.io.units import describe
+
+    renamed = panel_file.header.renamed
+    if renamed:
+        parts = []
+        for match in renamed:
+            factor = panel_file.conversions.get(match.column) if panel_file.layout == "wide" else None
+            note = "" if factor is None else f" {describe(factor)}" if not isinstance(factor, str) else f" ({factor})"
+            parts.append(match.describe() + note)
+        out.print("columns: " + "; ".join(parts), markup=False, highlight=False)
+    if panel_file.layout == "long":
+        out.print("layout: long (one line per patient and analyte; rows below count lines)", markup=False)
 
 
 @app.command()
@@ -127,6 +159,8 @@ def validate(
     ] = None,
     chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, help="Rows per chunk.")] = 50_000,
     catalog: CatalogOption = None,
+    columns: ColumnsOption = None,
+    layout: LayoutOption = None,
 ) -> None:
     """Check a batch against the marker catalog: every row is accepted or rejected with a reason."""
     from rifml.catalog import load_catalog
@@ -134,7 +168,7 @@ def validate(
     from rifml.validate import REJECT_COLUMNS
     from rifml.io.writer import AtomicCsvWriter
 
-    panel_file = PanelFile(input, load_catalog(catalog), chunk_rows=chunk_rows)
+    panel_file = PanelFile(input, load_catalog(catalog), chunk_rows=chunk_rows, **reading_options(columns, layout))
     reasons: Counter[str] = Counter()
     accepted = 0
     with ExitStack() as stack:
@@ -143,9 +177,10 @@ def validate(
         for chunk in validated_chunks(panel_file):
             reject_writer.write(chunk.rejects)
             reasons.update(chunk.rejects["reason"])
-            accepted += len(chunk.panel)
+            accepted += chunk.accepted_lines
             if accepted_writer:
                 accepted_writer.write(chunk.accepted_raw)
+    print_reading(panel_file)
     print_accounting(accepted, reasons, verb="accepted")
 
 
@@ -161,14 +196,16 @@ ModelOption = Annotated[
 ]
 
 
-def read_clean_panel(path: Path, catalog, chunk_rows: int = 50_000):
+def read_clean_panel(path: Path, catalog, chunk_rows: int = 50_000, reading: dict | None = None):
     """Validate a whole file into one clean panel (training data); returns (panel, reject reasons)."""
     import pandas as pd
 
     from rifml.io.reader import PanelFile, validated_chunks
 
     panels, reasons = [], Counter()
-    for chunk in validated_chunks(PanelFile(path, catalog, chunk_rows=chunk_rows)):
+    panel_file = PanelFile(path, catalog, chunk_rows=chunk_rows, **(reading or {}))
+    print_reading(panel_file)
+    for chunk in validated_chunks(panel_file):
         panels.append(chunk.panel)
         reasons.update(chunk.rejects["reason"])
     return pd.concat(panels), reasons
@@ -191,6 +228,8 @@ def train(
         bool, typer.Option("--champion/--no-champion", help="Point the champion alias here when the floors are met.")
     ] = True,
     catalog: CatalogOption = None,
+    columns: ColumnsOption = None,
+    layout: LayoutOption = None,
 ) -> None:
     """Learn subtypes and the calibrated profile call; log everything to MLflow and register the model."""
     import hashlib
@@ -204,7 +243,7 @@ def train(
     settings = load_train_config(config)
     cat = load_catalog(catalog)
     err.print(f"reading {data} ...")
-    panel, reasons = read_clean_panel(data, cat)
+    panel, reasons = read_clean_panel(data, cat, reading=reading_options(columns, layout))
     labels = None
     if not no_labels and label_column in panel:
         labels = _profile_labels(panel[label_column], cat, label_column)
@@ -283,6 +322,8 @@ def score(
         Literal["local", "spark"],
         typer.Option("--engine", help="local: this process, in chunks; spark: a Spark UDF (see README, Spark and REST)."),
     ] = "local",
+    columns: ColumnsOption = None,
+    layout: LayoutOption = None,
 ) -> None:
     """Call immune profiles for a batch, with probabilities, subtype and the markers that drove each call."""
     # OpenMP threads (the compiled kernels) otherwise spin between chunks, taking the core the
@@ -298,7 +339,10 @@ def score(
     uri = connect(tracking_uri)
     model_uri = model or "models:/rifml-immune-profile@champion"
     installed = load_catalog(catalog)
-    panel_file = PanelFile(input, installed, chunk_rows=chunk_rows)  # a bad file fails before the slow load
+    reading = reading_options(columns, layout)
+    panel_file = PanelFile(input, installed, chunk_rows=chunk_rows, **reading)  # a bad file fails before the slow load
+    if engine == "spark" and (panel_file.layout == "long" or any(f != 1 for f in panel_file.conversions.values())):
+        raise RifmlInputError(f"{input}: long layout and units in headers are read by --engine local only")
     reasons: Counter[str] = Counter()
     profiles: Counter[str] = Counter()
     scored = 0
@@ -312,13 +356,13 @@ def score(
                 f"model {model_uri} was trained with marker catalog {model_catalog.catalog_version}, "
                 f"this installation has {installed.catalog_version}: retrain, or score with a matching model"
             )
-        if not set(panel_file.columns) & set(model_catalog.marker_names):
+        if panel_file.layout == "wide" and not set(panel_file.columns) & set(model_catalog.marker_names):
             raise RifmlInputError(
                 f"{input}: none of the model's marker columns are present (expected some of: "
                 f"{', '.join(model_catalog.marker_names[:5])}, ...)"
             )
         if model_catalog != installed:  # same version, edited since: the model's catalog rules
-            panel_file = PanelFile(input, model_catalog, chunk_rows=chunk_rows)
+            panel_file = PanelFile(input, model_catalog, chunk_rows=chunk_rows, **reading)
             if chunks is not None:
                 chunks.close()
                 chunks = stack.enter_context(Prefetcher(validated_chunks(panel_file)))
@@ -338,12 +382,13 @@ def score(
                     calls = profiler.call(chunk.panel, compact=True)
                     calls_writer.write(calls)
                     profiles.update(calls["immune_profile"].value_counts().to_dict())
-                    scored += len(calls)
+                    scored += chunk.accepted_lines
                 progress.advance(len(chunk.panel) + len(chunk.rejects), panel_file.row_count)
             if scored == 0:  # still give the calls file its header
                 calls_writer.columns = calls_columns(model_catalog)
     # Run as the command itself (not inside `demo`), local scoring leaves nothing to tear down.
     _state["skip_teardown"] = engine == "local" and _state["command"] == "score"
+    print_reading(panel_file)
     if profiles:
         out.print("calls: " + ", ".join(f"{p} {profiles[p]:,}" for p in model_catalog.profiles if profiles[p]))
     print_accounting(scored, reasons, verb="scored")
@@ -440,6 +485,8 @@ def report(
     model: ModelOption = None,
     tracking_uri: TrackingOption = None,
     rejects: Annotated[Optional[Path], typer.Option("--rejects", help="Rejects file of that run, summarized by reason.")] = None,
+    columns: ColumnsOption = None,
+    layout: LayoutOption = None,
 ) -> None:
     """Write a self-contained HTML report: the cohort page and one page per patient (a local folder; ids stay out of MLflow)."""
     from rifml.report import generate_report
@@ -448,7 +495,8 @@ def report(
     connect(tracking_uri)
     model_uri = model or "models:/rifml-immune-profile@champion"
     profiler, metadata = load_profiler(model_uri)
-    summary = generate_report(profiler, model_uri, metadata, panels=input, calls=calls, output=output, rejects=rejects)
+    summary = generate_report(profiler, model_uri, metadata, panels=input, calls=calls, output=output, rejects=rejects,
+                              reading=reading_options(columns, layout))
     if summary.changed_calls:
         err.print(f"warning: {summary.changed_calls:,} calls are not reproduced by {model_uri}: were they scored with another model?")
     out.print(f"wrote {summary.output / 'index.html'} and {summary.patients:,} patient pages in {summary.seconds:.1f} s")

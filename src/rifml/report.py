@@ -840,7 +840,9 @@ def read_calls(path: Path, catalog: Catalog) -> pd.DataFrame:
     return calls
 
 
-def read_panel_for_calls(path: Path, catalog: Catalog, ids: pd.Series) -> tuple[pd.DataFrame, Counter]:
+def read_panel_for_calls(
+    path: Path, catalog: Catalog, ids: pd.Series, reading: dict | None = None
+) -> tuple[pd.DataFrame, Counter]:
     """The clean panel rows of ``ids`` (in that order) from the scored file, and reject counts by reason.
 
     Raises
@@ -852,7 +854,7 @@ def read_panel_for_calls(path: Path, catalog: Catalog, ids: pd.Series) -> tuple[
 
     wanted = set(ids)
     parts, reasons = [], Counter()
-    for chunk in validated_chunks(PanelFile(path, catalog)):
+    for chunk in validated_chunks(PanelFile(path, catalog, **(reading or {}))):
         reasons.update(chunk.rejects["reason"])
         parts.append(chunk.panel[chunk.panel[catalog.id_column].isin(wanted)])
     panel = pd.concat(parts).set_index(catalog.id_column, drop=False)
@@ -982,6 +984,7 @@ def generate_report(
     output: Path,
     rejects: Path | None = None,
     card: ModelCard | None = None,
+    reading: dict | None = None,
 ) -> ReportSummary:
     """Read the scored panels and calls, explain, render and write the whole report folder.
 
@@ -1000,6 +1003,8 @@ def generate_report(
         Rejects file to summarize; without it, the reject reasons found re-validating ``panels``.
     card : ModelCard, optional
         Model description; looked up in the current MLflow store when not given.
+    reading : dict, optional
+        How to read ``panels`` (``columns``, ``layout``: :class:`rifml.io.reader.PanelFile` keywords).
 
     Returns
     -------
@@ -1009,7 +1014,7 @@ def generate_report(
     catalog = profiler.catalog_
     interventions = load_interventions()
     call_rows = read_calls(Path(calls), catalog)
-    panel, reasons = read_panel_for_calls(Path(panels), catalog, call_rows[catalog.id_column])
+    panel, reasons = read_panel_for_calls(Path(panels), catalog, call_rows[catalog.id_column], reading)
     if rejects is not None:
         reasons, rejects_source = read_reject_counts(Path(rejects)), Path(rejects).name
     else:

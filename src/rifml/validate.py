@@ -61,11 +61,19 @@ class ValidatedChunk:
         Accepted rows exactly as read (for writing an accepted-rows file).
     rejects : DataFrame
         One row per refused input row, columns :data:`REJECT_COLUMNS`.
+    lines : ndarray of int, optional
+        Input lines behind each accepted panel (long-format files); None: one each.
     """
 
     panel: pd.DataFrame
     accepted_raw: pd.DataFrame
     rejects: pd.DataFrame
+    lines: np.ndarray | None = None
+
+    @property
+    def accepted_lines(self) -> int:
+        """Input lines that ended in an accepted panel (what the accounting line counts)."""
+        return len(self.panel) if self.lines is None else int(np.sum(self.lines))
 
 
 @dataclass
@@ -286,6 +294,7 @@ def validate_chunk(
     catalog: Catalog,
     duplicate_ids: frozenset[str] | set[str] = frozenset(),
     bad_field_count: np.ndarray | None = None,
+    column_problems: dict[str, np.ndarray] | None = None,
 ) -> ValidatedChunk:
     """Validate one chunk of raw panel rows.
 
@@ -300,6 +309,9 @@ def validate_chunk(
         Patient ids that occur more than once in the whole batch (all such rows are rejected).
     bad_field_count : ndarray of bool, optional
         Rows whose field count did not match the header (rejected as such).
+    column_problems : dict of str to ndarray, optional
+        Problems found before parsing (a unit the catalog does not accept): column ->
+        reason or None per row; they come before that column's own checks.
 
     Returns
     -------
@@ -359,6 +371,10 @@ def validate_chunk(
         values, _, problem = parse_category(raw[catalog.label_column], lookup)
         panel[catalog.label_column] = values
         problems[catalog.label_column] = problem
+
+    for column, reasons in (column_problems or {}).items():
+        found = pd.notna(reasons)
+        problems[column] = np.where(found, reasons, problems.get(column, np.full(n, None, dtype=object)))
 
     for position, column, reason in _range_problems(pd.DataFrame(numbers), catalog).itertuples(index=False):
         if problems[column][position] is None:

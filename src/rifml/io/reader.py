@@ -22,6 +22,7 @@ import pandas as pd
 
 from rifml.catalog import Catalog
 from rifml.errors import RifmlInputError
+from rifml.io.columns import ColumnMap, HeaderMatch, match_header
 from rifml.validate import ValidatedChunk, repeated_ids, validate_chunk
 
 DEFAULT_CHUNK_ROWS = 50_000
@@ -39,21 +40,23 @@ class RawChunk:
     bad_field_count: np.ndarray
 
 
-def _match_header(header: list[str], catalog: Catalog, path: Path) -> list[str]:
-    """Strip names and match known columns case-insensitively; refuse unusable headers."""
-    known = {name.lower(): name for name in catalog.known_columns}
-    names = [known.get(h.strip().lower(), h.strip()) for h in header]
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise RifmlInputError(f"{path}: column {name!r} appears twice in the header")
-        seen.add(name)
+def _match_header(
+    header: list[str], catalog: Catalog, path: Path, column_map: ColumnMap | None = None, layout: str | None = None
+) -> tuple[HeaderMatch, str]:
+    """Match headers to catalog columns (:mod:`rifml.io.columns`) and settle the layout; refuse unusable headers."""
+    from rifml.io.long_format import LONG_COLUMNS, looks_long
+
+    match = match_header(header, catalog, column_map, extra=LONG_COLUMNS, source=str(path))
+    layout = layout or ("long" if looks_long(match.names, catalog) else "wide")
+    if layout == "wide":  # "value" or "unit" columns of a wide file are ordinary extra columns
+        match = match.passing_through(LONG_COLUMNS)
+    names = match.names
     if catalog.id_column not in names:
         raise RifmlInputError(
             f"{path}: no {catalog.id_column} column (found: {', '.join(names[:8]) or 'nothing'}"
             f"{', ...' if len(names) > 8 else ''})"
         )
-    return names
+    return match, layout
 
 
 SCAN_BLOCK = 4 << 20  # bytes per step of the layout scan (its temporaries are ~10x this)
@@ -119,12 +122,25 @@ class PanelFile:
     catalog : Catalog
     chunk_rows : int
         Rows per chunk.
+    columns : ColumnMap, optional
+        The user's ``--columns`` map, applied before the catalog's aliases.
+    layout : {"wide", "long"}, optional
+        One row per patient, or one line per patient and analyte; None: detected from the header.
     """
 
-    def __init__(self, path: str | Path, catalog: Catalog, chunk_rows: int = DEFAULT_CHUNK_ROWS):
+    def __init__(
+        self,
+        path: str | Path,
+        catalog: Catalog,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        columns: ColumnMap | None = None,
+        layout: str | None = None,
+    ):
         self.path = Path(path)
         self.catalog = catalog
         self.chunk_rows = chunk_rows
+        self.column_map = columns
+        self.layout = layout
         if not self.path.exists():
             raise RifmlInputError(f"{self.path}: no such file")
         if self.path.is_dir():
@@ -141,6 +157,13 @@ class PanelFile:
             self.columns = self._csv_header()
         else:
             self.columns = self._parquet_header()
+
+    @functools.cached_property
+    def conversions(self) -> dict:
+        """Column -> factor to its catalog unit, or the reason its header's unit is refused."""
+        from rifml.io.units import conversion
+
+        return {column: conversion(self.catalog, column, unit) for column, unit in self.header.units.items()}
 
     @functools.cached_property
     def simple(self) -> bool:
@@ -174,7 +197,8 @@ class PanelFile:
             header = next((line for line in reader if line), None)
             if header is None:
                 raise RifmlInputError(f"{self.path}: the file is empty")
-            names = _match_header(header, self.catalog, self.path)
+            self.header, self.layout = _match_header(header, self.catalog, self.path, self.column_map, self.layout)
+            names = self.header.names
             if next((line for line in reader if line), None) is None:
                 raise RifmlInputError(f"{self.path}: no data rows (header only)")
         return names
@@ -189,7 +213,10 @@ class PanelFile:
 
     def _parquet_header(self) -> list[str]:
         parquet = self._parquet_file()
-        names = _match_header(list(parquet.schema_arrow.names), self.catalog, self.path)
+        self.header, self.layout = _match_header(
+            list(parquet.schema_arrow.names), self.catalog, self.path, self.column_map, self.layout
+        )
+        names = self.header.names
         if parquet.metadata.num_rows == 0:
             raise RifmlInputError(f"{self.path}: no data rows (header only)")
         return names
@@ -324,10 +351,23 @@ class PanelFile:
 
 
 def validated_chunks(panel_file: PanelFile) -> Iterator[ValidatedChunk]:
-    """Validate a file chunk by chunk; every data row ends in ``panel`` or ``rejects``."""
+    """Validate a file chunk by chunk; every data row ends in ``panel`` or ``rejects``.
+
+    A long-format file is one chunk: a patient's lines may lie anywhere in it.
+    """
+    from rifml.io.units import convert_columns
+
+    if panel_file.layout == "long":
+        from rifml.io.long_format import validated_long
+
+        chunk = validated_long(panel_file.chunks(), panel_file.catalog, panel_file.column_map)
+        panel_file.row_count = chunk.accepted_lines + len(chunk.rejects)
+        yield chunk
+        return
     duplicates = panel_file.duplicate_ids()
     for raw in panel_file.chunks():
-        yield validate_chunk(raw.frame, raw.rows, panel_file.catalog, duplicates, raw.bad_field_count)
+        frame, problems = convert_columns(raw.frame, panel_file.conversions)
+        yield validate_chunk(frame, raw.rows, panel_file.catalog, duplicates, raw.bad_field_count, problems)
 
 
 class Prefetcher:
