@@ -135,3 +135,14 @@ def test_cli_refuses_an_unknown_mapped_column_in_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("rifml: error: map.yaml: 'NK' is mapped to 'nk_percent', which is not a catalog column")
+
+
+def test_a_catalog_pickled_before_aliases_existed_reads_back_without_them(catalog):
+    # models trained before this change carry a catalog without alias and unit fields
+    state = catalog.__getstate__()
+    kept = set(Catalog.model_fields) - {"id_aliases", "label_aliases"}
+    state["__dict__"] = {k: v for k, v in state["__dict__"].items() if k in kept}
+    old = object.__new__(Catalog)
+    old.__setstate__(state)
+    assert old.id_aliases == () and old != catalog
+    assert names(["Subject ID", "patient_id"], old) == ["Subject ID", "patient_id"]

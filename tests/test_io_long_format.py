@@ -77,6 +77,8 @@ def test_conflicting_duplicates_reject_the_patient_line_by_line(catalog):
         ("P2", "NK cells", "10", "%", "", ""),  # same patient and analyte, another value
         ("P3", "pb_nk_pct", "7", "%", "", ""),
         ("P3", "NK cells", "7", "", "", ""),  # the same value twice: no conflict
+        ("P3", "IL-6", "12", "pg/mL", "", ""),
+        ("P3", "IL-6", "0.012", "ng/mL", "", ""),  # nor in two units
     )
     assert chunk.panel["patient_id"].tolist() == ["P1", "P3"]
     rejects = chunk.rejects.set_index("row")
@@ -85,7 +87,8 @@ def test_conflicting_duplicates_reject_the_patient_line_by_line(catalog):
     assert rejects.loc[3, "value"] == rejects.loc[6, "value"] == "9 | 10"
     assert rejects.loc[4, "column"] == "pb_nk_pct"  # the IL-6 line repeats the panel's problem
     assert set(rejects["patient_id"]) == {"P2"}
-    assert chunk.accepted_lines + len(chunk.rejects) == 7
+    assert chunk.panel["serum_il6_pg_ml"].tolist() == [2.0, 12.0]
+    assert chunk.accepted_lines + len(chunk.rejects) == 9
 
 
 def test_conflicting_context_values_reject_the_patient(catalog):
@@ -235,6 +238,9 @@ def _comparable(panel: pd.DataFrame, catalog) -> dict:
 def test_plain_lab_and_long_forms_give_identical_panels_and_calls(tmp_path, catalog):
     from mlflow_support import quick_train_config
 
+    from rifml.io.writer import write_table
+    from rifml.simulate import simulate_cohort
+
     environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
 
     def rifml(*args):
@@ -243,8 +249,8 @@ def test_plain_lab_and_long_forms_give_identical_panels_and_calls(tmp_path, cata
         return result
 
     (tmp_path / "train.yaml").write_text(quick_train_config("forms"), encoding="utf-8")
-    rifml("simulate", "--n", 400, "--seed", 11, "--output", "cohort.csv")
-    rifml("simulate", "--n", 100, "--seed", 12, "--output", "plain.csv")
+    for n, seed, name in ((400, 11, "cohort.csv"), (100, 12, "plain.csv")):
+        write_table(simulate_cohort(n, seed=seed, catalog=catalog)[0], tmp_path / name)
     _forms(tmp_path, catalog)
 
     reading = {"plain.csv": {}, "lab.csv": {"columns": None}, "long.csv": {}}

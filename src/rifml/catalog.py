@@ -30,13 +30,23 @@ def spelling_key(name: str) -> str:
     return re.sub(r"[^\w+%]|_", "", unicodedata.normalize("NFKC", name).casefold())
 
 
+class _Versioned(BaseModel):
+    """A catalog part that may be unpickled from a model trained before a field was added."""
+
+    def __setstate__(self, state: dict) -> None:
+        # Such a model's catalog simply had the default (no aliases, no extra units).
+        defaults = {name: f.get_default() for name, f in type(self).model_fields.items() if not f.is_required()}
+        state["__dict__"] = {**defaults, **state["__dict__"]}
+        super().__setstate__(state)
+
+
 class Flag(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     value: float
     flag: str
 
 
-class Marker(BaseModel):
+class Marker(_Versioned):
     """One measured marker column."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -91,7 +101,7 @@ class Marker(BaseModel):
         }
 
 
-class ContextColumn(BaseModel):
+class ContextColumn(_Versioned):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
@@ -103,7 +113,7 @@ class ContextColumn(BaseModel):
     units: tuple[str, ...] = ()
 
 
-class Catalog(BaseModel):
+class Catalog(_Versioned):
     """The whole catalog, validated when loaded."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -46,6 +46,21 @@ def _text(column: pd.Series) -> np.ndarray:
     return _as_text(column).to_numpy(dtype=object)
 
 
+def _number(text: str) -> str | None:
+    try:
+        return repr(float(text))
+    except ValueError:
+        return None
+
+
+def _sameness(text: pd.Series) -> pd.Series:
+    """What two cells must share to hold the same value: ``12``, ``12.0`` and ``0.012e3`` do, ``<12`` does not."""
+    censor = text.str.startswith("<")
+    body = text.where(~censor, text.str[1:].str.strip())
+    number = body.map(_number)
+    return (censor.map({True: "<", False: ""}) + number).where(number.notna(), text)
+
+
 class _LineProblems:
     """The first problem of each line: column, value shown, reason."""
 
@@ -130,8 +145,8 @@ def pivot_long(
            for c in context],
         ignore_index=True,
     )
-    cells = cells[cells["text"] != ""]
-    distinct = cells.drop_duplicates(["patient", "column", "text"])
+    cells = cells[cells["text"] != ""].assign(same=lambda c: _sameness(c["text"]))
+    distinct = cells.drop_duplicates(["patient", "column", "same"])
     shown = distinct.groupby(["patient", "column"], sort=False)["text"].agg(" | ".join)
     conflicts = shown[distinct.groupby(["patient", "column"], sort=False).size() > 1]
     if len(conflicts):
