@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from rifml.errors import RifmlInputError
 from rifml.io.long_format import CONFLICT, MISSING_ANALYTE, pivot_long
 from rifml.io.reader import PanelFile, validated_chunks
 from rifml.io.units import UNIT_NOT_ACCEPTED, UNKNOWN_UNIT
@@ -282,3 +283,9 @@ def test_plain_lab_and_long_forms_give_identical_panels_and_calls(tmp_path, cata
     assert len(calls["plain.csv"]) == 100
     pd.testing.assert_frame_equal(calls["lab.csv"], calls["plain.csv"])
     pd.testing.assert_frame_equal(calls["long.csv"], calls["plain.csv"])
+
+
+def test_forcing_long_layout_on_a_wide_file_is_one_error(tmp_path, catalog):
+    path = _write_long(tmp_path / "wide.csv", [("P1", "14")], header=["patient_id", "pb_nk_pct"])
+    with pytest.raises(RifmlInputError, match=r"wide.csv: a long-format file needs columns .* \(missing: analyte, value\)"):
+        PanelFile(path, catalog, layout="long")

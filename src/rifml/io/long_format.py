@@ -39,6 +39,16 @@ def looks_long(names: list[str], catalog: Catalog) -> bool:
     return {catalog.id_column, ANALYTE, VALUE} <= set(names) and not set(names) & set(catalog.marker_names)
 
 
+def require_long_header(names: list[str], catalog: Catalog, source: str) -> None:
+    """Refuse a file read as long format that lacks its columns."""
+    missing = [c for c in (catalog.id_column, ANALYTE, VALUE) if c not in names]
+    if missing:
+        raise RifmlInputError(
+            f"{source}: a long-format file needs columns {catalog.id_column}, {ANALYTE}, {VALUE}"
+            f" (missing: {', '.join(missing)})"
+        )
+
+
 def _text(column: pd.Series) -> np.ndarray:
     """Cells as stripped text ("" when empty); typed numbers as Python writes them."""
     if pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column.dtype):
@@ -98,10 +108,7 @@ def pivot_long(
         ``panel`` indexed by each patient's first line, ``accepted_raw`` the accepted lines
         as read, ``lines`` the number of lines behind each accepted panel.
     """
-    missing = [c for c in (catalog.id_column, ANALYTE, VALUE) if c not in frame]
-    if missing:
-        raise RifmlInputError(f"a long-format file needs columns {catalog.id_column}, {ANALYTE}, {VALUE}"
-                              f" (missing: {', '.join(missing)})")
+    require_long_header(list(frame.columns), catalog, "input")
     frame = frame.reset_index(drop=True)
     rows = np.asarray(rows, dtype=np.int64)
     n = len(frame)
@@ -145,8 +152,9 @@ def pivot_long(
            for c in context],
         ignore_index=True,
     )
-    cells = cells[cells["text"] != ""].assign(same=lambda c: _sameness(c["text"]))
-    distinct = cells.drop_duplicates(["patient", "column", "same"])
+    cells = cells[cells["text"] != ""]
+    distinct = cells.drop_duplicates(["patient", "column", "text"])  # first: context repeats on every line
+    distinct = distinct.assign(same=_sameness(distinct["text"])).drop_duplicates(["patient", "column", "same"])
     shown = distinct.groupby(["patient", "column"], sort=False)["text"].agg(" | ".join)
     conflicts = shown[distinct.groupby(["patient", "column"], sort=False).size() > 1]
     if len(conflicts):

@@ -44,12 +44,14 @@ def _match_header(
     header: list[str], catalog: Catalog, path: Path, column_map: ColumnMap | None = None, layout: str | None = None
 ) -> tuple[HeaderMatch, str]:
     """Match headers to catalog columns (:mod:`rifml.io.columns`) and settle the layout; refuse unusable headers."""
-    from rifml.io.long_format import LONG_COLUMNS, looks_long
+    from rifml.io.long_format import LONG_COLUMNS, looks_long, require_long_header
 
     match = match_header(header, catalog, column_map, extra=LONG_COLUMNS, source=str(path))
     layout = layout or ("long" if looks_long(match.names, catalog) else "wide")
     if layout == "wide":  # "value" or "unit" columns of a wide file are ordinary extra columns
         match = match.passing_through(LONG_COLUMNS)
+    else:
+        require_long_header(match.names, catalog, str(path))
     names = match.names
     if catalog.id_column not in names:
         raise RifmlInputError(
