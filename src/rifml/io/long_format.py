@@ -154,9 +154,13 @@ def pivot_long(
     )
     cells = cells[cells["text"] != ""]
     distinct = cells.drop_duplicates(["patient", "column", "text"])  # first: context repeats on every line
-    distinct = distinct.assign(same=_sameness(distinct["text"])).drop_duplicates(["patient", "column", "same"])
-    shown = distinct.groupby(["patient", "column"], sort=False)["text"].agg(" | ".join)
-    conflicts = shown[distinct.groupby(["patient", "column"], sort=False).size() > 1]
+    spelled = distinct.duplicated(["patient", "column"], keep=False).to_numpy()
+    if spelled.any():  # two spellings for one cell: the same value, or a conflict
+        several = distinct[spelled].assign(same=lambda d: _sameness(d["text"]))
+        several = several[~several.duplicated(["patient", "column", "same"])].drop(columns="same")
+        distinct = pd.concat([distinct[~spelled], several]).sort_index()
+    clashing = distinct.duplicated(["patient", "column"], keep=False)
+    conflicts = distinct[clashing].groupby(["patient", "column"], sort=False)["text"].agg(" | ".join)
     if len(conflicts):
         clash = cells.join(conflicts.rename("shown"), on=["patient", "column"], how="inner")
         where = np.zeros(n, dtype=bool)

@@ -45,7 +45,10 @@ def _registry():
     # pint loads in seconds: only files that state a unit pay for it.
     import pint
 
-    registry = pint.UnitRegistry(non_int_type=Fraction)
+    try:  # pint's own disk cache turns seconds of parsing its definitions into a fraction of one
+        registry = pint.UnitRegistry(non_int_type=Fraction, cache_folder=":auto:")
+    except OSError:  # no writable cache folder
+        registry = pint.UnitRegistry(non_int_type=Fraction)
     registry.define("fraction = 1")  # 0.12 for 12 %, accepted only where the catalog lists it
     return registry
 
