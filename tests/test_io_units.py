@@ -53,6 +53,9 @@ def test_split_header_unit(header, expected):
         ("pb_nk_cytotox_pct", "%", Fraction(1)),
         ("em_cd138_per_10hpf", "cells/10 HPF", Fraction(1)),
         ("em_cd138_per_10hpf", "cells/HPF", UNKNOWN_UNIT),
+        ("em_cd138_per_10hpf", "per 10 HPF", Fraction(1)),  # a listed spelling of the catalog unit
+        ("em_il15_fn14_ratio", "Relative", Fraction(1)),
+        ("em_il15_fn14_ratio", "%", UNIT_NOT_ACCEPTED),
     ],
 )
 def test_conversion_factors_are_exact_and_refusals_named(catalog, column, stated, expected):

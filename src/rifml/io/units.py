@@ -55,12 +55,10 @@ def _registry():
 
 def _parsed(unit: str):
     """pint's reading of a unit, or None when pint does not know it."""
-    import pint
-
     try:
         parsed = _registry().parse_units(unit.strip())
-    except (pint.errors.PintError, AttributeError, TypeError, ValueError, SyntaxError):
-        return None  # pint's parser raises a few plain types on text like "IFN-g/IL-4"
+    except Exception:  # pint's parser raises many types (PintError, TypeError, ...) on text like "IFN-g/IL-4"
+        return None
     return parsed
 
 
@@ -78,19 +76,19 @@ def _column_units(catalog: Catalog, column: str) -> tuple[str | None, tuple[str,
 
 @lru_cache(maxsize=256)
 def _conversion(column: str, unit: str | None, accepted: tuple[str, ...], stated: str) -> Fraction | str:
-    if unit is not None and spelling_key(stated) == spelling_key(unit):
+    key = spelling_key(stated)
+    if unit is not None and key == spelling_key(unit):
         return Fraction(1)
+    if any(key == spelling_key(s) and _parsed(s) is None for s in accepted):
+        return Fraction(1)  # a listed spelling pint does not read ("relative", "per HPF") names the catalog unit
     parsed = _parsed(stated)
     if parsed is None:
         return UNKNOWN_UNIT
-    spellings = ([unit] if unit is not None and _parsed(unit) is not None else []) + list(accepted)
-    if not spellings or not any(_parsed(s) == parsed for s in spellings):
+    spellings = [s for s in ([unit] if unit is not None else []) + list(accepted) if _parsed(s) is not None]
+    if not any(_parsed(s) == parsed for s in spellings):
         return UNIT_NOT_ACCEPTED
-    target = _parsed(spellings[0])
-    if target is None:
-        raise RifmlInputError(f"catalog: unit {spellings[0]!r} of {column} is not a unit pint reads")
     try:
-        factor = _registry().Quantity(Fraction(1), parsed).to(target).magnitude
+        factor = _registry().Quantity(Fraction(1), parsed).to(_parsed(spellings[0])).magnitude
     except Exception as exc:  # pint's DimensionalityError: a catalog whose units do not convert
         raise RifmlInputError(f"catalog: {column} lists unit {stated!r}, which does not convert to {spellings[0]!r}") from exc
     return Fraction(factor)
