@@ -289,3 +289,14 @@ def test_forcing_long_layout_on_a_wide_file_is_one_error(tmp_path, catalog):
     path = _write_long(tmp_path / "wide.csv", [("P1", "14")], header=["patient_id", "pb_nk_pct"])
     with pytest.raises(RifmlInputError, match=r"wide.csv: a long-format file needs columns .* \(missing: analyte, value\)"):
         PanelFile(path, catalog, layout="long")
+
+
+def test_spark_engine_refuses_long_files_in_one_line(tmp_path):
+    _write_long(tmp_path / "long.csv", [("P1", "NK cells", "14", "%", "", "")])
+    result = subprocess.run(
+        [RIFML, "score", "--input", "long.csv", "--output", "calls.csv", "--rejects", "rejects.csv", "--engine", "spark",
+         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "rifml: error: long.csv: long layout and units in headers are read by --engine local only"
