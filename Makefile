@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench robustness clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ N ?= 100000
 REPEATS ?= 3
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_score.py --n $(N) --repeats $(REPEATS)
+
+# rifml trained and called on every scenario in configs/scenarios (plus the default world):
+# one table row per scenario, saved with the commit to benchmarks/robustness.csv.
+ROBUSTNESS_ARGS ?= --jobs 2
+robustness: $(STAMP)
+	$(BIN)/python benchmarks/robustness.py $(ROBUSTNESS_ARGS)
 
 clean:
 	rm -rf $(VENV) rifml-demo .pytest_cache

@@ -7,6 +7,11 @@ Simulates N panels, trains once (2,000 panels) into a SQLite MLflow store, then
 times both scorers as separate processes (process start included), REPEATS times
 each, interleaved. Prints panels per second, the time ratio and peak resident
 memory, and appends a dated line to benchmarks/RESULTS.md.
+
+The same rows are also written as lab exports write them (CRLF line ends; ';' separated
+with decimal commas and CRLF, as European Excel does), and `rifml validate` and
+`rifml score` are timed on each beside the plain comma/LF file (the naive reference
+only on the plain one): dialects must not leave the fast reading path.
 """
 
 from __future__ import annotations
@@ -86,6 +91,59 @@ def explain_only(uri: str, model: str, batch: Path, rows: int) -> tuple[float, f
     return ours_s, shap_s
 
 
+DIALECTS = {"plain": "batch.csv", "CRLF": "batch_crlf.csv", "semicolon": "batch_semicolon.csv"}
+
+
+def write_dialects(work: Path) -> None:
+    """The plain batch as CRLF and as ';' + decimal comma + CRLF, byte for byte the same cells.
+
+    rifml's own CSVs hold no quotes, and '.' occurs only in numbers (dates are ISO), so a
+    byte translation is exactly what a European Excel export of these rows looks like.
+    """
+    plain = (work / DIALECTS["plain"]).read_bytes()
+    crlf = plain.replace(b"\n", b"\r\n")
+    (work / DIALECTS["CRLF"]).write_bytes(crlf)
+    (work / DIALECTS["semicolon"]).write_bytes(crlf.translate(bytes.maketrans(b",.", b";,")))
+
+
+def time_dialects(rifml: str, uri: str, work: Path, repeats: int, n: int) -> str:
+    """Median validate and score seconds per dialect, printed side by side; returns a RESULTS.md row."""
+    timings: dict[tuple[str, str], list[float]] = {}
+    for _ in range(repeats):
+        for name, batch in DIALECTS.items():  # interleaved, so load on the machine hits all alike
+            commands = {
+                "validate": [rifml, "validate", "--input", batch, "--rejects", "d_rejects.csv"],
+                "score": [rifml, "score", "--input", batch, "--output", "d_calls.csv", "--rejects", "d_rejects.csv",
+                          "--tracking-uri", uri, "--quiet"],
+            }
+            for step, command in commands.items():
+                timings.setdefault((step, name), []).append(run_measured(command, work)[0])
+    row = f"| {dt.date.today()} | {n:,} |"
+    for step in ("validate", "score"):
+        plain = statistics.median(timings[(step, "plain")])
+        cells = []
+        for name in DIALECTS:
+            seconds = statistics.median(timings[(step, name)])
+            cells.append(f"{name} {seconds:.2f} s ({seconds / plain:.2f}x)")
+            row += f" {seconds:.2f} | {seconds / plain:.2f} |" if name != "plain" else f" {seconds:.2f} |"
+        print(f"{step} by dialect, median of {repeats}: " + ", ".join(cells))
+    return row + f" {repeats} |"
+
+
+def append_dialect_row(results: Path, row: str) -> None:
+    heading = "## Dialects (`make bench`: same rows as plain comma/LF, CRLF, ';' + decimal comma + CRLF)"
+    text = results.read_text() if results.exists() else ""
+    with results.open("a") as handle:
+        if heading not in text:
+            handle.write(
+                f"\n{heading}\n\n"
+                "| date | panels | validate plain s | validate CRLF s | ratio | validate ; s | ratio "
+                "| score plain s | score CRLF s | ratio | score ; s | ratio | repeats |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+            )
+        handle.write(row + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100_000, help="panels to score")
@@ -132,6 +190,8 @@ def main() -> None:
     ours_x, shap_x = explain_only(uri, model, work / "batch.csv", explain_rows)
     print(f"explanation step alone, {explain_rows:,} rows: rifml {ours_x:.3f} s, shap.TreeExplainer {shap_x:.2f} s ({shap_x / ours_x:.0f}x)")
     line += f" {shap_x / ours_x:.0f}x |"
+    write_dialects(work)
+    dialect_row = time_dialects(rifml, uri, work, args.repeats, args.n)
     results = HERE / "RESULTS.md"
     if not results.exists():
         results.write_text(
@@ -139,8 +199,14 @@ def main() -> None:
             "| date | panels | rifml s (median) | rifml panels/s | rifml peak MiB | reference s | ratio | speed-up | reference peak MiB | repeats | machine | explain step vs shap |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
         )
-    with results.open("a") as handle:
-        handle.write(line + "\n")
+    text = results.read_text()
+    if "\n## Dialects" in text:  # the main table's rows go above the dialect section
+        head, tail = text.split("\n## Dialects", 1)
+        results.write_text(head.rstrip("\n") + "\n" + line + "\n\n## Dialects" + tail)
+    else:
+        with results.open("a") as handle:
+            handle.write(line + "\n")
+    append_dialect_row(results, dialect_row)
     print(f"appended to {results}")
 
 

@@ -15,7 +15,7 @@ def test_demo_leaves_every_promised_file(tmp_path):
     result = subprocess.run([RIFML, "demo", "--workdir", "d", "--n", "800"], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     work = tmp_path / "d"
-    for name in ["cohort.csv", "batch.csv", "calls.csv", "rejects.csv", "mlflow.db", "report/index.html"]:
+    for name in ["cohort.csv", "batch.csv", "calls.csv", "rejects.csv", "mlflow.db", "report/index.html", "outcomes/index.html", "outcomes/effects.csv"]:
         assert (work / name).exists(), name
     calls = pd.read_csv(work / "calls.csv")
     rejects = pd.read_csv(work / "rejects.csv")

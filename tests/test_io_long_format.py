@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from rifml.errors import RifmlInputError
+from rifml.io.dialects import ReadOptions
 from rifml.io.long_format import CONFLICT, MISSING_ANALYTE, pivot_long
 from rifml.io.reader import PanelFile, validated_chunks
 from rifml.io.units import UNIT_NOT_ACCEPTED, UNKNOWN_UNIT
@@ -162,7 +163,7 @@ def test_layout_is_detected_from_the_header_or_forced(tmp_path, catalog):
     (chunk,) = validated_chunks(panel_file)
     assert chunk.panel["pb_nk_pct"].tolist() == [14.0]
     assert panel_file.row_count == 2
-    wide = PanelFile(path, catalog, layout="wide")  # forced: analyte/value/unit are plain extra columns
+    wide = PanelFile(path, catalog, options=ReadOptions(layout="wide"))  # forced: analyte/value/unit are plain extra columns
     assert wide.layout == "wide" and wide.columns == ["patient_id", "Analyte", "Value", "Unit"]
 
 
@@ -254,13 +255,12 @@ def test_plain_lab_and_long_forms_give_identical_panels_and_calls(tmp_path, cata
         write_table(simulate_cohort(n, seed=seed, catalog=catalog)[0], tmp_path / name)
     _forms(tmp_path, catalog)
 
-    reading = {"plain.csv": {}, "lab.csv": {"columns": None}, "long.csv": {}}
     from rifml.io.columns import load_column_map
 
-    reading["lab.csv"]["columns"] = load_column_map(tmp_path / "map.yaml")
+    reading = {"plain.csv": None, "lab.csv": ReadOptions(column_map=load_column_map(tmp_path / "map.yaml")), "long.csv": None}
     panels = {}
     for name, options in reading.items():
-        chunks = list(validated_chunks(PanelFile(tmp_path / name, catalog, **options)))
+        chunks = list(validated_chunks(PanelFile(tmp_path / name, catalog, options=options)))
         assert all(c.rejects.empty for c in chunks), name
         panels[name] = _comparable(pd.concat([c.panel for c in chunks]), catalog)
     for name in ("lab.csv", "long.csv"):
@@ -288,7 +288,7 @@ def test_plain_lab_and_long_forms_give_identical_panels_and_calls(tmp_path, cata
 def test_forcing_long_layout_on_a_wide_file_is_one_error(tmp_path, catalog):
     path = _write_long(tmp_path / "wide.csv", [("P1", "14")], header=["patient_id", "pb_nk_pct"])
     with pytest.raises(RifmlInputError, match=r"wide.csv: a long-format file needs columns .* \(missing: analyte, value\)"):
-        PanelFile(path, catalog, layout="long")
+        PanelFile(path, catalog, options=ReadOptions(layout="long"))
 
 
 def test_spark_engine_refuses_long_files_in_one_line(tmp_path):
@@ -300,3 +300,28 @@ def test_spark_engine_refuses_long_files_in_one_line(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip() == "rifml: error: long.csv: long layout and units in headers are read by --engine local only"
+
+
+def test_long_semicolon_decimal_comma_file_with_an_unclosed_quote(tmp_path, catalog):
+    """io's dialects and its 'N counted from the file' rule hold for long files: each line ends in one place."""
+    text = "\r\n".join([
+        "patient_id;analyte;value;unit;lab_id",
+        "P1;NK cells;14,5;%;lab_A",
+        "P1;IL-6;0,0037;ng/mL;lab_A",
+        'P2;NK cells;"9,5;%;lab_A',  # unclosed quote: rejected alone, reading resumes at the next line
+        "P3;NK cells;10;%;lab_B",
+        "P3;IL-6;<1,5;ng/L;lab_B",
+    ]) + "\r\n"
+    path = tmp_path / "long.csv"
+    path.write_bytes(text.encode("cp1252"))
+    panel_file = PanelFile(path, catalog)
+    assert panel_file.layout == "long" and panel_file.dialect.sep == ";" and panel_file.decimal == ","
+    (chunk,) = validated_chunks(panel_file)
+    assert panel_file.row_count == 5
+    assert chunk.accepted_lines + len(chunk.rejects) == 5
+    assert chunk.panel["patient_id"].tolist() == ["P1", "P3"]
+    assert chunk.panel["pb_nk_pct"].tolist() == [14.5, 10.0]
+    assert chunk.panel["serum_il6_pg_ml"].tolist() == [3.7, 1.5]
+    assert chunk.panel["serum_il6_pg_ml__censored"].tolist() == [False, True]
+    assert chunk.rejects["row"].tolist() == [4]
+    assert "quote" in chunk.rejects["reason"].iloc[0]

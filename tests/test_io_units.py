@@ -131,3 +131,45 @@ def test_a_refused_header_unit_rejects_each_row_with_a_value_there(tmp_path, cat
     assert rejects["row"].tolist() == [2, 4]
     assert set(rejects["reason"]) == {reason}
     assert set(rejects["column"]) == {"em_unk_cd56_pct"}
+
+
+@pytest.mark.parametrize("form", ["latin1_semicolon_decimal_comma_crlf", "xlsx", "gzip"])
+def test_aliases_and_header_units_in_every_file_format(form, tmp_path, catalog):
+    """What io reads (dialects, encodings, Excel, gzip) gets the same column mapping and unit conversion."""
+    import gzip
+
+    from lab_exports import decimal_comma, excel_numbers
+
+    ids = ["Jos\u00e9-1", "P2", "P3"]
+    plain = pd.DataFrame({"patient_id": ids, "serum_il6_pg_ml": ["3.7", "<1.5", "12.34"], "pb_nk_pct": ["12", "8.5", "20"]})
+    lab = pd.DataFrame({"Patient ID": ids, "IL-6 (ng/mL)": ["0.0037", "<0.0015", "0.01234"],
+                        "NK cells (fraction)": ["0.12", "0.085", "0.2"]})
+    plain.to_csv(tmp_path / "plain.csv", index=False)
+    if form == "xlsx":
+        path = tmp_path / "lab.xlsx"
+        excel_numbers(lab).to_excel(path, index=False)
+    elif form == "gzip":
+        path = tmp_path / "lab.csv.gz"
+        with gzip.open(path, "wt", encoding="utf-8", newline="") as handle:
+            lab.to_csv(handle, index=False)
+    else:
+        path = tmp_path / "lab.csv"
+        decimal_comma(lab).to_csv(path, index=False, sep=";", encoding="latin-1", lineterminator="\r\n")
+    expected, _ = _validated(tmp_path / "plain.csv", catalog)
+    panel_file = PanelFile(path, catalog)
+    chunks = list(validated_chunks(panel_file))
+    assert all(c.rejects.empty for c in chunks)
+    assert panel_file.row_count == 3
+    assert [m.describe() for m in panel_file.header.renamed] == [
+        "'Patient ID' -> patient_id", "'IL-6 (ng/mL)' -> serum_il6_pg_ml [ng/mL]", "'NK cells (fraction)' -> pb_nk_pct [fraction]"
+    ]
+    pd.testing.assert_frame_equal(pd.concat([c.panel for c in chunks]), expected, check_dtype=False)
+
+
+def test_decimal_comma_cells_scale_in_their_own_mark():
+    cells = pd.Series(["0,0037", "<0,0015", "1,5", "1.5", ""], dtype=object)
+    assert scale_column(cells, Fraction(1000), ",").tolist() == ["0,0037e3", "<0,0015e3", "1,5e3", "1.5", ""]
+    assert scale_column(cells, Fraction(3, 2), ",").tolist() == ["0,00555", "<0,00225", "2,25", "1.5", ""]
+    parsed = parse_numeric(scale_column(cells, Fraction(1000), ","), censorable=True, decimal=",")
+    np.testing.assert_array_equal(parsed.values[:3], [3.7, 1.5, 1500.0])
+    assert parsed.problem[3] is not None  # a point in a decimal-comma file stays refused, never scaled

@@ -111,15 +111,25 @@ def test_drivers_are_out_of_band_not_normal_rule_outs(cohorts, supervised, catal
     assert np.mean([d in endometrial for d in calls.loc[th1, "driver_1"]]) < 0.05
 
 
-def test_contributions_sum_to_margin_minus_expected(cohorts, supervised):
+def test_contributions_sum_to_calibrated_margin_minus_expected(cohorts, supervised):
+    """Contributions are on the scale the softmax reads: margin / temperature (issue 10, item 5)."""
     _, test, _ = cohorts
-    profiler, _ = supervised
+    profiler, calls = supervised
     X = profiler.features_.transform(test.iloc[:300])
     margins = profiler.profile_model_.decision_function(X)
     called = margins.argmax(axis=1)
     per_marker = profiler.contributions(X, called)
+    temperature = profiler.profile_model_.temperature_
+    assert abs(temperature - 1.0) > 0.01  # otherwise this test could not tell the scales apart
     expected = profiler.explainer_.expected_value_[np.searchsorted(profiler.profile_model_.booster_classes_, called)]
-    np.testing.assert_allclose(per_marker.sum(axis=1), margins[np.arange(300), called] - expected, atol=1e-9)
+    np.testing.assert_allclose(per_marker.sum(axis=1), (margins[np.arange(300), called] - expected) / temperature,
+                               atol=1e-6)
+    # the calls file's drivers are the same calibrated contributions, rounded
+    from rifml.explain import top_drivers
+    from rifml.features import measured_markers
+
+    top = top_drivers(per_marker, measured_markers(test.iloc[:300], profiler.catalog_))["driver_1_contribution"]
+    np.testing.assert_allclose(calls["driver_1_contribution"].iloc[:300], top, atol=5e-7)
 
 
 def test_calls_follow_the_contract_in_input_order(cohorts, supervised, catalog):
@@ -169,7 +179,8 @@ def test_one_pass_drivers_match_the_explicit_path_also_for_a_two_profile_model(c
     X = profiler.features_.transform(rows)
     per_marker = profiler.contributions(X, called)
     # toward the called class: +(margin - expected) for the booster's class, minus that for the other
-    margin = profiler.explainer_.margins(X.to_numpy())[:, 0] - profiler.explainer_.expected_value_[0]
+    margin = (profiler.explainer_.margins(X.to_numpy())[:, 0] - profiler.explainer_.expected_value_[0]) / (
+        profiler.profile_model_.temperature_)
     sign = np.where(np.searchsorted(profiler.profile_model_.booster_classes_, called) == 1, 1.0, -1.0)
     np.testing.assert_allclose(per_marker.sum(axis=1), sign * margin, atol=1e-9)
     expected = top_drivers(per_marker, measured_markers(rows, catalog), k=3)

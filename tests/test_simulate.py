@@ -6,8 +6,12 @@ CSV-facing output rather than the simulator's internals.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +20,13 @@ import pytest
 
 from rifml.catalog import load_catalog
 from rifml.errors import RifmlInputError
-from rifml.simulate import CORRUPTION_KINDS, load_simulation_config, simulate_cohort
+from rifml.scenarios import available_scenarios, merge_patch, scenario_description
+from rifml.simulate import (
+    CORRUPTION_KINDS,
+    baseline_distribution,
+    load_simulation_config,
+    simulate_cohort,
+)
 
 CATALOG = load_catalog()
 CONFIG = load_simulation_config()
@@ -326,3 +336,194 @@ def test_config_naming_unknown_marker_raises(tmp_path: Path):
 def test_bad_arguments_raise(kwargs):
     with pytest.raises(RifmlInputError):
         simulate_cohort(**kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Scenario knobs (issue 10): each defaults to the behaviour above
+# ---------------------------------------------------------------------------
+
+# sha256 of cohort.to_csv + truth.to_csv, recorded on main (20f7577) before the knobs existed.
+GOLDEN = {
+    (500, 11, 0.05): "008686052282dd9f7207de073116a262a7fc7503c625e0b7df442fafb63662a1",
+    (3000, 4, 0.0): "61aef2eab4d38c7de0c7cf7c2085ce4b61991647613510715b8add2ad4d3da54",
+}
+NOT_DRIFTING = next(m for m in CATALOG.numeric_markers if not m.drifts)
+
+
+def digest(cohort: pd.DataFrame, truth: pd.DataFrame) -> str:
+    return hashlib.sha256((cohort.to_csv(index=False) + truth.to_csv(index=False)).encode()).hexdigest()
+
+
+@pytest.mark.parametrize("key", sorted(GOLDEN))
+def test_default_cohort_is_byte_identical_to_before_the_knobs(key):
+    n, seed, bad = key
+    assert digest(*simulate_cohort(n, seed=seed, bad_share=bad)) == GOLDEN[key]
+    # without scoring-only labs a scoring batch is the same cohort
+    assert digest(*simulate_cohort(n, seed=seed, bad_share=bad, batch="score")) == GOLDEN[key]
+
+
+def overlay(tmp_path: Path, text: str):
+    path = tmp_path / "scenario.yaml"
+    path.write_text(text, encoding="utf-8")
+    return load_simulation_config(scenario=path)
+
+
+def test_assay_factor_and_offset_move_everybody_by_the_stated_amount(tmp_path):
+    """Same seed, same draws: an assay factor scales every value of its marker, nothing else."""
+    factor_marker, offset_marker = CATALOG.numeric_markers[0], CATALOG.numeric_markers[-1]
+    config = overlay(
+        tmp_path,
+        f"baseline:\n  assay_factors: {{{factor_marker.name}: 1.5}}\n  assay_offsets: {{{offset_marker.name}: -1.0}}\n",
+    )
+    default = numeric_frame(simulate_cohort(4000, seed=21)[0])
+    shifted_cohort, truth = simulate_cohort(4000, seed=21, config=config)
+    shifted = numeric_frame(shifted_cohort)
+    balanced = truth["subtype"] == "balanced"
+    ratio = shifted.loc[balanced, factor_marker.name].median() / default.loc[balanced, factor_marker.name].median()
+    assert ratio == pytest.approx(1.5, rel=0.01)
+    _, log_sd = baseline_distribution(offset_marker, CONFIG)
+    ratio = shifted.loc[balanced, offset_marker.name].median() / default.loc[balanced, offset_marker.name].median()
+    assert ratio == pytest.approx(math.exp(-log_sd), rel=0.01)
+    others = [m.name for m in CATALOG.numeric_markers if m not in (factor_marker, offset_marker)]
+    pd.testing.assert_frame_equal(shifted[others], default[others])
+
+
+def test_shift_scale_shrinks_subtype_shifts(tmp_path):
+    config = overlay(tmp_path, "shift: {scale: 0.5}\n")
+    marker = next(iter(CONFIG.subtypes["th1_high"].shifts))
+    spec = next(m for m in CATALOG.numeric_markers if m.name == marker)
+    median, _ = baseline_distribution(spec, CONFIG)
+    full_cohort, truth = simulate_cohort(4000, seed=22)
+    half_cohort, _ = simulate_cohort(4000, seed=22, config=config)
+    th1 = truth["subtype"] == "th1_high"
+    full = np.log(numeric_frame(full_cohort).loc[th1, marker].median() / median)
+    half = np.log(numeric_frame(half_cohort).loc[th1, marker].median() / median)
+    assert half / full == pytest.approx(0.5, abs=0.08)
+    balanced = truth["subtype"] == "balanced"
+    pd.testing.assert_frame_equal(full_cohort[balanced], half_cohort[balanced])
+
+
+def test_lab_marker_drift_applies_to_a_marker_the_catalog_does_not_flag(tmp_path):
+    assert not NOT_DRIFTING.drifts
+    config = overlay(tmp_path, f"labs:\n  lab_B: {{marker_drift: {{{NOT_DRIFTING.name}: 1.4}}}}\n")
+    default = numeric_frame(simulate_cohort(3000, seed=23)[0])
+    drifted_cohort, truth = simulate_cohort(3000, seed=23, config=config)
+    drifted = numeric_frame(drifted_cohort)
+    in_b = truth["lab_id"] == "lab_B"
+    ratio = drifted.loc[in_b, NOT_DRIFTING.name] / default.loc[in_b, NOT_DRIFTING.name]
+    assert ratio.dropna().median() == pytest.approx(1.4, rel=0.01)
+    pd.testing.assert_frame_equal(drifted[~in_b], default[~in_b])
+    # lab_B's catalog-flagged markers still drift by its `drift`
+    pd.testing.assert_frame_equal(drifted.drop(columns=NOT_DRIFTING.name), default.drop(columns=NOT_DRIFTING.name))
+
+
+def test_scoring_only_lab_appears_only_in_scoring_batches(tmp_path):
+    config = overlay(
+        tmp_path,
+        "labs:\n  lab_A: {share: 0.3}\n  lab_new: {share: 0.1, drift: 1.5, scoring_only: true}\n",
+    )
+    _, train = simulate_cohort(3000, seed=24, config=config)
+    _, score = simulate_cohort(3000, seed=24, config=config, batch="score")
+    assert "lab_new" not in set(train["lab_id"])
+    assert set(train["lab_id"]) == {"lab_A", "lab_B", "lab_C"}
+    assert (score["lab_id"] == "lab_new").mean() == pytest.approx(0.1, abs=0.02)
+    # training shares are the other labs' shares, renormalized
+    assert (train["lab_id"] == "lab_A").mean() == pytest.approx(0.3 / 0.9, abs=0.03)
+
+
+def test_only_scoring_only_labs_is_refused(tmp_path):
+    with pytest.raises(RifmlInputError, match="scoring_only"):
+        overlay(tmp_path, "labs:\n  lab_A: {scoring_only: true}\n  lab_B: {scoring_only: true}\n  lab_C: {scoring_only: true}\n")
+
+
+def test_limit_of_detection_per_marker_wins_over_its_kind(tmp_path):
+    percent = next(m for m in CATALOG.numeric_markers if m.kind == "percent" and m.censorable and m.reference_band[0] < 1)
+    config = overlay(tmp_path, f"limit_of_detection:\n  concentration: 2.0\n  {percent.name}: 0.4\n")
+    cohort, _ = simulate_cohort(3000, seed=25, config=config)
+    cells = cohort[percent.name]
+    assert (cells == "<0.4").mean() > 0.01
+    assert (cells[cells.str.match(NUMBER)].astype(float) >= 0.4).all()
+    for marker in (m for m in CATALOG.numeric_markers if m.kind == "concentration"):
+        assert set(cohort[marker.name][cohort[marker.name].str.startswith("<")]) == {"<2.0"}
+    other_percent = [m.name for m in CATALOG.numeric_markers if m.kind == "percent" and m is not percent]
+    assert not cohort[other_percent].apply(lambda c: c.str.startswith("<")).any().any()
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("limit_of_detection: {no_such_marker: 1.0}\n", "no_such_marker"),
+        ("labs:\n  lab_A: {marker_drift: {no_such_marker: 1.2}}\n", "no_such_marker"),
+        ("baseline: {assay_factors: {no_such_marker: 1.2}}\n", "no_such_marker"),
+    ],
+)
+def test_scenario_naming_unknown_markers_raises(tmp_path, text, match):
+    with pytest.raises(RifmlInputError, match=match):
+        simulate_cohort(10, config=overlay(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "baseline: {assay_factors: {pb_nk_pct: 0}}\n",
+        "labs:\n  lab_A: {marker_drift: {pb_nk_pct: -1}}\n",
+        "shift: {scale: 0}\n",
+        "labs:\n  lab_A: {scoring_only: maybe}\n",
+        "subtypes:\n  mixed: null\n",  # prevalences no longer sum to 1
+    ],
+)
+def test_malformed_scenario_raises(tmp_path, text):
+    with pytest.raises(RifmlInputError):
+        overlay(tmp_path, text)
+
+
+def test_unknown_scenario_and_bad_batch_raise():
+    with pytest.raises(RifmlInputError, match="unknown scenario"):
+        load_simulation_config(scenario="no_such_scenario")
+    with pytest.raises(RifmlInputError, match="batch"):
+        simulate_cohort(10, batch="later")
+
+
+def test_merge_patch_merges_replaces_and_deletes():
+    base = {"a": {"x": 1, "y": {"p": 1}}, "b": [1, 2], "c": 3}
+    patch = {"a": {"y": {"q": 2}, "x": None}, "b": [3], "d": {"e": 1}}
+    assert merge_patch(base, patch) == {"a": {"y": {"p": 1, "q": 2}}, "b": [3], "c": 3, "d": {"e": 1}}
+    assert base == {"a": {"x": 1, "y": {"p": 1}}, "b": [1, 2], "c": 3}  # inputs untouched
+
+
+def test_shipped_scenarios_are_many_distinct_and_valid():
+    names = available_scenarios()
+    assert len(names) >= 10
+    configs = {name: load_simulation_config(scenario=name) for name in names}
+    dumps = {name: config.model_dump_json() for name, config in configs.items()}
+    assert len(set(dumps.values()) | {CONFIG.model_dump_json()}) == len(names) + 1  # all differ, from default too
+    for name, config in configs.items():
+        assert scenario_description(name), f"{name} has no description"
+        cohort, truth = simulate_cohort(200, seed=1, config=config, batch="score")
+        assert len(cohort) == 200 and set(truth["immune_profile"]) <= set(CATALOG.profiles)
+    # the kinds of world issue 10 asks for are all there
+    assert any(c.baseline.assay_factors for c in configs.values())
+    assert any(lab.scoring_only for c in configs.values() for lab in c.labs.values())
+    assert any(len(c.labs) >= 5 for c in configs.values())
+    assert any(c.shift.scale < 1 for c in configs.values()) and any(c.shift.scale > 1 for c in configs.values())
+    assert any("mixed" not in c.subtypes for c in configs.values())
+
+
+def test_cli_simulates_a_scenario_scoring_batch(tmp_path):
+    rifml = str(Path(sys.executable).parent / "rifml")
+    scenario = next(n for n in available_scenarios() if any(l.scoring_only for l in load_simulation_config(scenario=n).labs.values()))
+    new_labs = {k for k, l in load_simulation_config(scenario=scenario).labs.items() if l.scoring_only}
+    for batch in ("train", "score"):
+        result = subprocess.run(
+            [rifml, "simulate", "--n", "400", "--output", f"{batch}.csv", "--scenario", scenario, "--batch", batch],
+            cwd=tmp_path, capture_output=True, text=True, env=os.environ.copy(),
+        )
+        assert result.returncode == 0, result.stderr
+    train = pd.read_csv(tmp_path / "train.csv", dtype=str)
+    score = pd.read_csv(tmp_path / "score.csv", dtype=str)
+    assert not new_labs & set(train["lab_id"]) and new_labs <= set(score["lab_id"])
+    result = subprocess.run(
+        [rifml, "simulate", "--n", "10", "--output", "x.csv", "--scenario", "no_such_scenario"],
+        cwd=tmp_path, capture_output=True, text=True, env=os.environ.copy(),
+    )
+    assert result.returncode == 2 and "unknown scenario" in result.stderr and result.stderr.count("\n") == 1

@@ -13,6 +13,9 @@ from rifml.catalog import load_catalog
 from rifml.subtypes import (
     ConsensusClustering,
     name_clusters,
+    profiles_from_signatures,
+    subtype_effects,
+    subtype_signatures,
     plot_consensus,
     plot_k_selection,
     rule_profile,
@@ -166,14 +169,9 @@ def catalog():
     return load_catalog()
 
 
-def _inside(marker) -> float:
-    low, high = marker.reference_band
-    return np.sqrt(low * high) if low > 0 else high / 2.0
-
-
-def _medians(catalog, n_clusters: int) -> pd.DataFrame:
-    """All numeric markers comfortably inside their bands."""
-    row = {m.name: _inside(m) for m in catalog.numeric_markers}
+def _zero_effects(catalog, n_clusters: int) -> pd.DataFrame:
+    """Every numeric marker at the reference (effect 0) in every cluster."""
+    row = {m.name: 0.0 for m in catalog.numeric_markers}
     return pd.DataFrame([row] * n_clusters, index=pd.Index(range(n_clusters), name="cluster"))
 
 
@@ -185,50 +183,53 @@ def _markers(catalog, axis: str, compartment: str, direction: str, signal: str) 
     ]
 
 
-def _push(medians, cluster, marker, direction: str, factor: float) -> None:
-    low, high = marker.reference_band
-    medians.loc[cluster, marker.name] = high * factor if direction == "above" else low / factor
+def _push(effects, cluster, name: str, direction: str, size: float) -> None:
+    effects.loc[cluster, name] = size if direction == "above" else -size
 
 
-def test_just_inside_is_balanced_just_outside_is_named(catalog):
-    """A single-marker blood axis: on the band edge is normal, 1% past it is abnormal."""
+def test_effect_below_the_bar_is_balanced_above_it_is_named(catalog):
+    """A single-marker blood axis: just under min_effect is the reference's spread, at it is a subtype."""
     marker = next(
         m for m in catalog.numeric_markers
         if m.compartment == "blood" and m.signals and m.axis != "none"
         and sum(1 for o in catalog.numeric_markers if o.axis == m.axis and o.signals) == 1
     )
     direction, signal = next(iter(marker.signals.items()))
-    medians = _medians(catalog, 2)
-    _push(medians, 0, marker, direction, 1.0)   # exactly on the edge: inside
-    _push(medians, 1, marker, direction, 1.01)  # just outside
-    out = name_clusters(medians, catalog)
+    effects = _zero_effects(catalog, 2)
+    _push(effects, 0, marker.name, direction, 1.49)
+    _push(effects, 1, marker.name, direction, 1.5)
+    out = name_clusters(effects, catalog, min_effect=1.5)
     assert out.loc[0, "subtype"] == "balanced" and out.loc[0, "profile"] == "balanced"
     suffix = "high" if direction == "above" else "low"
     assert out.loc[1, "subtype"] == f"{marker.axis}-{suffix}"
     assert out.loc[1, "profile"] == signal
-    assert out.loc[1, "abnormal_markers"] == marker.name
+    assert out.loc[1, "abnormal_markers"] == marker.name == out.loc[1, "signature"]
+    assert out.loc[1, "evidence"] == f"{marker.name} {'+' if direction == 'above' else '-'}1.5 SD"
+    # the unsignalled direction names nothing, however large
+    _push(effects, 1, marker.name, "below" if direction == "above" else "above", 4.0)
+    assert name_clusters(effects, catalog).loc[1, "profile"] == "balanced"
 
 
-def test_all_within_bands_is_balanced(catalog):
-    out = name_clusters(_medians(catalog, 3), catalog)
-    assert list(out.columns) == ["cluster", "subtype", "profile", "abnormal_markers"]
+def test_no_effects_is_balanced(catalog):
+    out = name_clusters(_zero_effects(catalog, 3), catalog)
+    assert list(out.columns) == ["cluster", "subtype", "profile", "abnormal_markers", "evidence", "signature"]
     assert list(out["cluster"]) == [0, 1, 2]
     assert list(out["profile"]) == ["balanced"] * 3
     assert list(out["subtype"]) == ["balanced", "balanced-2", "balanced-3"]
     assert (out["abnormal_markers"] == "").all()
 
 
-def test_th1_high_with_endometrial_under_is_mixed_and_ordered_by_distance(catalog):
+def test_th1_high_with_endometrial_under_is_mixed_and_ordered_by_effect(catalog):
     th1 = _markers(catalog, "th1", "blood", "above", "hyperactive")
     under = _markers(catalog, "endometrial", "endometrium", "below", "hypoactive")
-    medians = _medians(catalog, 2)
+    effects = _zero_effects(catalog, 2)
     for name in th1:
-        _push(medians, 0, catalog.by_name[name], "above", 3.0)  # log(3) outside
-        _push(medians, 1, catalog.by_name[name], "above", 1.5)
+        _push(effects, 0, name, "above", 3.0)
+        _push(effects, 1, name, "above", 2.0)
     for name in under:
-        _push(medians, 0, catalog.by_name[name], "below", 1.5)
-        _push(medians, 1, catalog.by_name[name], "below", 3.0)
-    out = name_clusters(medians, catalog).set_index("cluster")
+        _push(effects, 0, name, "below", 2.0)
+        _push(effects, 1, name, "below", 3.0)
+    out = name_clusters(effects, catalog).set_index("cluster")
     assert out.loc[0, "subtype"] == "th1-high+endometrial-under"
     assert out.loc[1, "subtype"] == "endometrial-under+th1-high"
     assert (out["profile"] == "mixed").all()
@@ -238,13 +239,14 @@ def test_th1_high_with_endometrial_under_is_mixed_and_ordered_by_distance(catalo
 def test_axis_needs_half_of_its_markers(catalog):
     th1 = _markers(catalog, "th1", "blood", "above", "hyperactive")
     assert len(th1) >= 3, "test assumes a broad th1 axis"
-    medians = _medians(catalog, 2)
-    _push(medians, 0, catalog.by_name[th1[0]], "above", 2.0)  # one of several: not enough
-    for name in th1[: (len(th1) + 1) // 2]:                     # half: enough
-        _push(medians, 1, catalog.by_name[name], "above", 2.0)
-    out = name_clusters(medians, catalog)
+    effects = _zero_effects(catalog, 2)
+    _push(effects, 0, th1[0], "above", 2.5)  # one of several: not enough
+    for name in th1[: (len(th1) + 1) // 2]:  # half: enough
+        _push(effects, 1, name, "above", 2.5)
+    out = name_clusters(effects, catalog)
     assert out.loc[0, "subtype"] == "balanced" and out.loc[0, "profile"] == "balanced"
-    assert out.loc[0, "abnormal_markers"] == th1[0]  # still reported as evidence
+    assert out.loc[0, "abnormal_markers"] == th1[0]  # still reported as evidence ...
+    assert out.loc[0, "signature"] == ""  # ... but not part of what defines the subtype
     assert out.loc[1, "subtype"] == "th1-high" and out.loc[1, "profile"] == "hyperactive"
 
 
@@ -255,26 +257,85 @@ def test_endometrial_low_treg_reads_as_over_activation(catalog):
         if m.compartment == "endometrium" and m.signals.get("below") == "hyperactive"
     ]
     over = _markers(catalog, "endometrial", "endometrium", "above", "hyperactive")
-    medians = _medians(catalog, 1)
+    effects = _zero_effects(catalog, 1)
     for name in over[:2]:
-        _push(medians, 0, catalog.by_name[name], "above", 2.0)
+        _push(effects, 0, name, "above", 2.0)
     for marker in low_means_over:
-        _push(medians, 0, marker, "below", 2.0)
-    out = name_clusters(medians, catalog)
+        _push(effects, 0, marker.name, "below", 2.0)
+    out = name_clusters(effects, catalog)
     assert out.loc[0, "subtype"] == "endometrial-over"
     assert out.loc[0, "profile"] == "hyperactive"
 
 
 def test_duplicate_names_are_disambiguated_and_nan_is_unmeasured(catalog):
     nk = _markers(catalog, "nk", "blood", "above", "hyperactive")
-    medians = _medians(catalog, 3)
+    effects = _zero_effects(catalog, 3)
     for cluster in (0, 2):
-        _push(medians, cluster, catalog.by_name[nk[0]], "above", 2.0)
-    medians.loc[:, nk[1:]] = np.nan  # other NK markers not measured: one of one is enough
-    medians[[c for c in medians.columns if c.startswith("em_")]] = np.nan
-    out = name_clusters(medians, catalog)
+        _push(effects, cluster, nk[0], "above", 2.0)
+    effects.loc[:, nk[1:]] = np.nan  # other NK markers not measured: one of one is enough
+    effects[[c for c in effects.columns if c.startswith("em_")]] = np.nan
+    out = name_clusters(effects, catalog)
     assert list(out["subtype"]) == ["nk-high", "balanced", "nk-high-2"]
     assert list(out["profile"]) == ["hyperactive", "balanced", "hyperactive"]
+
+
+def _star_cohort(catalog, offset_marker: str | None = None, offset: float = 0.0, seed: int = 0):
+    """A balanced group and groups departing from it on one axis each (log values, SD 0.3)."""
+    rng = np.random.default_rng(seed)
+    markers = [m.name for m in catalog.numeric_markers if m.signals]
+    nk = _markers(catalog, "nk", "blood", "above", "hyperactive")
+    th1 = _markers(catalog, "th1", "blood", "above", "hyperactive")
+    under = _markers(catalog, "endometrial", "endometrium", "below", "hypoactive")
+    groups = {"balanced": {}, "nk": {m: 1.0 for m in nk}, "th1": {m: 1.0 for m in th1}, "under": {m: -1.0 for m in under}}
+    rows, labels = [], []
+    for label, (name, shifts) in enumerate(groups.items()):
+        block = rng.normal(0.0, 0.3, size=(150, len(markers)))
+        for j, marker in enumerate(markers):
+            block[:, j] += shifts.get(marker, 0.0) + (offset if marker == offset_marker else 0.0)
+        rows.append(block)
+        labels += [label] * 150
+    return pd.DataFrame(np.vstack(rows), columns=markers), np.array(labels)
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2, 3], [2, 3, 1, 0], [3, 0, 2, 1]])
+def test_reference_is_the_balanced_hub_whatever_its_label(catalog, order):
+    values, labels = _star_cohort(catalog)
+    relabel = np.array(order)[labels]
+    effects, reference, scale = subtype_effects(values, relabel)
+    assert reference == order[0]
+    np.testing.assert_allclose(scale, 0.3, rtol=0.15)  # within-cluster SD, not the spread between groups
+    out = name_clusters(effects, catalog).set_index("cluster")
+    assert out.loc[order[0], "subtype"] == "balanced"
+    assert out.loc[order[1], "subtype"] == "nk-high"
+    assert out.loc[order[2], "subtype"] == "th1-high"
+    assert out.loc[order[3], "subtype"] == "endometrial-under" and out.loc[order[3], "profile"] == "hypoactive"
+
+
+def test_an_assay_offset_for_everybody_names_nothing(catalog):
+    """A marker read 2 log units high in every panel (a lab's calibration) moves the reference too."""
+    nk = _markers(catalog, "nk", "blood", "above", "hyperactive")
+    plain = name_clusters(subtype_effects(*_star_cohort(catalog))[0], catalog)
+    offset = name_clusters(subtype_effects(*_star_cohort(catalog, nk[0], 2.0))[0], catalog)
+    assert list(plain["subtype"]) == list(offset["subtype"])
+
+
+def test_signatures_make_mixed_from_two_subtypes(catalog):
+    values, labels = _star_cohort(catalog)
+    effects, reference, scale = subtype_effects(values, labels)
+    table = name_clusters(effects, catalog)
+    z = (values - values[labels == reference].median()) / scale
+    signatures = subtype_signatures(table, effects, z, labels, catalog)
+    assert sorted(s.signal for s in signatures) == ["hyperactive", "hyperactive", "hypoactive"]
+    profiles = profiles_from_signatures(z, signatures)
+    truth = np.array(["balanced", "hyperactive", "hyperactive", "hypoactive"], dtype=object)[labels]
+    assert (profiles == truth).mean() >= 0.95
+    # a panel with NK-high blood and an under-active endometrium is mixed, though no cluster is
+    both = z.iloc[[0]].copy()
+    for signature in signatures:
+        if signature.signal == "hypoactive" or "pb_nk_pct" in signature.markers:
+            for marker, sign in zip(signature.markers, signature.signs):
+                both[marker] = sign * 4.0
+    assert profiles_from_signatures(both, signatures)[0] == "mixed"
 
 
 # -- rule baseline -------------------------------------------------------------------------

@@ -77,6 +77,13 @@ def reports_errors(command: Command) -> Command:
 CatalogOption = Annotated[
     Optional[Path], typer.Option("--catalog", help="Marker catalog YAML (default: configs/markers.yaml).")
 ]
+# How a panel file is written; every reading command takes these (None: detected from the file).
+SepOption = Annotated[Optional[str], typer.Option("--sep", help="Field separator: ',', ';' or tab (default: detected).")]
+DecimalOption = Annotated[Optional[str], typer.Option("--decimal", help="Decimal mark: '.' or ',' (default: detected).")]
+EncodingOption = Annotated[
+    Optional[str], typer.Option("--encoding", help="Text encoding, e.g. utf-8, cp1252, latin-1, utf-16 (default: detected).")
+]
+SheetOption = Annotated[Optional[str], typer.Option("--sheet", help="Excel sheet to read (default: the first).")]
 ColumnsOption = Annotated[
     Optional[Path],
     typer.Option("--columns", help="YAML map 'input column name: catalog column', applied before the catalog's aliases."),
@@ -88,11 +95,20 @@ LayoutOption = Annotated[
 ]
 
 
-def reading_options(columns: Optional[Path], layout: Optional[str]) -> dict:
-    """The PanelFile keywords of --columns and --layout."""
+def read_options(
+    sep: str | None = None,
+    decimal: str | None = None,
+    encoding: str | None = None,
+    sheet: str | None = None,
+    columns: Path | None = None,
+    layout: str | None = None,
+):
+    """The reading options as one value for :class:`rifml.io.reader.PanelFile`."""
     from rifml.io.columns import load_column_map
+    from rifml.io.dialects import ReadOptions
 
-    return {"columns": load_column_map(columns) if columns else None, "layout": layout}
+    return ReadOptions(sep=sep, decimal=decimal, encoding=encoding, sheet=sheet,
+                       column_map=load_column_map(columns) if columns else None, layout=layout)
 
 
 def print_reading(panel_file) -> None:
@@ -127,18 +143,32 @@ def simulate(
         Optional[Path], typer.Option("--config", help="Simulation parameters (default: configs/simulate.yaml).")
     ] = None,
     catalog: CatalogOption = None,
+    scenario: Annotated[
+        Optional[str],
+        typer.Option("--scenario", help="Overlay merged over the config: a name in configs/scenarios/ or a YAML file."),
+    ] = None,
+    batch: Annotated[
+        str, typer.Option("--batch", help="train: no scoring-only labs; score: every lab, scoring-only ones included.")
+    ] = "train",
+    outcomes: Annotated[
+        Optional[Path],
+        typer.Option("--outcomes", help="Also write an outcomes registry: treatment, embryo_quality, live_birth per patient."),
+    ] = None,
 ) -> None:
     """Write a synthetic cohort of RIF immune panels (for demos and tests; not real patients)."""
     from rifml.catalog import load_catalog
     from rifml.simulate import load_simulation_config, simulate_cohort
     from rifml.io.writer import write_table
 
+    settings = load_simulation_config(config, scenario)
     cohort, truth_table = simulate_cohort(
-        n, seed=seed, bad_share=bad_share, config=load_simulation_config(config), catalog=load_catalog(catalog)
+        n, seed=seed, bad_share=bad_share, config=settings, catalog=load_catalog(catalog), batch=batch
     )
     write_table(cohort, output)
     if truth is not None:
         write_table(truth_table, truth)
+    if outcomes is not None:
+        _simulate_outcomes(cohort, truth_table, settings, load_catalog(catalog), seed, outcomes)
     profiles = truth_table["immune_profile"].value_counts()
     out.print(
         f"wrote {len(cohort):,} panels to {output}"
@@ -159,6 +189,10 @@ def validate(
     ] = None,
     chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, help="Rows per chunk.")] = 50_000,
     catalog: CatalogOption = None,
+    sep: SepOption = None,
+    decimal: DecimalOption = None,
+    encoding: EncodingOption = None,
+    sheet: SheetOption = None,
     columns: ColumnsOption = None,
     layout: LayoutOption = None,
 ) -> None:
@@ -168,7 +202,7 @@ def validate(
     from rifml.validate import REJECT_COLUMNS
     from rifml.io.writer import AtomicCsvWriter
 
-    panel_file = PanelFile(input, load_catalog(catalog), chunk_rows=chunk_rows, **reading_options(columns, layout))
+    panel_file = PanelFile(input, load_catalog(catalog), chunk_rows=chunk_rows, options=read_options(sep, decimal, encoding, sheet, columns, layout))
     reasons: Counter[str] = Counter()
     accepted = 0
     with ExitStack() as stack:
@@ -181,7 +215,7 @@ def validate(
             if accepted_writer:
                 accepted_writer.write(chunk.accepted_raw)
     print_reading(panel_file)
-    print_accounting(accepted, reasons, verb="accepted")
+    print_accounting(accepted, reasons, verb="accepted", rows_in=panel_file.row_count, source=panel_file.describe())
 
 
 TrackingOption = Annotated[
@@ -196,18 +230,19 @@ ModelOption = Annotated[
 ]
 
 
-def read_clean_panel(path: Path, catalog, chunk_rows: int = 50_000, reading: dict | None = None):
+def read_clean_panel(path: Path, catalog, chunk_rows: int = 50_000, options=None):
     """Validate a whole file into one clean panel (training data); returns (panel, reject reasons)."""
     import pandas as pd
 
     from rifml.io.reader import PanelFile, validated_chunks
 
     panels, reasons = [], Counter()
-    panel_file = PanelFile(path, catalog, chunk_rows=chunk_rows, **(reading or {}))
+    panel_file = PanelFile(path, catalog, chunk_rows=chunk_rows, options=options)
     print_reading(panel_file)
     for chunk in validated_chunks(panel_file):
         panels.append(chunk.panel)
         reasons.update(chunk.rejects["reason"])
+    err.print(panel_file.describe(), markup=False, highlight=False)
     return pd.concat(panels), reasons
 
 
@@ -228,6 +263,10 @@ def train(
         bool, typer.Option("--champion/--no-champion", help="Point the champion alias here when the floors are met.")
     ] = True,
     catalog: CatalogOption = None,
+    sep: SepOption = None,
+    decimal: DecimalOption = None,
+    encoding: EncodingOption = None,
+    sheet: SheetOption = None,
     columns: ColumnsOption = None,
     layout: LayoutOption = None,
 ) -> None:
@@ -243,7 +282,7 @@ def train(
     settings = load_train_config(config)
     cat = load_catalog(catalog)
     err.print(f"reading {data} ...")
-    panel, reasons = read_clean_panel(data, cat, reading=reading_options(columns, layout))
+    panel, reasons = read_clean_panel(data, cat, options=read_options(sep, decimal, encoding, sheet, columns, layout))
     labels = None
     if not no_labels and label_column in panel:
         labels = _profile_labels(panel[label_column], cat, label_column)
@@ -322,6 +361,10 @@ def score(
         Literal["local", "spark"],
         typer.Option("--engine", help="local: this process, in chunks; spark: a Spark UDF (see README, Spark and REST)."),
     ] = "local",
+    sep: SepOption = None,
+    decimal: DecimalOption = None,
+    encoding: EncodingOption = None,
+    sheet: SheetOption = None,
     columns: ColumnsOption = None,
     layout: LayoutOption = None,
 ) -> None:
@@ -332,6 +375,7 @@ def score(
     from rifml.catalog import load_catalog
     from rifml.pipeline import calls_columns
     from rifml.io.reader import PanelFile, Prefetcher, validated_chunks
+    from rifml.scoring import scored_chunks
     from rifml.tracking import connect, load_profiler
     from rifml.validate import REJECT_COLUMNS
     from rifml.io.writer import AtomicCsvWriter
@@ -339,8 +383,8 @@ def score(
     uri = connect(tracking_uri)
     model_uri = model or "models:/rifml-immune-profile@champion"
     installed = load_catalog(catalog)
-    reading = reading_options(columns, layout)
-    panel_file = PanelFile(input, installed, chunk_rows=chunk_rows, **reading)  # a bad file fails before the slow load
+    reading = read_options(sep, decimal, encoding, sheet, columns, layout)
+    panel_file = PanelFile(input, installed, chunk_rows=chunk_rows, options=reading)  # a bad file fails before the slow load
     if engine == "spark" and (panel_file.layout == "long" or any(f != 1 for f in panel_file.conversions.values())):
         raise RifmlInputError(f"{input}: long layout and units in headers are read by --engine local only")
     reasons: Counter[str] = Counter()
@@ -362,28 +406,27 @@ def score(
                 f"{', '.join(model_catalog.marker_names[:5])}, ...)"
             )
         if model_catalog != installed:  # same version, edited since: the model's catalog rules
-            panel_file = PanelFile(input, model_catalog, chunk_rows=chunk_rows, **reading)
+            panel_file = PanelFile(input, model_catalog, chunk_rows=chunk_rows, options=reading)
             if chunks is not None:
                 chunks.close()
                 chunks = stack.enter_context(Prefetcher(validated_chunks(panel_file)))
         if engine == "spark":
             from rifml.spark_engine import score_with_spark
 
-            spark_run = score_with_spark(panel_file, model_uri, output, rejects)
+            spark_run = score_with_spark(panel_file, model_uri, output, rejects, profiler)
             scored, reasons, profiles = spark_run.scored, spark_run.reasons, spark_run.profiles
         else:
             reject_writer = stack.enter_context(AtomicCsvWriter(rejects, columns=REJECT_COLUMNS))
             calls_writer = stack.enter_context(AtomicCsvWriter(output))
             progress = stack.enter_context(RowProgress("scoring", quiet))
-            for chunk in chunks:
+            for chunk, calls in scored_chunks(profiler, chunks, lambda: validated_chunks(panel_file)):
                 reject_writer.write(chunk.rejects)
                 reasons.update(chunk.rejects["reason"])
-                if len(chunk.panel):
-                    calls = profiler.call(chunk.panel, compact=True)
+                if calls is not None:
                     calls_writer.write(calls)
                     profiles.update(calls["immune_profile"].value_counts().to_dict())
                     scored += chunk.accepted_lines
-                progress.advance(len(chunk.panel) + len(chunk.rejects), panel_file.row_count)
+                progress.advance(chunk.accepted_lines + len(chunk.rejects), panel_file.row_count)
             if scored == 0:  # still give the calls file its header
                 calls_writer.columns = calls_columns(model_catalog)
     # Run as the command itself (not inside `demo`), local scoring leaves nothing to tear down.
@@ -391,7 +434,7 @@ def score(
     print_reading(panel_file)
     if profiles:
         out.print("calls: " + ", ".join(f"{p} {profiles[p]:,}" for p in model_catalog.profiles if profiles[p]))
-    print_accounting(scored, reasons, verb="scored")
+    print_accounting(scored, reasons, verb="scored", rows_in=panel_file.row_count, source=panel_file.describe())
 
 
 @app.command()
@@ -412,9 +455,10 @@ def demo(
         ("validate it", lambda: validate(input=Path("cohort.csv"), rejects=Path("cohort_rejects.csv"), output=None, chunk_rows=50_000, catalog=None)),
         ("train with labels (registered, champion if it meets the floors)", lambda: trained.update(labels=train(data=Path("cohort.csv"), label_column="immune_profile", no_labels=False, experiment="rifml-demo", tracking_uri=uri, config=None, champion=True, catalog=None))),
         ("train without labels: subtypes named into profiles (second run)", lambda: train(data=Path("cohort.csv"), label_column="immune_profile", no_labels=True, experiment="rifml-demo", tracking_uri=uri, config=None, champion=False, catalog=None)),
-        ("simulate a fresh batch to score", lambda: simulate(n=max(n // 2, 200), output=Path("batch.csv"), seed=2, bad_share=0.02, truth=Path("batch_truth.csv"), config=None, catalog=None)),
+        ("simulate a fresh batch to score (with an outcomes registry)", lambda: simulate(n=max(n // 2, 200), output=Path("batch.csv"), seed=2, bad_share=0.02, truth=Path("batch_truth.csv"), config=None, catalog=None, outcomes=Path("batch_outcomes.csv"))),
         ("score it with the model trained on labels", lambda: score(input=Path("batch.csv"), output=Path("calls.csv"), rejects=Path("rejects.csv"), model=_version_uri(trained["labels"]), tracking_uri=uri, chunk_rows=50_000, catalog=None)),
         ("write the HTML report", lambda: report(input=Path("batch.csv"), calls=Path("calls.csv"), output=Path("report"), model=_version_uri(trained["labels"]), tracking_uri=uri, rejects=Path("rejects.csv"))),
+        ("analyse outcomes by profile and subtype (observational: see the caveats)", lambda: outcomes(panels=Path("batch.csv"), calls=Path("calls.csv"), outcomes_file=Path("batch_outcomes.csv"), output=Path("outcomes"), adjust=_demo_covariates(), outcome="live_birth", min_treated=30, model=_version_uri(trained["labels"]), tracking_uri=uri, catalog=None)),
     ]
     for number, (title, step) in enumerate(steps, 1):
         out.rule(f"[bold]{number}/{len(steps)} {title}")
@@ -423,6 +467,7 @@ def demo(
     here = Path.cwd()
     out.print(f"everything is in {here}: cohort.csv, calls.csv, rejects.csv, mlflow.db (runs, plots, registered model)")
     out.print(f"cohort report: {here / 'report' / 'index.html'}")
+    out.print(f"outcomes page: {here / 'outcomes' / 'index.html'}")
     out.print(f"open the MLflow UI on this store:  rifml ui --tracking-uri {uri}")
 
 
@@ -485,6 +530,10 @@ def report(
     model: ModelOption = None,
     tracking_uri: TrackingOption = None,
     rejects: Annotated[Optional[Path], typer.Option("--rejects", help="Rejects file of that run, summarized by reason.")] = None,
+    sep: SepOption = None,
+    decimal: DecimalOption = None,
+    encoding: EncodingOption = None,
+    sheet: SheetOption = None,
     columns: ColumnsOption = None,
     layout: LayoutOption = None,
 ) -> None:
@@ -495,20 +544,239 @@ def report(
     connect(tracking_uri)
     model_uri = model or "models:/rifml-immune-profile@champion"
     profiler, metadata = load_profiler(model_uri)
-    summary = generate_report(profiler, model_uri, metadata, panels=input, calls=calls, output=output, rejects=rejects,
-                              reading=reading_options(columns, layout))
+    summary = generate_report(
+        profiler, model_uri, metadata, panels=input, calls=calls, output=output, rejects=rejects,
+        read_options=read_options(sep, decimal, encoding, sheet, columns, layout),
+    )
     if summary.changed_calls:
         err.print(f"warning: {summary.changed_calls:,} calls are not reproduced by {model_uri}: were they scored with another model?")
     out.print(f"wrote {summary.output / 'index.html'} and {summary.patients:,} patient pages in {summary.seconds:.1f} s")
+
+
+def _simulate_outcomes(cohort, truth_table, settings, cat, seed: int, path: Path) -> None:
+    from rifml.io.writer import write_table
+    from rifml.outcomes.contract import NO_TREATMENT, TREATMENT
+    from rifml.outcomes.simulate import simulate_outcomes
+
+    if settings.outcomes is None:
+        raise RifmlInputError("--outcomes needs an `outcomes:` section in the simulation config")
+    registry = simulate_outcomes(cohort, truth_table, settings.outcomes, cat.id_column, seed=seed)
+    write_table(registry, path)
+    treated = int((registry[TREATMENT] != NO_TREATMENT).sum())
+    out.print(f"wrote outcomes of {len(registry):,} patients to {path} ({treated:,} with an add-on)")
+
+
+def _demo_covariates() -> str:
+    from rifml.outcomes.simulate import EMBRYO_QUALITY
+    from rifml.simulate import load_simulation_config
+
+    return f"{load_simulation_config().outcomes.age_column},{EMBRYO_QUALITY}"
+
+
+OutcomesFileOption = Annotated[
+    Path, typer.Option("--outcomes", help="Outcomes registry: patient_id, treatment (none = no add-on), a 0/1 outcome, covariates.")
+]
+
+
+@app.command()
+@reports_errors
+def outcomes(
+    panels: Annotated[Path, typer.Option("--panels", help="The panel file that was scored (covariates such as age_years).")],
+    calls: Annotated[Path, typer.Option("--calls", help="Calls file written by `rifml score` for those panels.")],
+    outcomes_file: OutcomesFileOption,
+    output: Annotated[Path, typer.Option("--output", help="Folder for effects.csv, rates.csv, rejects.csv, index.html.")],
+    adjust: Annotated[
+        Optional[str], typer.Option("--adjust", help="Covariates to adjust for, comma-separated (outcomes or panels columns).")
+    ] = None,
+    outcome: Annotated[str, typer.Option("--outcome", help="The 0/1 outcome column.")] = "live_birth",
+    min_treated: Annotated[
+        int, typer.Option("--min-treated", min=1, help="Analyse a treatment in a group only when at least this many got it.")
+    ] = 30,
+    model: Annotated[Optional[str], typer.Option("--model", help="URI of the model that made the calls (recorded in the run).")] = None,
+    tracking_uri: TrackingOption = None,
+    catalog: CatalogOption = None,
+    sep: SepOption = None,
+    decimal: DecimalOption = None,
+    encoding: EncodingOption = None,
+    sheet: SheetOption = None,
+    columns: ColumnsOption = None,
+    layout: LayoutOption = None,
+) -> None:
+    """Outcome rates and treatment effects by immune profile and subtype (observational; adjusted odds ratios)."""
+    from rifml.catalog import load_catalog
+    from rifml.outcomes import contract
+    from rifml.outcomes.analysis import analyse
+    from rifml.outcomes.files import prepare_folder, read_panel_columns, read_table, write_analysis
+    from rifml.outcomes.matching import match_registry
+    from rifml.outcomes.render import figures, png_bytes, render_page
+    from rifml.tracking import connect, log_outcomes
+
+    cat = load_catalog(catalog)
+    covariates = [name.strip() for name in (adjust or "").split(",") if name.strip()]
+    folder = prepare_folder(output, [panels, calls, outcomes_file])
+    registry_rows, line_numbers = read_table(outcomes_file, "outcomes")
+    calls_table, _ = read_table(calls, "calls")
+    from_panels = [name for name in covariates if name not in registry_rows]
+    panel_table, panel_reasons = read_panel_columns(
+        panels, cat, from_panels, options=read_options(sep, decimal, encoding, sheet, columns, layout)
+    )
+    levels = {"profile": cat.label_column, "subtype": contract.SUBTYPE_COLUMN}
+    matched = match_registry(
+        registry_rows, line_numbers, calls_table, id_column=cat.id_column, level_columns=levels,
+        outcome=outcome, adjust=covariates, panel_covariates=panel_table,
+    )
+    reasons = Counter(matched.rejects["reason"])
+    if matched.registry.data.empty:
+        raise RifmlInputError(
+            f"{outcomes_file}: no row could be analysed ({', '.join(f'{r} {n:,}' for r, n in reasons.most_common())})"
+        )
+    analysis = analyse(matched.registry, min_treated=min_treated)
+    pngs = {stem: png_bytes(figure) for stem, figure in figures(analysis, list(levels), outcome).items()}
+    data = matched.registry.data
+    summary = {
+        "rows_in": matched.rows_in, "analysed": len(data), "rejected": len(matched.rejects),
+        "reasons": ", ".join(f"{r} {n:,}" for r, n in reasons.most_common()),
+        "calls_without_outcome": matched.calls_without_outcome, "overall_rate": float(data[outcome].mean()),
+        "treatments": ", ".join(f"{t} {n:,}" for t, n in data[contract.TREATMENT].value_counts().items()),
+    }
+    page = render_page(analysis, levels=list(levels), outcome=outcome, adjust=covariates, pngs=pngs, summary=summary,
+                       model_label=model)
+    written = write_analysis(folder, analysis, matched.rejects, page, pngs)
+    uri = connect(tracking_uri)
+    run_id = log_outcomes(
+        experiment="rifml-outcomes", uri=uri,
+        params={"outcome": outcome, "adjusted_for": ",".join(covariates), "min_treated": min_treated,
+                "min_events": analysis.min_events, "calls_model": model or "", "rows_in": matched.rows_in},
+        metrics={"patients_analysed": len(data), "rows_rejected": len(matched.rejects),
+                 "outcome_rate": summary["overall_rate"], "effect_tests": analysis.tests_run,
+                 "effects_ci_above_1": int((analysis.effects["ci_low"] > 1).sum()),
+                 "effects_ci_below_1": int((analysis.effects["ci_high"] < 1).sum())},
+        tables={"effects": analysis.effects, "rates": analysis.rates, "interactions": analysis.interactions},
+        plots=[written.files[stem] for stem in pngs], page=page,
+    )
+    _print_effects(analysis, outcome, covariates)
+    out.print(f"wrote {written.files['index']} (effects.csv, rates.csv, interactions.csv, rejects.csv); run {run_id} in {uri}")
+    if panel_reasons:
+        out.print(f"{sum(panel_reasons.values()):,} panels failed validation: their covariates were not read")
+    print_accounting(len(data), reasons, verb="analysed")
+
+
+def _print_wide(table) -> None:
+    """A table at least 130 columns wide: whole group and treatment names, also when piped to a log."""
+    Console(width=max(out.width, 130), soft_wrap=True, file=out.file).print(table)
+
+
+def _print_effects(analysis, outcome: str, covariates: list[str]) -> None:
+    effects = analysis.effects
+    shown = effects[effects["estimable"].astype(bool)]
+    table = Table(box=None, header_style="bold", title=f"{outcome}: treated vs no add-on, adjusted for "
+                  + (", ".join(covariates) or "nothing"), title_justify="left")
+    for name, justify in [("level", "left"), ("group", "left"), ("treatment", "left"), ("n treated", "right"),
+                          ("adjusted OR (95% CI)", "right"), ("p (Holm)", "right"), ("crude OR", "right")]:
+        table.add_column(name, justify=justify)
+    for row in shown.itertuples():
+        table.add_row(row.level, row.group, row.treatment, f"{row.n_treated:,}",
+                      f"{row.odds_ratio:.2f} ({row.ci_low:.2f}-{row.ci_high:.2f})", f"{row.p_holm:.3g}", f"{row.crude_odds_ratio:.2f}")
+    if len(shown):
+        _print_wide(table)
+    out.print(f"{len(shown):,} effects estimated ({analysis.tests_run} tests, Holm-adjusted); "
+              f"{len(effects) - len(shown):,} not estimable (see effects.csv, note). Observational data: associations, not proof.")
+
+
+@app.command("plan-trial")
+@reports_errors
+def plan_trial(
+    calls: Annotated[Path, typer.Option("--calls", help="Calls file: each profile's and subtype's prevalence.")],
+    effect: Annotated[float, typer.Option("--effect", help="Absolute improvement of the outcome rate to detect (0.10 = 10 points).")],
+    outcomes_file: Annotated[
+        Optional[Path], typer.Option("--outcomes", help="Outcomes registry: control rates from its untreated patients.")
+    ] = None,
+    power: Annotated[float, typer.Option("--power", help="Power of the trial.")] = 0.8,
+    alpha: Annotated[float, typer.Option("--alpha", help="Two-sided significance level.")] = 0.05,
+    baseline: Annotated[float, typer.Option("--baseline", help="Control-arm rate where the registry gives none.")] = 0.3,
+    outcome: Annotated[str, typer.Option("--outcome", help="The 0/1 outcome column of the registry.")] = "live_birth",
+    output: Annotated[Path, typer.Option("--output", help="Plan CSV to write.")] = Path("plan.csv"),
+    catalog: CatalogOption = None,
+) -> None:
+    """Patients per arm and patients to screen for a trial within each profile and subtype."""
+    from rifml.catalog import load_catalog
+    from rifml.io.writer import write_table
+    from rifml.outcomes import contract
+    from rifml.outcomes.files import read_table
+    from rifml.outcomes.planning import check_design, plan_trial as plan
+
+    check_design(effect, alpha, power)
+    cat = load_catalog(catalog)
+    levels = {"profile": cat.label_column, "subtype": contract.SUBTYPE_COLUMN}
+    calls_table, _ = read_table(calls, "calls")
+    missing = [column for column in levels.values() if column not in calls_table]
+    if missing:
+        raise RifmlInputError(f"{calls}: no {', '.join(missing)} column: is it a calls file written by `rifml score`?")
+    control_rates, reasons, used = {}, Counter(), None
+    if outcomes_file is not None:
+        control_rates, reasons, used = _control_rates(outcomes_file, calls_table, cat, levels, outcome)
+    table = plan({level: calls_table[column] for level, column in levels.items()}, control_rates, baseline, effect, alpha, power)
+    write_table(table, output)
+    _print_plan(table, effect, alpha, power)
+    out.print(f"wrote {output}")
+    if used is not None:
+        print_accounting(used, reasons, verb="used")
+
+
+def _control_rates(path: Path, calls_table, cat, levels: dict[str, str], outcome: str):
+    """(level, group) -> untreated outcome rate, where at least 5 events and 5 non-events were seen."""
+    from rifml.outcomes import contract
+    from rifml.outcomes.files import read_table
+    from rifml.outcomes.matching import match_registry
+
+    rows, numbers = read_table(path, "outcomes")
+    matched = match_registry(rows, numbers, calls_table, id_column=cat.id_column, level_columns=levels, outcome=outcome, adjust=[])
+    data = matched.registry.data
+    untreated = data[data[contract.TREATMENT] == contract.NO_TREATMENT]
+    rates = {}
+    for level in levels:
+        for group, outcomes_of_group in untreated.groupby(level)[outcome]:
+            events, n = int(outcomes_of_group.sum()), len(outcomes_of_group)
+            if min(events, n - events) >= 5:
+                rates[(level, str(group))] = (events / n, f"untreated (n={n})")
+    return rates, Counter(matched.rejects["reason"]), len(data)
+
+
+def _print_plan(table, effect: float, alpha: float, power: float) -> None:
+    import pandas as pd
+
+    def number(value) -> str:
+        return "" if pd.isna(value) else f"{int(value):,}"
+
+    shown = Table(box=None, header_style="bold", title_justify="left",
+                  title=f"two-arm trial per group: +{effect:.0%} absolute, power {power:.0%}, two-sided alpha {alpha:g}")
+    for name, justify in [("level", "left"), ("group", "left"), ("prevalence", "right"), ("control rate", "right"),
+                          ("per arm", "right"), ("total", "right"), ("to screen", "right"), ("control rate from", "left")]:
+        shown.add_column(name, justify=justify)
+    for row in table.itertuples():
+        shown.add_row(row.level, row.group, f"{row.prevalence:.1%}", f"{row.control_rate:.1%}", number(row.patients_per_arm),
+                      number(row.patients_total), number(row.patients_to_screen), row.control_rate_source or row.note)
+    _print_wide(shown)
 
 
 def _version_uri(logged) -> str:
     return f"models:/rifml-immune-profile/{logged.version}"
 
 
-def print_accounting(done: int, reasons: Counter[str], verb: str) -> None:
-    """The closing summary every batch command prints: rows in = done + rejected."""
+def print_accounting(
+    done: int, reasons: Counter[str], verb: str, rows_in: int | None = None, source: str | None = None
+) -> None:
+    """The closing summary every batch command prints: rows in = done + rejected.
+
+    ``rows_in`` is the record count of the file, from the reader's own line count; a sum
+    that does not reach it is a bug in rifml, raised (exit 1) rather than printed.
+    ``source`` (what was read, in which dialect) goes on the line just before.
+    """
+    from rifml.io.accounting import AccountingError
+
     rejected = sum(reasons.values())
+    if rows_in is not None and rows_in != done + rejected:
+        raise AccountingError(f"the file holds {rows_in:,} records but {done + rejected:,} were accounted for")
     table = Table(show_header=True, header_style="bold", box=None)
     table.add_column("rejected because")
     table.add_column("rows", justify="right")
@@ -516,6 +784,8 @@ def print_accounting(done: int, reasons: Counter[str], verb: str) -> None:
         table.add_row(reason, f"{count:,}")
     if reasons:
         out.print(table)
+    if source:
+        out.print(source, markup=False, highlight=False)
     out.print(f"rows in {done + rejected:,} = {verb} {done:,} + rejected {rejected:,}")
 
 

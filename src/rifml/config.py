@@ -36,14 +36,16 @@ def load_yaml(path: str | Path | None, default_name: str) -> dict[str, Any]:
 
 def load_validated(model, path: str | Path | None, default_name: str, what: str):
     """Load a YAML config and validate it with a pydantic model; any problem is one clear error."""
+    return validate_mapping(model, load_yaml(path, default_name), str(path or "configs/" + default_name), what)
+
+
+def validate_mapping(model, data: dict[str, Any], source: str, what: str):
+    """Validate an already loaded mapping (e.g. a config with an overlay merged in) as ``load_validated`` does."""
     from pydantic import ValidationError
 
-    data = load_yaml(path, default_name)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise RifmlInputError(
-            f"{what} {path or 'configs/' + default_name} is malformed at {where or 'top level'}: {first['msg']}"
-        ) from exc
+        raise RifmlInputError(f"{what} {source} is malformed at {where or 'top level'}: {first['msg']}") from exc

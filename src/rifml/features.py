@@ -9,6 +9,7 @@ Nothing here opens a file except through :func:`rifml.catalog.load_catalog`.
 
 from __future__ import annotations
 
+import copy
 from numbers import Integral, Real
 from typing import Any
 
@@ -143,7 +144,7 @@ def _category_codes(panel: pd.DataFrame, marker: Marker) -> np.ndarray:
     return codes
 
 
-def _lab_ids(panel: pd.DataFrame) -> pd.Series:
+def lab_ids(panel: pd.DataFrame) -> pd.Series:
     """Lab id as text (so 3 and "3" are one lab), missing (NaN / NA) where missing or absent."""
     if LAB_COLUMN not in panel.columns:
         return pd.Series(np.nan, index=panel.index, dtype=object)
@@ -368,7 +369,7 @@ class PanelFeatures(TransformerMixin, BaseEstimator):
         )
         self.zero_floor_ = dict(zip(log_columns, map(float, self.log_.floor_)))
 
-        labs = _lab_ids(panel)
+        labs = lab_ids(panel)
         self.known_labs_ = sorted(labs.dropna().unique().tolist())
         drifting = [m.name for m in numeric if m.drifts]
         self.lab_shifts_ = (
@@ -425,11 +426,22 @@ class PanelFeatures(TransformerMixin, BaseEstimator):
         scaled = self._scaled_markers(panel, _censored_flags(panel, numeric))
         return pd.DataFrame(scaled, index=panel.index, columns=[m.name for m in numeric])
 
+    def with_lab_shifts(self, shifts: dict[str, dict[str, float]]) -> "PanelFeatures":
+        """A copy that also normalizes these labs (lab -> marker -> log offset); learns nothing.
+
+        Used to score a batch from a lab never seen in training, with offsets estimated
+        from that batch (:meth:`rifml.pipeline.ImmuneProfiler.lab_adaptation`).
+        """
+        check_is_fitted(self)
+        adapted = copy.copy(self)
+        adapted.lab_shifts_ = {**self.lab_shifts_, **shifts}
+        return adapted
+
     def _scaled_markers(self, panel: pd.DataFrame, censored: np.ndarray) -> np.ndarray:
         numeric = self.catalog_.numeric_markers
         scaled = self._scale(self._impute_censored(_numeric_values(panel, numeric), censored))
         if self.lab_shifts_:
-            lab_codes, labs = pd.factorize(_lab_ids(panel))  # missing lab -> -1
+            lab_codes, labs = pd.factorize(lab_ids(panel))  # missing lab -> -1
             names = [m.name for m in numeric]
             for marker in sorted({m for shifts in self.lab_shifts_.values() for m in shifts}):
                 # labs unknown at fit, or too small to trust, get no shift (`flags` reports them);
@@ -507,7 +519,7 @@ class PanelFeatures(TransformerMixin, BaseEstimator):
         joined = np.array([";".join(marker_names[p]) for p in patterns], dtype=object)
         return pd.DataFrame(
             {
-                "unknown_lab": ~_lab_ids(panel).isin(self.known_labs_),
+                "unknown_lab": ~lab_ids(panel).isin(self.known_labs_),
                 "outside_training_range": outside.any(axis=1),
                 "out_of_range_markers": pd.Series(pd.Categorical.from_codes(which, categories=joined), index=panel.index),
             },

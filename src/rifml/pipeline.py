@@ -16,9 +16,10 @@ from sklearn.utils.validation import check_is_fitted
 from rifml.catalog import Catalog
 from rifml.errors import RifmlInputError
 from rifml.explain import InterventionalExplainer, marker_contributions, top_drivers
-from rifml.features import PanelFeatures, band_position, compartment_names, measured_markers
+from rifml.features import PanelFeatures, compartment_names, lab_ids, measured_markers
+from rifml.labs import LabAdaptation, shrunk_median_offsets
 from rifml.model import CalibratedBoostedClassifier
-from rifml.subtypes import ConsensusClustering, name_clusters
+from rifml.subtypes import ConsensusClustering, name_clusters, profiles_from_signatures, subtype_effects, subtype_signatures
 
 N_DRIVERS = 3
 # Probabilities and contributions are reported to 6 decimals: calibration and SHAP carry no
@@ -26,6 +27,12 @@ N_DRIVERS = 3
 # Rounding here, once, keeps the CLI, REST and Spark answers identical.
 REPORTED_DECIMALS = 6
 BOTH = "blood+endometrium"
+# Rounds of "assign panels to subtypes, then re-estimate the lab's offsets from the
+# residuals": the offsets settle after two or three.
+LAB_OFFSET_ROUNDS = 3
+# A balanced panel is "typical" (a reference row for explanations) when every signalling
+# marker lies within this many SDs of the balanced group's median: about the central 95%.
+TYPICAL_SD = 2.0
 
 
 def mask_compartment(panel: pd.DataFrame, catalog: Catalog, compartment: str) -> pd.DataFrame:
@@ -55,7 +62,10 @@ def calls_columns(catalog: Catalog) -> list[str]:
         *drivers,
         "compartments",
         "subtype_profile",
+        "subtype_matches_profile",
         "unknown_lab",
+        "lab_adapted",
+        "lab_adaptation_panels",
         "outside_training_range",
         "out_of_range_markers",
         *[m.flag_at_or_above.flag for m in catalog.markers if m.flag_at_or_above],
@@ -76,8 +86,14 @@ class ImmuneProfiler(BaseEstimator):
         subtype, and scoring routes every row through all of its trees).
     k_min, k_max, n_resamples, subsample :
         Consensus clustering settings for subtype discovery.
+    min_effect : float
+        Effect size (within-cluster SDs against the cohort's reference cluster) from
+        which a marker names a subtype (see :func:`rifml.subtypes.name_clusters`).
+    lab_min_panels : int
+        Complete panels a lab needs, in training or in a scored batch, before its assay
+        offsets are estimated from the data (fewer: flagged, not normalized).
     background_size : int
-        Reference rows for explanations (balanced, within-band panels).
+        Reference rows for explanations (typical panels of the balanced group).
     random_state : int
     n_jobs : int
 
@@ -86,7 +102,13 @@ class ImmuneProfiler(BaseEstimator):
     features_ : PanelFeatures
     clustering_ : ConsensusClustering
     subtype_table_ : DataFrame
-        Per cluster: subtype name, profile, abnormal markers, size.
+        Per cluster: subtype name, profile, abnormal markers, the effect sizes behind
+        the name (``evidence``), whether it is the reference cluster, size.
+    subtype_effects_ : DataFrame
+        Effect size of every cluster on every clustering marker against the reference.
+    cluster_medians_ : DataFrame
+        Per cluster, the median of every numeric marker (log, lab-normalized): what lab
+        offsets are measured against.
     subtype_model_ : CalibratedBoostedClassifier
         Assigns a subtype to any panel, partial ones included.
     profile_model_ : CalibratedBoostedClassifier
@@ -112,6 +134,8 @@ class ImmuneProfiler(BaseEstimator):
         k_max: int = 8,
         n_resamples: int = 30,
         subsample: float = 0.8,
+        min_effect: float = 1.5,
+        lab_min_panels: int = 30,
         background_size: int = 200,
         random_state: int = 0,
         n_jobs: int = 1,
@@ -126,6 +150,8 @@ class ImmuneProfiler(BaseEstimator):
         self.k_max = k_max
         self.n_resamples = n_resamples
         self.subsample = subsample
+        self.min_effect = min_effect
+        self.lab_min_panels = lab_min_panels
         self.background_size = background_size
         self.random_state = random_state
         self.n_jobs = n_jobs
@@ -146,7 +172,7 @@ class ImmuneProfiler(BaseEstimator):
 
     def fit(self, panel: pd.DataFrame, y: pd.Series | None = None) -> "ImmuneProfiler":
         """Fit on a clean panel; ``y`` (profile labels, NaN for unlabeled rows) is optional."""
-        self.features_ = PanelFeatures(catalog_path=self.catalog_path).fit(panel)
+        self.features_ = PanelFeatures(catalog_path=self.catalog_path, lab_min_count=self.lab_min_panels).fit(panel)
         catalog = self.catalog_
         coverage = self.features_.compartments(panel)
         complete = panel.loc[(coverage == BOTH).to_numpy()]
@@ -156,7 +182,6 @@ class ImmuneProfiler(BaseEstimator):
         self._discover_subtypes(complete)
         subtypes = self.subtype_table_.set_index("cluster")
         cluster_subtype = subtypes["subtype"].to_numpy(dtype=object)[self.clustering_.labels_]
-        cluster_profile = subtypes["profile"].to_numpy(dtype=object)[self.clustering_.labels_]
 
         augmented, groups = self._with_partial_copies(complete)
         X_aug = self.features_.transform(augmented)
@@ -176,10 +201,10 @@ class ImmuneProfiler(BaseEstimator):
             background_pool = panel.loc[labeled & (labels == "balanced").to_numpy() & (coverage == BOTH).to_numpy()]
         else:
             X_train = X_aug
-            self.training_labels_ = np.tile(cluster_profile, repeat)
+            self.training_labels_ = np.tile(self.signature_profiles_, repeat)
             self.training_coverage_ = self.features_.compartments(augmented).to_numpy(dtype=object)
             self.profile_model_ = self._classifier(list(catalog.profiles)).fit(X_train, self.training_labels_, groups=groups)
-            background_pool = complete.loc[cluster_profile == "balanced"]
+            background_pool = complete.loc[self.clustering_.labels_ == self.reference_cluster_]
 
         self.background_ = self._background(background_pool, complete)
         self.explainer_ = InterventionalExplainer(self.profile_model_.booster_, self.background_)
@@ -197,9 +222,10 @@ class ImmuneProfiler(BaseEstimator):
         return [m.name for m in self.catalog_.numeric_markers if m.signals]
 
     def _discover_subtypes(self, complete: pd.DataFrame) -> None:
+        """Cluster complete panels, align the training labs on the clusters, name the clusters."""
         markers = self._clustering_markers()
-        matrix = self.features_.marker_matrix(complete)[markers]
-        matrix = matrix.fillna(matrix.median())
+        matrix = self.features_.marker_matrix(complete)
+        self.cluster_fill_ = matrix[markers].median()
         clustering = ConsensusClustering(
             k_min=self.k_min,
             k_max=self.k_max,
@@ -209,12 +235,88 @@ class ImmuneProfiler(BaseEstimator):
         )
         # Hundreds of small KMeans fits: OpenMP threads on 2 shared cores make each ~30x slower.
         with threadpool_limits(limits=1):
-            self.clustering_ = clustering.fit(matrix.to_numpy())
-        numeric = [m.name for m in self.catalog_.numeric_markers]
-        medians = complete.reindex(columns=numeric).groupby(self.clustering_.labels_).median()
-        table = name_clusters(medians, self.catalog_)
-        sizes = pd.Series(self.clustering_.labels_).value_counts()
-        self.subtype_table_ = table.assign(size=table["cluster"].map(sizes).astype(int))
+            self.clustering_ = clustering.fit(matrix[markers].fillna(self.cluster_fill_).to_numpy())
+        labels = self.clustering_.labels_
+
+        # Lab offsets measured within subtypes (robust to each lab's case mix), on top of the
+        # catalog-hinted ones PanelFeatures learned; then everything below uses aligned values.
+        labs = lab_ids(complete)
+        offsets = self._lab_offsets(
+            matrix, labs, measured_markers(complete, self.catalog_)[list(matrix.columns)], lambda aligned: labels,
+            lambda aligned: aligned.groupby(labels).median(),
+        )
+        shifts = {lab: dict(per) for lab, per in self.features_.lab_shifts_.items()}
+        for lab, per_marker in offsets.items():
+            for marker, offset in per_marker.items():
+                shifts.setdefault(lab, {})[marker] = shifts.get(lab, {}).get(marker, 0.0) + offset
+        self.features_.lab_shifts_ = shifts
+        matrix = self.features_.marker_matrix(complete)
+        self.cluster_fill_ = matrix[markers].median()
+        self.cluster_medians_ = matrix.groupby(labels).median()
+
+        filled = matrix[markers].fillna(self.cluster_fill_)
+        effects, self.reference_cluster_, self.effect_scale_ = subtype_effects(filled, labels)
+        self.subtype_effects_ = effects
+        self.reference_median_ = filled[labels == self.reference_cluster_].median()
+        table = name_clusters(effects, self.catalog_, min_effect=self.min_effect)
+        self.signatures_ = subtype_signatures(table, effects, self._deviations(filled), labels, self.catalog_)
+        # Label-free training reads each panel's profile from the signatures it shows.
+        self.signature_profiles_ = profiles_from_signatures(self._deviations(filled), self.signatures_)
+        sizes = pd.Series(labels).value_counts()
+        self.subtype_table_ = table.assign(
+            reference=table["cluster"] == self.reference_cluster_,
+            size=table["cluster"].map(sizes).astype(int),
+        )
+
+    def _lab_offsets(self, matrix, labs, usable, assign, medians) -> dict[str, dict[str, float]]:
+        """Offsets per lab and marker: median residual of its panels against their subtype's median.
+
+        ``matrix`` holds the panels' log values with no offset for these labs yet; each
+        round subtracts the current offsets, lets ``assign`` place the aligned panels in
+        subtypes and ``medians`` give the subtypes' medians, and re-estimates.
+        """
+        offsets: dict[str, dict[str, float]] = {}
+        columns = list(matrix.columns)
+        codes, names = pd.factorize(labs)
+        for _ in range(LAB_OFFSET_ROUNDS):
+            table = np.array([[offsets.get(str(lab), {}).get(c, 0.0) for c in columns] for lab in names] + [[0.0] * len(columns)])
+            aligned = matrix - table[codes]  # code -1 (no lab) reads the last, all-zero row
+            which = np.asarray(assign(aligned))
+            residuals = matrix - medians(aligned).loc[which].to_numpy()
+            offsets = shrunk_median_offsets(residuals, labs, usable, self.lab_min_panels)
+        return offsets
+
+    def _deviations(self, values: pd.DataFrame) -> pd.DataFrame:
+        """Log values as deviations from the reference cluster's median, in within-cluster SDs."""
+        return (values - self.reference_median_) / self.effect_scale_
+
+    def lab_adaptation(self, panel: pd.DataFrame) -> LabAdaptation:
+        """Offsets for labs never seen in training, estimated from their complete panels in ``panel``.
+
+        Only labs with at least ``lab_min_panels`` complete panels in ``panel`` are adapted; the
+        rest are flagged ``unknown_lab`` and called on raw values. Row order does not matter.
+        Pass the whole batch (the CLI reads the file once for this), so the calls of a
+        file do not depend on how it is chunked.
+        """
+        check_is_fitted(self, "cluster_medians_")
+        labs = lab_ids(panel)
+        unknown = labs.notna().to_numpy() & ~labs.isin(self.features_.known_labs_).to_numpy()
+        if not unknown.any():
+            return LabAdaptation()
+        complete = unknown & (self.features_.compartments(panel) == BOTH).to_numpy()
+        counts = labs[complete].value_counts()
+        chosen = counts[counts >= self.lab_min_panels]
+        if chosen.empty:
+            return LabAdaptation()
+        rows = panel.loc[complete & labs.isin(chosen.index).to_numpy()]
+        markers = self._clustering_markers()
+        shifts = self._lab_offsets(
+            self.features_.marker_matrix(rows), lab_ids(rows), measured_markers(rows, self.catalog_)[list(self.cluster_medians_.columns)],
+            lambda aligned: self.clustering_.predict(aligned[markers].fillna(self.cluster_fill_).to_numpy()),
+            lambda aligned: self.cluster_medians_,
+        )
+        return LabAdaptation({lab: shifts.get(str(lab), {}) for lab in chosen.index},
+                             {str(lab): int(n) for lab, n in chosen.items()})
 
     def _with_partial_copies(self, complete: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
         """Complete panels plus a copy with each compartment hidden, so partial panels get called too."""
@@ -223,18 +325,27 @@ class ImmuneProfiler(BaseEstimator):
         return pd.concat(copies, ignore_index=True), groups
 
     def _background(self, pool: pd.DataFrame, complete: pd.DataFrame) -> np.ndarray:
-        """Balanced panels whose signalling markers all sit inside their reference bands."""
-        signalling = self._clustering_markers()
-        in_band = (band_position(pool, self.catalog_)[signalling].fillna(0) == 0).all(axis=1)
-        chosen = pool.loc[in_band.to_numpy()]
-        if len(chosen) < 20:  # too few textbook-balanced panels: fall back to the balanced pool, then everyone
-            chosen = pool if len(pool) >= 20 else complete
+        """Typical balanced panels: every signalling marker within ``TYPICAL_SD`` SDs of the pool's median.
+
+        Judged against the balanced group itself, not the literature bands, so an assay
+        that reads a marker high for everybody does not empty the reference.
+        """
+        chosen = pool
+        if len(pool) >= 20:
+            markers = self._clustering_markers()
+            values = self.features_.marker_matrix(pool)[markers]
+            scale = values.quantile(0.75) - values.quantile(0.25)
+            spread = (values - values.median()).abs() / (scale / 1.349).where(scale > 0, 1.0)
+            typical = pool.loc[(spread.fillna(0) <= TYPICAL_SD).all(axis=1).to_numpy()]
+            chosen = typical if len(typical) >= 20 else pool
+        else:  # too few balanced panels to learn from: everyone complete
+            chosen = complete
         if len(chosen) > self.background_size:
             chosen = chosen.sample(self.background_size, random_state=self.random_state)
         return self.features_.transform(chosen).to_numpy(dtype=float)
 
     # -- call ----------------------------------------------------------------------
-    def call(self, panel: pd.DataFrame, compact: bool = False) -> pd.DataFrame:
+    def call(self, panel: pd.DataFrame, compact: bool = False, labs: LabAdaptation | None = None) -> pd.DataFrame:
         """Calls-file rows (design.md) for clean panel rows, in input order.
 
         Parameters
@@ -244,32 +355,38 @@ class ImmuneProfiler(BaseEstimator):
         compact : bool, default False
             Keep text columns as categoricals and Arrow-backed strings (no Python string per
             row), as batch scoring writes them; the default gives plain object columns.
+        labs : LabAdaptation, optional
+            Offsets for labs unseen in training, from :meth:`lab_adaptation` on the whole
+            batch; by default estimated from ``panel`` itself (``panel`` is the batch).
         """
         check_is_fitted(self, "explainer_")
         catalog = self.catalog_
-        X = self.features_.transform(panel).to_numpy(dtype=float)  # once: margins, SHAP and subtypes all read it
+        labs = self.lab_adaptation(panel) if labs is None else labs
+        features = self.features_.with_lab_shifts(labs.shifts) if labs.shifts else self.features_
+        X = features.transform(panel).to_numpy(dtype=float)  # once: margins, SHAP and subtypes all read it
         # One pass of the explainer's routing (bitwise-equal to LightGBM's margins, and faster than its
         # predict) gives the margins and the SHAP values of the highest-margin class: the call.
         raw, phi = self.explainer_.margins_and_shap(X)
         margins = self.profile_model_.expand_margins(raw)
         proba = self.profile_model_.proba_from_margins(margins)
         called = margins.argmax(axis=1)  # = argmax of proba (temperature scaling keeps the order)
-        contributions = self._per_marker(self._signed(phi, called))
+        contributions = self._per_marker(self._toward_called(phi, called))
         measured = measured_markers(panel, catalog)
         drivers = top_drivers(contributions, measured, k=N_DRIVERS)
-        subtype_margins = self.subtype_model_.expand_margins(self.subtype_router_.margins(X))
-        subtype_index = subtype_margins.argmax(axis=1)
-        subtype_profiles = self.subtype_table_.set_index("subtype")["profile"].reindex(self.subtype_model_.classes_)
-        profile_names = list(dict.fromkeys(subtype_profiles))
-        flags = self.features_.flags(panel)
+        subtype_index, matches = self._subtypes_within(called, self.subtype_model_.expand_margins(self.subtype_router_.margins(X)))
+        subtype_names, subtype_profile_codes = self.subtype_names()
+        flags = features.flags(panel)
+        lab_of_row = lab_ids(panel)
+        adapted_panels = lab_of_row.map(labs.panels).fillna(0).to_numpy(dtype=np.int64) if labs.panels else np.zeros(len(panel), np.int64)
 
         # Built as one dict in contract order, then one frame: no per-column inserts or reorder copy.
         # Names are categoricals (codes into a few labels): no Python string per row.
+        profiles = list(catalog.profiles)
         columns: dict[str, object] = {
             catalog.id_column: panel[catalog.id_column].array,
-            "immune_profile": pd.Categorical.from_codes(called, categories=list(catalog.profiles)),
+            "immune_profile": pd.Categorical.from_codes(called, categories=profiles),
             **{column: np.round(proba[:, j], REPORTED_DECIMALS) for j, column in enumerate(profile_columns(catalog))},
-            "subtype": pd.Categorical.from_codes(subtype_index, categories=list(self.subtype_model_.classes_)),
+            "subtype": pd.Categorical.from_codes(subtype_index, categories=subtype_names),
         }
         for column in drivers.columns:
             if column.endswith("_contribution"):
@@ -277,9 +394,11 @@ class ImmuneProfiler(BaseEstimator):
             else:
                 columns[column] = drivers[column].array
         columns["compartments"] = compartment_names(measured, catalog).array
-        profile_code = np.array([profile_names.index(p) for p in subtype_profiles], dtype=np.int64)
-        columns["subtype_profile"] = pd.Categorical.from_codes(profile_code[subtype_index], categories=profile_names)
+        columns["subtype_profile"] = pd.Categorical.from_codes(subtype_profile_codes[subtype_index], categories=profiles)
+        columns["subtype_matches_profile"] = matches
         columns.update({column: flags[column].array for column in flags.columns})
+        columns["lab_adapted"] = adapted_panels > 0
+        columns["lab_adaptation_panels"] = adapted_panels
         for marker in catalog.markers:
             if marker.flag_at_or_above and marker.name in panel:
                 columns[marker.flag_at_or_above.flag] = (panel[marker.name] >= marker.flag_at_or_above.value).to_numpy()
@@ -291,15 +410,74 @@ class ImmuneProfiler(BaseEstimator):
         extra = [c for c in panel.columns if c not in set(catalog.known_columns) and not c.endswith("__censored")]
         return pd.concat([calls, panel[extra]], axis=1) if extra else calls
 
+    def _subtype_profile_codes(self) -> np.ndarray:
+        """For each subtype class, the index of its profile in the catalog's profile order."""
+        profile_of = self.subtype_table_.set_index("subtype")["profile"]
+        return np.array([list(self.catalog_.profiles).index(profile_of[s]) for s in self.subtype_model_.classes_])
+
+    def _composite_pairs(self) -> list[tuple[int, int]]:
+        """(hyperactive class, hypoactive class) pairs that name a mixed call when no mixed subtype was found."""
+        codes = self._subtype_profile_codes()
+        profiles = list(self.catalog_.profiles)
+        if (codes == profiles.index("mixed")).any():
+            return []
+        hyper = np.flatnonzero(codes == profiles.index("hyperactive"))
+        hypo = np.flatnonzero(codes == profiles.index("hypoactive"))
+        return [(h, o) for h in hyper for o in hypo]
+
+    def subtype_names(self) -> tuple[list[str], np.ndarray]:
+        """Every subtype a call can carry and its profile's index: the learned subtypes, then composites.
+
+        A composite ("nk-high+endometrial-under") names a mixed call by its most likely
+        hyperactive and hypoactive subtypes when training found no mixed subtype.
+        """
+        classes = list(self.subtype_model_.classes_)
+        codes = self._subtype_profile_codes()
+        pairs = self._composite_pairs()
+        names = classes + [f"{classes[h]}+{classes[o]}" for h, o in pairs]
+        mixed = list(self.catalog_.profiles).index("mixed")
+        return names, np.concatenate([codes, np.full(len(pairs), mixed, dtype=codes.dtype)])
+
+    def _subtypes_within(self, called: np.ndarray, subtype_margins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The most likely subtype among those of the called profile (coherent by construction).
+
+        Returns an index into :meth:`subtype_names` per row and whether it belongs to the
+        called profile: it does unless training found no subtype of that profile and no
+        composite can stand in, when the most likely subtype overall is given (and the
+        call says so in ``subtype_matches_profile``).
+        """
+        codes = self._subtype_profile_codes()
+        allowed = codes[None, :] == called[:, None]
+        within = np.where(allowed, subtype_margins, -np.inf).argmax(axis=1)
+        index = np.where(allowed.any(axis=1), within, subtype_margins.argmax(axis=1))
+        matches = allowed.any(axis=1)
+        pairs = self._composite_pairs()
+        if pairs:
+            hyper, hypo = (np.array(sorted({pair[i] for pair in pairs})) for i in (0, 1))
+            best_hyper = hyper[subtype_margins[:, hyper].argmax(axis=1)]
+            best_hypo = hypo[subtype_margins[:, hypo].argmax(axis=1)]
+            composite = np.array([pairs.index((h, o)) for h, o in zip(best_hyper, best_hypo)], dtype=np.int64)
+            mixed = called == list(self.catalog_.profiles).index("mixed")
+            index = np.where(mixed, len(codes) + composite, index)
+            matches |= mixed
+        return index, matches
+
     def contributions(self, X: pd.DataFrame | np.ndarray, called: np.ndarray) -> pd.DataFrame:
-        """Per-marker SHAP (raw margin) of each row's called class, against the balanced background."""
+        """Per-marker SHAP of each row's called class on the calibrated scale (margin / temperature)."""
         X = np.asarray(X, dtype=float)
         column = np.searchsorted(self.profile_model_.booster_classes_, called)
         phi = self.explainer_.shap_values(X, 0 if self.explainer_.n_classes_ == 1 else column)
-        return self._per_marker(self._signed(phi, called))
+        return self._per_marker(self._toward_called(phi, called))
 
-    def _signed(self, phi: np.ndarray, called: np.ndarray) -> np.ndarray:
-        """A binary booster explains the second class's margin (the first's is 0): flip it for the first."""
+    def _toward_called(self, phi: np.ndarray, called: np.ndarray) -> np.ndarray:
+        """SHAP of the booster's margin -> SHAP of the called class's calibrated margin.
+
+        The softmax turns margin / temperature into probabilities, so contributions are
+        divided by the temperature: they then sum to the called class's calibrated margin
+        minus its expected value over the reference. A binary booster explains the second
+        class's margin (the first's is 0): flipped for the first.
+        """
+        phi = phi / self.profile_model_.temperature_
         if self.explainer_.n_classes_ != 1:
             return phi
         column = np.searchsorted(self.profile_model_.booster_classes_, called)

@@ -53,6 +53,7 @@ KEY_METRICS = {
     "cv_complete_macro_f1": "macro-F1, complete panels only",
     "rule_macro_f1": "macro-F1 of the literature rule baseline",
     "subtype_stability": "subtype stability (consensus clustering)",
+    "subtype_coherence": "calls whose subtype belongs to the called profile",
 }
 WATERFALL_BARS = 7
 SHAP_SAMPLE = 3000  # per profile: a beeswarm of more points shows nothing new and plots slowly
@@ -267,7 +268,7 @@ def waterfall(values: np.ndarray, labels: list[str], bars: int = WATERFALL_BARS)
     Parameters
     ----------
     values : ndarray
-        Contribution of each label toward the called profile (log-odds).
+        Contribution of each label toward the called profile (calibrated log-odds: margin / temperature).
     labels : list of str
     bars : int
 
@@ -578,16 +579,24 @@ def patient_flags(data: CohortData) -> list[list[dict]]:
             value = format_value(float(data.panel.at[i, marker.name]))
             flags[i].append({"title": words, "text": f"{marker.name} = {value} {marker.unit} (at or above "
                              f"{format_value(rule.value)}): {words}, a distinct diagnosis to check; it is not an immune profile."})
-    drifting = ", ".join(m.name for m in catalog.numeric_markers if m.drifts)
     labs = data.panel[LAB_COLUMN] if LAB_COLUMN in data.panel else pd.Series([None] * len(calls))
+    adapted = _flag_column(calls, "lab_adapted") if "lab_adapted" in calls else np.zeros(len(calls), dtype=bool)
+    panels = pd.to_numeric(calls["lab_adaptation_panels"], errors="coerce") if "lab_adaptation_panels" in calls else None
     for i in np.flatnonzero(_flag_column(calls, "unknown_lab")):
         lab = labs.iloc[i]
         name = f"lab {lab}" if isinstance(lab, str) and lab else "the lab (not given)"
-        text = (f"{name} was not seen in training, so no per-lab correction was applied"
-                + (f" to the markers that drift between labs ({drifting})." if drifting else "."))
+        if adapted[i]:
+            title = "lab adapted"
+            text = (f"{name} was not seen in training; its assay offsets were estimated from its "
+                    f"{int(panels.iloc[i]):,} complete panels in this batch (each compared with the median of its own "
+                    "subtype, so the lab's case mix does not read as drift) and removed before the call.")
+        else:
+            title = "unknown lab"
+            text = (f"{name} was not seen in training and had too few complete panels in this batch "
+                    f"(fewer than {data.profiler.lab_min_panels}) to estimate its assay offsets, so its values were called as measured.")
         if features.known_labs_:
             text += f" Labs seen in training: {', '.join(features.known_labs_)}."
-        flags[i].append({"title": "unknown lab", "text": text})
+        flags[i].append({"title": title, "text": text})
     outside = calls["out_of_range_markers"].fillna("").astype(str).tolist()
     for i in np.flatnonzero(_flag_column(calls, "outside_training_range")):
         markers = outside[i].replace(";", ", ") or "some markers"
@@ -757,7 +766,8 @@ def _model_section(data: CohortData) -> dict:
         "panels": int(trained_on) if trained_on is not None else None,
         "training_rows": len(profiler.training_labels_),
         "training_labels": _counts(pd.Series(profiler.training_labels_), list(profiler.catalog_.profiles)),
-        "subtypes": profiler.subtype_table_[["subtype", "profile", "size"]].to_dict("records"),
+        "subtypes": profiler.subtype_table_.reindex(columns=["subtype", "profile", "size", "evidence", "reference"]).to_dict("records"),
+        "min_effect": profiler.min_effect,
         "labs": profiler.features_.known_labs_,
     }
 
@@ -840,9 +850,7 @@ def read_calls(path: Path, catalog: Catalog) -> pd.DataFrame:
     return calls
 
 
-def read_panel_for_calls(
-    path: Path, catalog: Catalog, ids: pd.Series, reading: dict | None = None
-) -> tuple[pd.DataFrame, Counter]:
+def read_panel_for_calls(path: Path, catalog: Catalog, ids: pd.Series, read_options=None) -> tuple[pd.DataFrame, Counter]:
     """The clean panel rows of ``ids`` (in that order) from the scored file, and reject counts by reason.
 
     Raises
@@ -854,7 +862,7 @@ def read_panel_for_calls(
 
     wanted = set(ids)
     parts, reasons = [], Counter()
-    for chunk in validated_chunks(PanelFile(path, catalog, **(reading or {}))):
+    for chunk in validated_chunks(PanelFile(path, catalog, options=read_options)):
         reasons.update(chunk.rejects["reason"])
         parts.append(chunk.panel[chunk.panel[catalog.id_column].isin(wanted)])
     panel = pd.concat(parts).set_index(catalog.id_column, drop=False)
@@ -984,7 +992,7 @@ def generate_report(
     output: Path,
     rejects: Path | None = None,
     card: ModelCard | None = None,
-    reading: dict | None = None,
+    read_options=None,
 ) -> ReportSummary:
     """Read the scored panels and calls, explain, render and write the whole report folder.
 
@@ -1001,10 +1009,10 @@ def generate_report(
         Report folder (index.html, patients/).
     rejects : Path, optional
         Rejects file to summarize; without it, the reject reasons found re-validating ``panels``.
+    read_options : rifml.io.dialects.ReadOptions, optional
+        How ``panels`` is written (separator, decimal mark, encoding, sheet, column map, layout), else detected.
     card : ModelCard, optional
         Model description; looked up in the current MLflow store when not given.
-    reading : dict, optional
-        How to read ``panels`` (``columns``, ``layout``: :class:`rifml.io.reader.PanelFile` keywords).
 
     Returns
     -------
@@ -1014,7 +1022,7 @@ def generate_report(
     catalog = profiler.catalog_
     interventions = load_interventions()
     call_rows = read_calls(Path(calls), catalog)
-    panel, reasons = read_panel_for_calls(Path(panels), catalog, call_rows[catalog.id_column], reading)
+    panel, reasons = read_panel_for_calls(Path(panels), catalog, call_rows[catalog.id_column], read_options)
     if rejects is not None:
         reasons, rejects_source = read_reject_counts(Path(rejects)), Path(rejects).name
     else:

@@ -7,7 +7,9 @@ details) for all rows, so a serving client or a Spark UDF always gets a same-len
 
 A batch is self-contained unless the caller says otherwise: an engine that splits a
 file into batches (Spark) passes the file-level facts a batch cannot see as two
-optional boolean columns, :data:`DUPLICATE_FLAG` and :data:`FIELD_COUNT_FLAG`.
+optional boolean columns, :data:`DUPLICATE_FLAG` and :data:`FIELD_COUNT_FLAG`, and the
+offsets of labs unseen in training, estimated on the whole file, as the model parameter
+:data:`LAB_OFFSETS_PARAM`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from rifml.labs import LabAdaptation
 from rifml.pipeline import ImmuneProfiler, calls_columns
 from rifml.validate import repeated_ids, validate_chunk
 
@@ -25,6 +28,8 @@ PROFILER_ARTIFACT = "profiler"
 DUPLICATE_FLAG = "rifml_duplicate_patient_id"
 FIELD_COUNT_FLAG = "rifml_wrong_field_count"
 BATCH_FLAGS = (DUPLICATE_FLAG, FIELD_COUNT_FLAG)
+# Model parameter carrying whole-file lab offsets (LabAdaptation.to_json) to batch engines' workers.
+LAB_OFFSETS_PARAM = "lab_offsets"
 # Rejects-file fields (validate.REJECT_COLUMNS) beyond the reason, under their output names.
 REJECT_DETAILS = {"column": "reject_column", "value": "reject_value", "all_problems": "reject_all_problems"}
 
@@ -35,7 +40,7 @@ def _batch_flag(raw: pd.DataFrame, name: str) -> np.ndarray | None:
     return raw[name].astype(object).where(raw[name].notna(), False).astype(bool).to_numpy()
 
 
-def score_frame(profiler: ImmuneProfiler, raw: pd.DataFrame) -> pd.DataFrame:
+def score_frame(profiler: ImmuneProfiler, raw: pd.DataFrame, labs: LabAdaptation | None = None) -> pd.DataFrame:
     """Validate and call a batch; one output row per input row, input order.
 
     Parameters
@@ -46,6 +51,9 @@ def score_frame(profiler: ImmuneProfiler, raw: pd.DataFrame) -> pd.DataFrame:
         Raw panel cells. Optional boolean columns :data:`DUPLICATE_FLAG` (the row's
         patient_id occurs more than once in the whole file) and :data:`FIELD_COUNT_FLAG`
         (the row's field count did not match the header) carry file-level facts.
+    labs : LabAdaptation, optional
+        Offsets for labs unseen in training estimated on the whole file (Spark passes
+        them); by default the batch adapts itself (a REST request is its own batch).
 
     Returns
     -------
@@ -68,7 +76,7 @@ def score_frame(profiler: ImmuneProfiler, raw: pd.DataFrame) -> pd.DataFrame:
     if duplicated is not None:  # repeated elsewhere in the whole file
         duplicates |= frozenset(ids[ids.notna() & (ids != "") & duplicated])
     checked = validate_chunk(raw, rows, catalog, duplicates, bad_field_count)
-    calls = profiler.call(checked.panel) if len(checked.panel) else pd.DataFrame(columns=calls_columns(catalog))
+    calls = profiler.call(checked.panel, labs=labs) if len(checked.panel) else pd.DataFrame(columns=calls_columns(catalog))
     calls = calls.reindex(columns=calls_columns(catalog))
     calls.index = checked.panel.index
     out = calls.reindex(rows)
@@ -89,4 +97,4 @@ class RifmlModel(PythonModel):
             self.profiler: ImmuneProfiler = pickle.load(handle)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        return score_frame(self.profiler, model_input)
+        return score_frame(self.profiler, model_input, LabAdaptation.from_json((params or {}).get(LAB_OFFSETS_PARAM)))

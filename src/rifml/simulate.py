@@ -7,6 +7,11 @@ distribution by a few log-SDs. Labs add assay drift, panels may hold only one
 compartment, serum cytokines are censored at a limit of detection, and an
 optional share of rows is corrupted with exactly one known defect.
 
+Scenarios (configs/scenarios/*.yaml) are overlays merged over simulate.yaml:
+other assay calibrations, shift sizes, prevalences, labs (some present only in
+scoring batches), censoring and subtype tables, so that rifml is measured on
+many plausible worlds rather than one.
+
 The function returns the cohort exactly as it would be written to CSV (every
 cell a ``str``) plus a ground-truth table saying, row by row, what was simulated.
 Marker names always come from the catalog; the config names markers only as
@@ -23,10 +28,14 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rifml.catalog import Catalog, Kind, Marker, Profile, load_catalog
-from rifml.config import load_validated
+from rifml.config import load_validated, load_yaml, validate_mapping
+from rifml.scenarios import merge_patch, scenario_overlay, scenario_path
 from rifml.errors import RifmlInputError
+from rifml.outcomes.simulate import OutcomesSpec
 
 Panel = Literal["complete", "blood_only", "biopsy_only"]
+Batch = Literal["train", "score"]
+BATCHES: tuple[str, ...] = ("train", "score")
 
 # Which catalog compartments each panel kind measures.
 PANEL_COMPARTMENTS: dict[str, tuple[str, ...]] = {
@@ -85,8 +94,24 @@ class SubtypeSpec(_Strict):
 
 
 class LabSpec(_Strict):
+    """A laboratory: its share of patients and its assay drift.
+
+    ``drift`` multiplies the markers the catalog flags ``drifts: true``; ``marker_drift``
+    sets the factor of any marker by name (a lab's own assay may drift where the catalog
+    expects none) and wins over ``drift`` for that marker. A ``scoring_only`` lab sends
+    panels only after training: it appears in scoring batches, never in training ones.
+    """
+
     share: float = Field(ge=0, le=1)
     drift: float = Field(gt=0)
+    marker_drift: dict[str, float] = {}
+    scoring_only: bool = False
+
+    @model_validator(mode="after")
+    def _positive_factors(self) -> "LabSpec":
+        if any(v <= 0 for v in self.marker_drift.values()):
+            raise ValueError("marker_drift factors must be positive")
+        return self
 
 
 class MarkerBaseline(_Strict):
@@ -95,14 +120,27 @@ class MarkerBaseline(_Strict):
 
 
 class BaselineSpec(_Strict):
+    """Fertile-control distributions; ``assay_factors`` and ``assay_offsets`` move a marker's
+    median for everybody (an assay calibrated high or low): a multiplicative factor, and an
+    offset in units of the marker's log-SD. Both compose with ``overrides``."""
+
     band_coverage: float = Field(gt=0, lt=1)
     zero_band_median_fraction: float = Field(gt=0, lt=1)
     overrides: dict[str, MarkerBaseline] = {}
+    assay_factors: dict[str, float] = {}
+    assay_offsets: dict[str, float] = {}
+
+    @model_validator(mode="after")
+    def _positive_factors(self) -> "BaselineSpec":
+        if any(v <= 0 for v in self.assay_factors.values()):
+            raise ValueError("assay_factors must be positive")
+        return self
 
 
 class ShiftSpec(_Strict):
     probability: float = Field(ge=0, le=1)
     jitter: float = Field(ge=0, lt=1)
+    scale: float = Field(default=1.0, gt=0)  # multiplies every subtype's shift table
 
 
 class MissingSpec(_Strict):
@@ -180,16 +218,20 @@ class SimulationConfig(_Strict):
     labs: dict[str, LabSpec]
     panels: dict[Panel, float]
     categorical: dict[str, dict[str, float]]
-    limit_of_detection: dict[Kind, float] = {}
+    # keys: marker kinds, or marker names (a marker's own limit wins over its kind's)
+    limit_of_detection: dict[str, float] = {}
     missing_cells: MissingSpec
     context: ContextSpec
     corruption: CorruptionSpec
     significant_digits: int = Field(default=3, ge=1, le=6)
+    outcomes: OutcomesSpec | None = None  # the registry of `simulate --outcomes` (rifml.outcomes.simulate)
 
     @model_validator(mode="after")
     def _shares_sum(self) -> "SimulationConfig":
         _check_shares({k: v.prevalence for k, v in self.subtypes.items()}, "subtype prevalences")
         _check_shares({k: v.share for k, v in self.labs.items()}, "lab shares")
+        if sum(v.share for v in self.labs.values() if not v.scoring_only) <= 0:
+            raise ValueError("at least one lab with a positive share must not be scoring_only")
         _check_shares(dict(self.panels), "panel shares")
         for marker, freqs in self.categorical.items():
             _check_shares(freqs, f"categorical frequencies of {marker}")
@@ -198,13 +240,18 @@ class SimulationConfig(_Strict):
         return self
 
 
-def load_simulation_config(path=None) -> SimulationConfig:
-    """Load and validate the simulator parameters.
+def load_simulation_config(path=None, scenario=None) -> SimulationConfig:
+    """Load and validate the simulator parameters, optionally with a scenario overlaid.
 
     Parameters
     ----------
     path : str or pathlib.Path, optional
         YAML file to read; default ``configs/simulate.yaml``.
+    scenario : str or pathlib.Path, optional
+        A scenario overlay: a name under ``configs/scenarios/`` (without ``.yaml``) or a
+        YAML file. It is merged over the base config as a JSON Merge Patch (RFC 7386):
+        mappings merge key by key, ``null`` deletes a key (e.g. a subtype), anything else
+        replaces. Its ``description`` key documents the scenario and is not a parameter.
 
     Returns
     -------
@@ -214,10 +261,15 @@ def load_simulation_config(path=None) -> SimulationConfig:
     Raises
     ------
     RifmlInputError
-        If the file cannot be read, is not YAML, or does not describe a valid
-        configuration (unknown keys, wrong types, shares not summing to 1, ...).
+        If a file cannot be read, is not YAML, names an unknown scenario, or the result
+        does not describe a valid configuration (unknown keys, wrong types, shares not
+        summing to 1, ...).
     """
-    return load_validated(SimulationConfig, path, "simulate.yaml", "simulation config")
+    if scenario is None:
+        return load_validated(SimulationConfig, path, "simulate.yaml", "simulation config")
+    merged = merge_patch(load_yaml(path, "simulate.yaml"), scenario_overlay(scenario))
+    source = f"{path or 'configs/simulate.yaml'} + {scenario_path(scenario)}"
+    return validate_mapping(SimulationConfig, merged, source, "simulation config")
 
 
 def _check_against_catalog(config: SimulationConfig, catalog: Catalog) -> None:
@@ -246,6 +298,12 @@ def _check_against_catalog(config: SimulationConfig, catalog: Catalog) -> None:
             check_numeric(variant, f"subtypes.{sub_name}.shift_variants")
         check_categories(sub.categorical, f"subtypes.{sub_name}.categorical")
     check_numeric(config.baseline.overrides, "baseline.overrides")
+    check_numeric(config.baseline.assay_factors, "baseline.assay_factors")
+    check_numeric(config.baseline.assay_offsets, "baseline.assay_offsets")
+    for lab_name, lab in config.labs.items():
+        check_numeric(lab.marker_drift, f"labs.{lab_name}.marker_drift")
+    kinds = {m.kind for m in catalog.numeric_markers}
+    check_numeric(set(config.limit_of_detection) - kinds, "limit_of_detection (keys are marker kinds or names)")
     check_categories(config.categorical, "categorical")
     missing = sorted(set(categorical) - set(config.categorical))
     if missing:
@@ -265,7 +323,8 @@ def baseline_distribution(marker: Marker, config: SimulationConfig) -> tuple[flo
     marker : Marker
         A numeric catalog marker (with a reference band).
     config : SimulationConfig
-        Supplies band coverage, the zero-band rule and per-marker overrides.
+        Supplies band coverage, the zero-band rule, per-marker overrides and the
+        assay calibration (``assay_factors``, ``assay_offsets``).
 
     Returns
     -------
@@ -286,6 +345,9 @@ def baseline_distribution(marker: Marker, config: SimulationConfig) -> tuple[flo
     if override is not None:
         median = override.median if override.median is not None else median
         log_sd = override.log_sd if override.log_sd is not None else log_sd
+    # An assay calibrated high or low moves everybody, the fertile controls included.
+    median *= config.baseline.assay_factors.get(marker.name, 1.0)
+    median *= float(np.exp(log_sd * config.baseline.assay_offsets.get(marker.name, 0.0)))
     return median, log_sd
 
 
@@ -360,7 +422,7 @@ def _shift_matrix(
     # Heterogeneity: not every patient of a subtype shows every marker, nor by the same amount.
     happens = rng.random((n, m)) < config.shift.probability
     jitter = rng.uniform(1 - config.shift.jitter, 1 + config.shift.jitter, size=(n, m))
-    return np.where(happens & (planned != 0), planned * jitter, 0.0)
+    return np.where(happens & (planned != 0), planned * (config.shift.scale * jitter), 0.0)
 
 
 def _marker_values(
@@ -376,15 +438,24 @@ def _marker_values(
     log_median, log_sd = np.log(params[:, 0]), params[:, 1]
     z = rng.standard_normal((n, len(markers)))
     log_values = log_median + log_sd * (z + shifts)
-    lab_log_drift = np.log([lab.drift for lab in config.labs.values()])
-    drifts = np.array([m.drifts for m in markers])
-    log_values += np.outer(lab_log_drift[lab_idx], drifts)
+    log_values += np.log(lab_drift_factors(config, markers))[lab_idx]
     values = np.exp(log_values)
     # Percentages (and anything else with a finite maximum) stay below that maximum.
     ceilings = np.array(
         [m.valid_range[1] * _PERCENT_CEILING if m.valid_range[1] is not None else np.inf for m in markers]
     )
     return np.minimum(values, ceilings)
+
+
+def lab_drift_factors(config: SimulationConfig, markers: list[Marker]) -> np.ndarray:
+    """Assay factor of each lab (rows, config order) on each marker (columns).
+
+    A lab's ``marker_drift`` table names its factor per marker; markers it does not name
+    drift by the lab's ``drift`` where the catalog flags them ``drifts: true``, else not at all.
+    """
+    return np.array(
+        [[lab.marker_drift.get(m.name, lab.drift if m.drifts else 1.0) for m in markers] for lab in config.labs.values()]
+    )
 
 
 def _numeric_cells(
@@ -397,7 +468,7 @@ def _numeric_cells(
     columns = {}
     for j, marker in enumerate(markers):
         cells = _format_numbers(np.where(measured[:, j], values[:, j], np.nan), config.significant_digits)
-        lod = config.limit_of_detection.get(marker.kind)
+        lod = config.limit_of_detection.get(marker.name, config.limit_of_detection.get(marker.kind))
         if lod is not None and marker.censorable:
             below = measured[:, j] & (values[:, j] < lod)
             cells[below] = _censor_label(lod)
@@ -555,6 +626,7 @@ def simulate_cohort(
     bad_share: float = 0.0,
     config: SimulationConfig | None = None,
     catalog: Catalog | None = None,
+    batch: Batch = "train",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Simulate a cohort of RIF marker panels with known immune profiles.
 
@@ -573,6 +645,10 @@ def simulate_cohort(
         Simulator parameters; default ``configs/simulate.yaml``.
     catalog : Catalog, optional
         Marker catalog; default ``configs/markers.yaml``.
+    batch : {"train", "score"}, default "train"
+        A training batch draws patients only from labs that are not ``scoring_only``
+        (their shares renormalized); a scoring batch draws from every lab at its share.
+        Without scoring-only labs both are the same cohort for a seed.
 
     Returns
     -------
@@ -588,8 +664,10 @@ def simulate_cohort(
     Raises
     ------
     RifmlInputError
-        If n or bad_share is out of range, or the config does not fit the catalog.
+        If n, bad_share or batch is out of range, or the config does not fit the catalog.
     """
+    if batch not in BATCHES:
+        raise RifmlInputError(f"batch must be one of {', '.join(BATCHES)}, got {batch!r}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise RifmlInputError(f"n must be a positive integer, got {n!r}")
     if not 0.0 <= bad_share <= 1.0:
@@ -602,7 +680,9 @@ def simulate_cohort(
 
     # Who each patient is: latent subtype, lab, panel.
     subtype_idx = _draw(rng, {k: v.prevalence for k, v in config.subtypes.items()}, n)
-    lab_idx = _draw(rng, {k: v.share for k, v in config.labs.items()}, n)
+    eligible = [i for i, lab in enumerate(config.labs.values()) if batch == "score" or not lab.scoring_only]
+    lab_shares = list(config.labs.values())
+    lab_idx = np.asarray(eligible)[_draw(rng, {i: lab_shares[i].share for i in eligible}, n)]
     panel_idx = _draw(rng, dict(config.panels), n)
     panel_names = np.array(list(config.panels), dtype=object)[panel_idx]
     measured_compartments = {

@@ -23,13 +23,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from rifml.errors import RifmlInputError
 from rifml.pipeline import calls_columns
+from rifml.io.dialects import JAVA_CHARSETS
 from rifml.io.reader import PanelFile
-from rifml.serving import BATCH_FLAGS, DUPLICATE_FLAG, FIELD_COUNT_FLAG, REJECT_DETAILS
-from rifml.validate import REJECT_COLUMNS
+from rifml.serving import BATCH_FLAGS, DUPLICATE_FLAG, FIELD_COUNT_FLAG, LAB_OFFSETS_PARAM, REJECT_DETAILS
+from rifml.validate import REJECT_COLUMNS, validate_chunk
 from rifml.io.writer import AtomicCsvWriter
 
 # Working columns; the prefix keeps them apart from whatever a panel file carries.
@@ -114,6 +116,7 @@ def read_panel(spark, panel_file: PanelFile):
     from pyspark.sql import types as T
 
     path = str(panel_file.path.resolve())
+    spark_can_read(panel_file)
     if panel_file.format == "parquet":
         frame = spark.read.parquet(path).toDF(*panel_file.columns)
         text = [_as_text(field.dataType, field.name) for field in frame.schema.fields]
@@ -123,9 +126,27 @@ def read_panel(spark, panel_file: PanelFile):
     )
     frame = spark.read.csv(
         path, schema=schema, header=True, multiLine=True, quote='"', escape='"', mode="PERMISSIVE",
-        columnNameOfCorruptRecord=CORRUPT, encoding="UTF-8",
+        columnNameOfCorruptRecord=CORRUPT, encoding=JAVA_CHARSETS.get(panel_file.dialect.encoding, panel_file.dialect.encoding), sep=panel_file.dialect.sep,
     )
     return frame.withColumn(FIELD_COUNT_FLAG, F.col(CORRUPT).isNotNull()).drop(CORRUPT)
+
+
+def spark_can_read(panel_file: PanelFile) -> None:
+    """Refuse what Spark's CSV reader would read otherwise than the local reader (one line, exit 2).
+
+    The model's validation runs with a decimal point, Spark has no Excel reader, and
+    Spark's multi-line parse of a quote that never closes swallows the lines after it.
+    """
+    local = "; use --engine local"
+    if panel_file.format == "excel":
+        raise RifmlInputError(f"{panel_file.path}: --engine spark reads CSV and Parquet, not Excel{local}")
+    if panel_file.decimal != ".":
+        raise RifmlInputError(f"{panel_file.path}: --engine spark reads numbers with a decimal point only{local}")
+    if panel_file.format == "text" and len(panel_file.survey.odd):
+        raise RifmlInputError(
+            f"{panel_file.path}: a quoted cell spans lines or a quote is unclosed (line {int(panel_file.survey.odd[0])}):"
+            f" --engine spark cannot account for such records{local}"
+        )
 
 
 def _as_text(data_type, name: str):
@@ -195,7 +216,29 @@ def _model_inputs(udf, model_uri: str) -> list[str]:
     return names
 
 
-def scored_frame(spark, panel_file: PanelFile, model_uri: str):
+def unseen_lab_offsets(frame, panel_file: PanelFile, profiler) -> str:
+    """Offsets of labs unseen in training, estimated on the driver from the whole file (JSON, "" for none).
+
+    Only rows of such labs come to the driver (validated as usual, whole-file rejects
+    left out), so every Spark batch scores with the same offsets as the local engine.
+    """
+    from pyspark.sql import functions as F
+
+    from rifml.features import LAB_COLUMN
+
+    if LAB_COLUMN not in panel_file.columns:
+        return ""
+    lab = F.trim(F.col(LAB_COLUMN))
+    known = list(profiler.features_.known_labs_)
+    unseen = frame.where(lab.isNotNull() & (lab != "") & ~lab.isin(known) & ~F.col(DUPLICATE_FLAG) & ~F.col(FIELD_COUNT_FLAG))
+    rows = unseen.select(*panel_file.columns).toPandas()
+    if rows.empty:
+        return ""
+    checked = validate_chunk(rows, np.arange(2, len(rows) + 2), panel_file.catalog)
+    return profiler.lab_adaptation(checked.panel).to_json()
+
+
+def scored_frame(spark, panel_file: PanelFile, model_uri: str, profiler=None):
     """Every input row with its line number, clean id, and the model's answer (calls or reject details).
 
     Returns
@@ -208,10 +251,12 @@ def scored_frame(spark, panel_file: PanelFile, model_uri: str):
     from pyspark.sql import functions as F
 
     catalog = panel_file.catalog
-    udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=None, env_manager="local")
-    inputs = [name for name in _model_inputs(udf, model_uri) if name in panel_file.columns or name in BATCH_FLAGS]
     frame, total = with_row_numbers(read_panel(spark, panel_file))
     frame = flag_duplicates(frame, catalog.id_column)
+    offsets = unseen_lab_offsets(frame, panel_file, profiler) if profiler is not None else ""
+    udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=None, env_manager="local",
+                                  params={LAB_OFFSETS_PARAM: offsets} if offsets else None)
+    inputs = [name for name in _model_inputs(udf, model_uri) if name in panel_file.columns or name in BATCH_FLAGS]
     parts = max(spark.sparkContext.defaultParallelism, math.ceil(total / panel_file.chunk_rows))
     frame = frame.repartitionByRange(max(1, min(parts, total)), ROW)
     frame = frame.withColumn(PREDICTION, udf(F.struct(*inputs)))
@@ -245,7 +290,7 @@ def _rejects_records(chunk: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({column: chunk[fields[column]].to_numpy() for column in REJECT_COLUMNS})
 
 
-def score_with_spark(panel_file: PanelFile, model_uri: str, calls_path: Path, rejects_path: Path) -> SparkScoring:
+def score_with_spark(panel_file: PanelFile, model_uri: str, calls_path: Path, rejects_path: Path, profiler=None) -> SparkScoring:
     """Score a panel file on Spark; write the calls and rejects CSVs exactly as the local engine does.
 
     Parameters
@@ -256,6 +301,9 @@ def score_with_spark(panel_file: PanelFile, model_uri: str, calls_path: Path, re
         Any MLflow model URI the driver and executors can reach.
     calls_path, rejects_path : Path
         Output CSVs (written atomically).
+    profiler : ImmuneProfiler, optional
+        The model's profiler, loaded on the driver: labs unseen in training are adapted on
+        the whole file (:func:`unseen_lab_offsets`) before the batches are scored.
 
     Returns
     -------
@@ -271,7 +319,7 @@ def score_with_spark(panel_file: PanelFile, model_uri: str, calls_path: Path, re
     with _session() as spark, AtomicCsvWriter(rejects_path, columns=REJECT_COLUMNS) as reject_writer, AtomicCsvWriter(
         calls_path
     ) as calls_writer:
-        result, columns = scored_frame(spark, panel_file, model_uri)
+        result, columns = scored_frame(spark, panel_file, model_uri, profiler)
         calls_writer.columns = columns
         # Score every partition at once (one job across the cluster), then bring them home one by one.
         result = result.persist(StorageLevel.MEMORY_AND_DISK)

@@ -5,10 +5,12 @@ Three pieces, all pure (no file I/O):
 * :class:`ConsensusClustering` finds how many stable groups the (log-transformed,
   complete) marker matrix holds and who belongs to which, following the
   ConsensusClusterPlus idea (Monti et al. 2003; Wilkerson & Hayes 2010).
-* :func:`name_clusters` turns cluster medians into readable subtype names
-  ("th1-high", "endometrial-under+nk-high", "balanced") and one immune profile
-  per subtype, using only the reference bands, signals and axes of
-  ``configs/markers.yaml``.
+* :func:`subtype_effects` finds the cohort's own reference (the cluster closest to
+  all others: the balanced hub the subtypes depart from) and each cluster's effect
+  sizes against it; :func:`name_clusters` turns those into readable subtype names
+  ("th1-high", "endometrial-under+nk-high", "balanced") and one immune profile per
+  subtype, using the signals and axes of ``configs/markers.yaml`` for direction and
+  meaning, never its absolute reference bands (labs and assays differ).
 * :func:`rule_profile` is the transparent literature baseline logged beside the
   model: a patient is hyper-/hypo-signalled when any marker sits outside its
   band in a direction the catalog says signals that profile.
@@ -20,6 +22,7 @@ chosen number of subtypes.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -42,6 +45,9 @@ if TYPE_CHECKING:  # matplotlib loads only when a plot is drawn: scoring never n
 __all__ = [
     "ConsensusClustering",
     "name_clusters",
+    "subtype_effects",
+    "subtype_signatures",
+    "profiles_from_signatures",
     "rule_profile",
     "plot_consensus",
     "plot_k_selection",
@@ -229,15 +235,17 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
     def _fit(self, X: np.ndarray) -> "ConsensusClustering":
         rng = check_random_state(self.random_state)
 
-        self.center_, self.scale_ = _fit_scaling(X, self.scaling)
-        Z = (X - self.center_) / self.scale_
-
         # Rows entering the consensus matrices (a random subset when n is large).
-        n = Z.shape[0]
+        n = X.shape[0]
         if self.max_items is not None and n > self.max_items:
             items = np.sort(rng.choice(n, self.max_items, replace=False))
         else:
             items = np.arange(n)
+        # Scales come from the same bounded subset: nearest-neighbour distances shrink as
+        # rows get denser, so scales fitted on all rows would weigh markers differently at
+        # 2,000 and at 100,000 panels and change which subtypes are found.
+        self.center_, self.scale_ = _fit_scaling(X[items], self.scaling)
+        Z = (X - self.center_) / self.scale_
         Zi = Z[items]
         m = len(items)
         n_sub = int(round(self.subsample * m))
@@ -362,8 +370,14 @@ def _fit_scaling(X: np.ndarray, scaling: str) -> tuple[np.ndarray, np.ndarray]:
         Z = (X - center) / scale
         neighbours = NearestNeighbors(n_neighbors=n_neighbors + 1).fit(Z).kneighbors(Z, return_distance=False)
         diffs = np.abs(X[:, None, :] - X[neighbours[:, 1:]]).reshape(-1, X.shape[1])
+        # Exact ties are not spread: they are cells censored at the same detection limit
+        # (continuous values never tie), and counting them would shrink the scale of exactly
+        # the markers whose censoring already splits rows into two modes.
+        diffs = np.where(diffs > 0, diffs, np.nan)
         # median |difference of two draws| = 0.6745 * sqrt(2) * SD for normal data
-        within = np.median(diffs, axis=0) / (0.6745 * np.sqrt(2.0))
+        with np.errstate(all="ignore"):
+            within = np.nanmedian(diffs, axis=0) / (0.6745 * np.sqrt(2.0))
+        within = np.where(np.isnan(within), iqr_scale, within)
         scale = np.maximum(within, iqr_scale / MAX_UPWEIGHT)
     return center, scale
 
@@ -426,22 +440,62 @@ def _profile(signals: Iterable[str]) -> str:
     return "balanced"
 
 
-def _log_distance(marker: Marker, value: float, direction: str) -> float:
-    """How far outside the band ``value`` lies, in natural-log units (0 = on the edge).
+# A cluster median further than this from the reference, in within-cluster SDs, is not
+# "the same as the reference" in the L1-medoid cost: one extreme cluster must not pull
+# the choice of the reference toward itself.
+REFERENCE_COST_CAP = 3.0
+# Ratio under which a pooled MAD is degenerate (most values tied, e.g. at a detection
+# limit) and the pooled SD of the within-cluster deviations is used instead.
+_TIED_MAD_RATIO = 0.25
 
-    Markers without a log transform use band widths instead, so distances stay
-    comparable in spirit (a rough order, used only to sort name parts).
+
+def subtype_effects(values: pd.DataFrame, labels: np.ndarray) -> tuple[pd.DataFrame, int, pd.Series]:
+    """Each cluster's effect size on each marker against the cohort's own reference cluster.
+
+    The reference is the cluster *closest to all the others* (the L1 medoid of the
+    cluster medians in within-cluster SD units, each distance capped at
+    ``REFERENCE_COST_CAP``). Immune subtypes depart from the balanced state in
+    different directions (Th1 up, NK up, endometrium up or down), so the balanced
+    group is the hub of that star: every other group differs from it on a few markers,
+    while from any abnormal group the rest differ on its markers too. Nothing here is
+    absolute: a marker that an assay reads high for everybody moves every cluster and
+    the reference alike, so it names nothing; a consistent group shift inside a wide
+    reference band is still a shift.
+
+    Ties (two clusters are always symmetric) go to the lower cluster id, which
+    :class:`ConsensusClustering` gives to the larger cluster.
+
+    Parameters
+    ----------
+    values : DataFrame
+        One row per panel (complete panels), one column per marker, log scale where the
+        catalog says so, lab-normalized, no NaN.
+    labels : ndarray of shape (n_rows,)
+        Cluster of each row, 0..k-1.
+
+    Returns
+    -------
+    effects : DataFrame
+        (cluster median - reference median) / within-cluster SD, one row per cluster.
+    reference : int
+        The reference cluster.
+    scale : Series
+        Pooled within-cluster SD per marker (robust: MAD based, the pooled SD where ties
+        make the MAD degenerate).
     """
-    low, high = marker.reference_band
-    bound = high if direction == "above" else low
-    if marker.transform == "log":
-        # A median at zero below a positive band is "infinitely" far in log units;
-        # a tiny floor keeps it finite and still largest.
-        tiny = 1e-9
-        ratio = max(value, tiny) / max(bound, tiny)
-        return abs(float(np.log(ratio)))
-    width = max(high - low, 1e-9)
-    return abs(value - bound) / width
+    labels = np.asarray(labels)
+    medians = values.groupby(labels).median()
+    deviations = values.to_numpy() - medians.loc[labels].to_numpy()
+    mad = 1.4826 * np.median(np.abs(deviations), axis=0)
+    sd = np.sqrt(np.mean(deviations**2, axis=0))
+    scale = np.where(mad < _TIED_MAD_RATIO * sd, sd, mad)
+    scale = pd.Series(np.where(scale > 0, scale, 1.0), index=values.columns)
+    standardized = medians.to_numpy() / scale.to_numpy()
+    distance = np.minimum(np.abs(standardized[:, None, :] - standardized[None, :, :]), REFERENCE_COST_CAP)
+    cost = distance.sum(axis=(1, 2))
+    reference = int(medians.index[np.flatnonzero(np.isclose(cost, cost.min()))[0]])
+    effects = (medians - medians.loc[reference]) / scale
+    return effects, reference, scale
 
 
 def _axis_part(marker: Marker, direction: str, signal: str) -> tuple[str, str, str]:
@@ -458,84 +512,162 @@ def _axis_part(marker: Marker, direction: str, signal: str) -> tuple[str, str, s
     return marker.axis, marker.compartment, suffix
 
 
-def name_clusters(marker_medians: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
-    """Name each cluster by the immune axes whose markers sit outside their reference bands.
+def name_clusters(effects: pd.DataFrame, catalog: Catalog, min_effect: float = 1.5) -> pd.DataFrame:
+    """Name each cluster by the immune axes on which it departs from the reference.
 
-    A marker is *abnormal* in a cluster when its median lies strictly outside the
-    catalog ``reference_band`` in a direction that has a ``signals`` entry.
+    A marker is *abnormal* in a cluster when its effect size against the reference
+    (see :func:`subtype_effects`) is at least ``min_effect`` within-cluster SDs in a
+    direction that has a ``signals`` entry in the catalog. The default 1.5 is more than
+    k-means can make by cutting one homogeneous group in two (the halves' medians sit
+    2 x 0.674 = 1.35 SD apart on the cut marker), so a split of the balanced group does
+    not read as a subtype, while the shifts that define immune subtypes (several SDs
+    on log-normal markers) do.
 
-    An axis part (an axis in a compartment, in one direction; see below) is
-    *abnormal* when at least half of that axis's measured markers that could
-    signal in that direction are abnormal in it. Ties count (1 of 2 NK markers
-    is enough; 2 of 4 Th1 markers is enough), so a single-marker axis needs its
-    one marker. Markers with NaN medians do not count in either numerator or
-    denominator. Requiring half rather than one keeps a single stray marker on a
-    broad axis (Th1 has four) from naming a subtype.
+    An axis part (an axis in a compartment, in one direction) is *abnormal* when at
+    least half of that axis's measured markers that could signal in that direction
+    are abnormal in it (1 of 2 NK markers is enough; 2 of 4 Th1 markers is enough), so
+    a single stray marker on a broad axis does not name a subtype. Markers with NaN
+    effects (not measured) count in neither numerator nor denominator.
 
     Parts are named ``f"{axis}-high"`` / ``f"{axis}-low"`` in blood and
-    ``f"{axis}-over"`` (signal hyperactive) / ``f"{axis}-under"`` (signal
-    hypoactive) in the endometrium, joined with "+" in order of how far outside
-    the band their furthest marker lies (log units), largest first. No abnormal
-    part gives "balanced". The profile comes from the signals of the abnormal
-    parts only, so a subtype always maps to exactly one profile and "balanced"
-    always means profile balanced. Repeated names get "-2", "-3", ... in row
-    order.
+    ``f"{axis}-over"`` (signal hyperactive) / ``f"{axis}-under"`` (signal hypoactive) in
+    the endometrium, joined with "+" by decreasing effect of their strongest marker.
+    No abnormal part gives "balanced". The profile comes from the signals of the
+    abnormal parts only, so a subtype maps to exactly one profile and "balanced" always
+    means profile balanced. Repeated names get "-2", "-3", ... in row order.
 
     Parameters
     ----------
-    marker_medians : DataFrame
-        One row per cluster (index = cluster id), columns = catalog numeric
-        markers, values = cluster medians in the markers' original units; NaN
-        allowed. Columns that are not numeric catalog markers are ignored.
+    effects : DataFrame
+        One row per cluster (index = cluster id), columns = catalog numeric markers,
+        values = effect sizes in within-cluster SDs (NaN allowed). Other columns are ignored.
     catalog : Catalog
+    min_effect : float, default=1.5
 
     Returns
     -------
     DataFrame
-        Columns ``cluster``, ``subtype``, ``profile``, ``abnormal_markers``
-        (";"-joined, every abnormal marker, furthest first, including those whose
-        axis did not reach the half-rule).
+        Columns ``cluster``, ``subtype``, ``profile``, ``abnormal_markers`` (";"-joined,
+        every abnormal marker, strongest first, including those whose axis did not reach
+        the half-rule) and ``evidence`` (the effect behind each abnormal marker, e.g.
+        ``pb_nk_pct +2.6 SD``), ";"-joined in the same order; ``signature`` (the markers of
+        the named parts only, ";"-joined, sorted: what :func:`signature_scores` reads).
     """
-    markers = [m for m in catalog.numeric_markers if m.name in marker_medians.columns and m.signals]
+    if not min_effect > 0:
+        raise ValueError(f"min_effect must be positive, got {min_effect!r}")
+    markers = [m for m in catalog.numeric_markers if m.name in effects.columns and m.signals]
     rows = []
-    for cluster, medians in marker_medians.iterrows():
+    for cluster, row in effects.iterrows():
         # candidates[part] = markers on that part that are measured and could signal it
         candidates: dict[tuple[str, str, str], int] = {}
         hits: dict[tuple[str, str, str], list[tuple[float, str, str]]] = {}
-        abnormal: list[tuple[float, str]] = []
+        abnormal: list[tuple[float, str, float]] = []
         for marker in markers:
-            value = medians[marker.name]
-            if pd.isna(value):
+            effect = row[marker.name]
+            if pd.isna(effect):
                 continue
-            value = float(value)
-            low, high = marker.reference_band
+            effect = float(effect)
             for direction, signal in marker.signals.items():
                 part = _axis_part(marker, direction, signal)
                 candidates[part] = candidates.get(part, 0) + 1
-                outside = value > high if direction == "above" else value < low
-                if outside:
-                    distance = _log_distance(marker, value, direction)
-                    hits.setdefault(part, []).append((distance, marker.name, signal))
-                    abnormal.append((distance, marker.name))
+                toward = effect if direction == "above" else -effect
+                if toward >= min_effect:
+                    hits.setdefault(part, []).append((toward, marker.name, signal))
+                    abnormal.append((toward, marker.name, effect))
         parts = []
         for part, found in hits.items():
             if 2 * len(found) >= candidates[part]:
-                parts.append((max(d for d, _, _ in found), part, {s for _, _, s in found}))
+                parts.append((max(d for d, _, _ in found), part, {s for _, _, s in found}, [m for _, m, _ in found]))
         parts.sort(key=lambda item: (-item[0], item[1]))
-        name = "+".join(f"{axis}-{suffix}" for _, (axis, _, suffix), _ in parts) or "balanced"
-        profile = _profile(s for _, _, signals in parts for s in signals)
+        name = "+".join(f"{axis}-{suffix}" for _, (axis, _, suffix), _, _ in parts) or "balanced"
+        profile = _profile(s for _, _, signals, _ in parts for s in signals)
         abnormal.sort(key=lambda item: (-item[0], item[1]))
         rows.append(
             {
                 "cluster": cluster,
                 "subtype": name,
                 "profile": profile,
-                "abnormal_markers": ";".join(marker_name for _, marker_name in abnormal),
+                "abnormal_markers": ";".join(marker_name for _, marker_name, _ in abnormal),
+                "evidence": ";".join(f"{marker_name} {effect:+.1f} SD" for _, marker_name, effect in abnormal),
+                "signature": ";".join(sorted(m for *_, found in parts for m in found)),
             }
         )
-    out = pd.DataFrame(rows, columns=["cluster", "subtype", "profile", "abnormal_markers"])
+    out = pd.DataFrame(rows, columns=["cluster", "subtype", "profile", "abnormal_markers", "evidence", "signature"])
     out["subtype"] = _disambiguate(out["subtype"].tolist())
     return out
+
+
+@dataclass(frozen=True)
+class Signature:
+    """The markers that set one named subtype apart, for one signal, and where a panel shows them.
+
+    A panel's *score* is the mean, over the markers, of its deviation from the reference
+    median in within-cluster SDs, signed toward the signal's direction. It *shows* the
+    signature when the score reaches ``threshold``: half the subtype's own median score,
+    the midpoint between the reference (0) and the subtype.
+    """
+
+    signal: str
+    markers: tuple[str, ...]
+    signs: tuple[float, ...]
+    threshold: float
+
+    def shows(self, z: pd.DataFrame) -> np.ndarray:
+        score = (z[list(self.markers)].to_numpy() * np.asarray(self.signs)).mean(axis=1)
+        return score >= self.threshold
+
+
+def subtype_signatures(
+    table: pd.DataFrame, effects: pd.DataFrame, z: pd.DataFrame, labels: np.ndarray, catalog: Catalog
+) -> list[Signature]:
+    """Per named subtype and per signal (hyperactive / hypoactive), its signature (see :class:`Signature`).
+
+    A mixed subtype gives two signatures (its blood part and its endometrial part), so
+    a patient who shows one subtype's hyperactive markers and another's hypoactive ones
+    reads as mixed even when no mixed cluster was found (mixed patients can be too few,
+    or too varied, to form one). Identical marker sets are kept once (lowest threshold).
+
+    Parameters
+    ----------
+    table : DataFrame
+        :func:`name_clusters` output (``cluster``, ``signature``).
+    effects : DataFrame
+        :func:`subtype_effects` effects (cluster x marker).
+    z : DataFrame
+        Panels' deviations from the reference median in within-cluster SDs (rows as ``labels``).
+    labels : ndarray
+        Cluster of each row of ``z``.
+    catalog : Catalog
+    """
+    found: dict[tuple[str, tuple[str, ...]], Signature] = {}
+    for cluster, signature in zip(table["cluster"], table["signature"]):
+        by_signal: dict[str, list[tuple[str, float]]] = {}
+        for name in filter(None, signature.split(";")):
+            direction = "above" if effects.loc[cluster, name] > 0 else "below"
+            signal = catalog.by_name[name].signals.get(direction)
+            if signal is not None:
+                by_signal.setdefault(signal, []).append((name, 1.0 if direction == "above" else -1.0))
+        for signal, members in by_signal.items():
+            markers, signs = zip(*members)
+            own = (z.loc[labels == cluster, list(markers)].to_numpy() * np.asarray(signs)).mean(axis=1)
+            candidate = Signature(signal, markers, signs, float(np.median(own)) / 2.0)
+            key = (signal, markers)
+            if key not in found or candidate.threshold < found[key].threshold:
+                found[key] = candidate
+    return list(found.values())
+
+
+def profiles_from_signatures(z: pd.DataFrame, signatures: list[Signature]) -> np.ndarray:
+    """Profile per panel: the signals of every signature it shows (both signals: mixed; none: balanced)."""
+    hyper = np.zeros(len(z), dtype=bool)
+    hypo = np.zeros(len(z), dtype=bool)
+    for signature in signatures:
+        shown = signature.shows(z)
+        if signature.signal == "hyperactive":
+            hyper |= shown
+        else:
+            hypo |= shown
+    return np.select([hyper & hypo, hyper, hypo], ["mixed", "hyperactive", "hypoactive"], "balanced").astype(object)
 
 
 def _disambiguate(names: list[str]) -> list[str]:

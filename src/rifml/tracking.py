@@ -134,7 +134,9 @@ def log_training(
     from mlflow import MlflowClient
     from mlflow.models import infer_signature
 
-    from rifml.serving import PROFILER_ARTIFACT, score_frame
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    from rifml.serving import LAB_OFFSETS_PARAM, PROFILER_ARTIFACT, score_frame
 
     experiment_id = ensure_experiment(experiment, uri)
     catalog = profiler.catalog_
@@ -154,6 +156,7 @@ def log_training(
         example = example_panel(catalog)
         signature = infer_signature(example, score_frame(profiler, example))
         signature.inputs = input_schema(catalog)
+        signature.params = ParamSchema([ParamSpec(LAB_OFFSETS_PARAM, "string", "")])
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(Path(__file__).with_name("mlflow_entry.py")),
@@ -188,3 +191,25 @@ def load_profiler(model_uri: str):
     if not hasattr(python_model, "profiler"):
         raise RifmlInputError(f"{model_uri} is not a rifml model")
     return python_model.profiler, dict(model.metadata.metadata or {})
+
+
+def log_outcomes(
+    *, experiment: str, uri: str, params: dict, metrics: dict[str, float], tables: dict[str, pd.DataFrame],
+    plots: list[Path], page: str | None = None,
+) -> str:
+    """One run of an outcomes analysis: params, metrics, aggregate tables, plots (PNG files), the HTML page;
+    returns the run id. The caller passes aggregates only (per-group counts and estimates): no patient ids.
+    """
+    import mlflow
+
+    experiment_id = ensure_experiment(experiment, uri)
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_params(params)
+        mlflow.log_metrics(metrics)
+        for name, table in tables.items():
+            mlflow.log_text(table.to_csv(index=False), f"tables/{name}.csv")
+        for path in plots:
+            mlflow.log_artifact(str(path), artifact_path="plots")
+        if page is not None:
+            mlflow.log_text(page, "index.html")
+    return run.info.run_id

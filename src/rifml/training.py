@@ -52,18 +52,25 @@ def profiler_from_config(config: dict) -> ImmuneProfiler:
     )
 
 
+def _metric_name(name: str, metrics: dict[str, float]) -> str:
+    """A floor names a cross-validated figure (``macro_f1`` -> ``cv_macro_f1``) or another metric as is."""
+    return f"cv_{name}" if f"cv_{name}" in metrics or name not in metrics else name
+
+
 def check_floors(metrics: dict[str, float], floors: dict[str, float]) -> list[str]:
     """Floors the model misses, in words (empty when it may become champion)."""
     failures = []
     for name, floor in floors.items():
         if name.startswith("max_"):
-            value = metrics.get(f"cv_{name[4:]}", np.inf)
+            metric = _metric_name(name[4:], metrics)
+            value = metrics.get(metric, np.inf)
             if not value <= floor:
-                failures.append(f"cv_{name[4:]} {value:.3f} > {floor}")
+                failures.append(f"{metric} {value:.3f} > {floor}")
         else:
-            value = metrics.get(f"cv_{name}", -np.inf)
+            metric = _metric_name(name, metrics)
+            value = metrics.get(metric, -np.inf)
             if not value >= floor:
-                failures.append(f"cv_{name} {value:.3f} < {floor}")
+                failures.append(f"{metric} {value:.3f} < {floor}")
     return failures
 
 
@@ -90,6 +97,9 @@ def train(panel: pd.DataFrame, labels: pd.Series | None, config: dict) -> Traini
             "subtype_stability": float(profiler.clustering_.stability_),
             "subtype_pac": float(profiler.clustering_.pac_[profiler.clustering_.k_]),
             "temperature": float(model.temperature_),
+            # share of the training panels' calls whose subtype belongs to the called profile
+            "subtype_coherence": float(profiler.call(panel)["subtype_matches_profile"].mean()),
+            "labs_normalized": float(len(profiler.features_.lab_shifts_)),
         }
     )
     if profiler.supervised_:
@@ -114,14 +124,15 @@ def train(panel: pd.DataFrame, labels: pd.Series | None, config: dict) -> Traini
         "subtypes": profiler.subtype_table_.set_index("cluster"),
         "mean_abs_shap_by_profile": mean_abs_contributions(contributions, called_names),
     }
-    failures = check_floors(metrics, config.get("floors", {}))
+    floors = config.get("floors", {}) if profiler.supervised_ else config.get("label_free_floors", {})
+    failures = check_floors(metrics, floors)
     params = {
         "supervised": profiler.supervised_,
         "catalog_version": catalog.catalog_version,
         **{f"model.{k}": v for k, v in config.get("model", {}).items()},
         **{f"subtypes.{k}": v for k, v in config.get("subtypes", {}).items()},
         **{f"explain.{k}": v for k, v in config.get("explain", {}).items()},
-        **{f"floor.{k}": v for k, v in config.get("floors", {}).items()},
+        **{f"floor.{k}": v for k, v in floors.items()},
         "random_state": config.get("random_state", 0),
     }
     return TrainingResult(profiler, metrics, params, figures, tables, not failures, failures)

@@ -35,6 +35,8 @@ CENSOR_LIMIT_ZERO = "censor limit must be above 0"
 NOT_A_CATEGORY = "not a valid category"
 NO_MARKERS = "no markers"
 WRONG_FIELD_COUNT = "wrong number of fields"
+UNCLOSED_QUOTE = "unclosed quote"
+MISPLACED_QUOTE = "misplaced quote"
 
 REJECT_COLUMNS = ["row", "patient_id", "column", "value", "reason", "all_problems"]
 CENSORED_SUFFIX = "__censored"
@@ -93,8 +95,14 @@ def _as_text(column: pd.Series) -> pd.Series:
     return pd.Series(pd.arrays.ArrowStringArray(text), index=column.index)
 
 
-def parse_numeric(column: pd.Series, censorable: bool) -> _Parsed:
-    """Parse one column of numbers / ``<x`` censors / empties; flag text that is neither."""
+def parse_numeric(column: pd.Series, censorable: bool, decimal: str = ".") -> _Parsed:
+    """Parse one column of numbers / ``<x`` censors / empties; flag text that is neither.
+
+    With ``decimal=","`` text cells are read with a decimal comma (``12,5``); a point in
+    such a cell is not a number (``1.234`` could mean 1234 there), so it is refused.
+    """
+    if decimal == "," and not pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column.dtype):
+        return _parse_decimal_comma(column, censorable)
     n = len(column)
     problem = np.full(n, None, dtype=object)
     if pd.api.types.is_bool_dtype(column.dtype):
@@ -133,6 +141,18 @@ def parse_numeric(column: pd.Series, censorable: bool) -> _Parsed:
         problem[rest[~empty & (~numeric | overflow)]] = NOT_A_NUMBER
         values[rest[overflow]] = np.nan
     return _censor_rules(_Parsed(values, censored, present, problem), censorable)
+
+
+def _parse_decimal_comma(column: pd.Series, censorable: bool) -> _Parsed:
+    text = pa.chunked_array(_as_text(column).array._pa_array)
+    pointed = pc.match_substring(text, ".").to_numpy(zero_copy_only=False)
+    # Arrow-backed, so the Arrow parse of parse_numeric takes it (no Python string per cell)
+    swapped = pd.Series(pd.arrays.ArrowExtensionArray(pc.replace_substring(text, ",", ".")), index=column.index)
+    parsed = parse_numeric(swapped, censorable)
+    parsed.problem[pointed] = NOT_A_NUMBER
+    parsed.values[pointed] = np.nan
+    parsed.censored[pointed] = False
+    return parsed
 
 
 def _censor_rules(parsed: _Parsed, censorable: bool) -> _Parsed:
@@ -294,6 +314,8 @@ def validate_chunk(
     catalog: Catalog,
     duplicate_ids: frozenset[str] | set[str] = frozenset(),
     bad_field_count: np.ndarray | None = None,
+    row_problems: np.ndarray | None = None,
+    decimal: str = ".",
     column_problems: dict[str, np.ndarray] | None = None,
 ) -> ValidatedChunk:
     """Validate one chunk of raw panel rows.
@@ -309,6 +331,10 @@ def validate_chunk(
         Patient ids that occur more than once in the whole batch (all such rows are rejected).
     bad_field_count : ndarray of bool, optional
         Rows whose field count did not match the header (rejected as such).
+    row_problems : ndarray of object, optional
+        A reason per row found while reading it (unclosed quote, ...), or None.
+    decimal : str
+        The file's decimal mark, ``.`` or ``,`` (then a ``.`` in a number is not a number).
     column_problems : dict of str to ndarray, optional
         Problems found before parsing (a unit the catalog does not accept): column ->
         reason or None per row; they come before that column's own checks.
@@ -332,6 +358,8 @@ def validate_chunk(
     if bad_field_count is not None:
         # A row whose fields do not line up with the header cannot be read cell by cell.
         problems[""] = np.where(np.asarray(bad_field_count, dtype=bool), WRONG_FIELD_COUNT, None)
+    if row_problems is not None:
+        problems[""] = np.where(pd.notna(row_problems), row_problems, problems.get("", None))
     problems[catalog.id_column] = id_problem
     panel[catalog.id_column] = id_text.array
 
@@ -341,7 +369,7 @@ def validate_chunk(
         if marker.name not in raw:
             continue
         if marker.is_numeric:
-            parsed = parse_numeric(raw[marker.name], marker.censorable)
+            parsed = parse_numeric(raw[marker.name], marker.censorable, decimal)
             numbers[marker.name] = parsed.values
             panel[marker.name] = parsed.values
             if marker.censorable:
@@ -358,7 +386,7 @@ def validate_chunk(
         if ctx.name not in raw:
             continue
         if ctx.kind == "number":
-            parsed = parse_numeric(raw[ctx.name], censorable=False)
+            parsed = parse_numeric(raw[ctx.name], censorable=False, decimal=decimal)
             numbers[ctx.name] = parsed.values
             panel[ctx.name] = parsed.values
             problems[ctx.name] = parsed.problem

@@ -26,7 +26,15 @@ from rifml.catalog import Catalog
 from rifml.errors import RifmlInputError
 from rifml.io.columns import ColumnMap, match_name, takes_unit
 from rifml.io.units import conversion, scale_column
-from rifml.validate import MISSING_ID, REJECT_COLUMNS, WRONG_FIELD_COUNT, ValidatedChunk, _as_text, validate_chunk
+from rifml.validate import (
+    MISSING_ID,
+    REJECT_COLUMNS,
+    WRONG_FIELD_COUNT,
+    ValidatedChunk,
+    _as_text,
+    parse_numeric,
+    validate_chunk,
+)
 
 ANALYTE, VALUE, UNIT = "analyte", "value", "unit"
 LONG_COLUMNS = (ANALYTE, VALUE, UNIT)
@@ -56,19 +64,17 @@ def _text(column: pd.Series) -> np.ndarray:
     return _as_text(column).to_numpy(dtype=object)
 
 
-def _number(text: str) -> str | None:
-    try:
-        return repr(float(text))
-    except ValueError:
-        return None
+def _sameness(text: pd.Series, decimal: str = ".") -> pd.Series:
+    """What two cells must share to hold the same value: ``12``, ``12.0`` and ``0.012e3`` do, ``<12`` does not.
 
-
-def _sameness(text: pd.Series) -> pd.Series:
-    """What two cells must share to hold the same value: ``12``, ``12.0`` and ``0.012e3`` do, ``<12`` does not."""
-    censor = text.str.startswith("<")
-    body = text.where(~censor, text.str[1:].str.strip())
-    number = body.map(_number)
-    return (censor.map({True: "<", False: ""}) + number).where(number.notna(), text)
+    Numbers are read as validation reads them (decimal mark, ``<x`` limits); other text stands for itself.
+    """
+    parsed = parse_numeric(text.reset_index(drop=True), censorable=True, decimal=decimal)
+    number = np.isfinite(parsed.values)
+    shown = [("<" if c else "") + repr(v) for v, c in zip(parsed.values[number], parsed.censored[number])]
+    same = text.to_numpy(dtype=object).copy()
+    same[number] = shown
+    return pd.Series(same, index=text.index)
 
 
 class _LineProblems:
@@ -79,11 +85,10 @@ class _LineProblems:
         self.value = np.full(n, "", dtype=object)
         self.reason = np.full(n, None, dtype=object)
 
-    def add(self, where: np.ndarray, column, value, reason: str) -> None:
+    def add(self, where: np.ndarray, column, value, reason) -> None:
         fresh = np.asarray(where, dtype=bool) & pd.isna(self.reason)
-        self.column[fresh] = column[fresh] if isinstance(column, np.ndarray) else column
-        self.value[fresh] = value[fresh] if isinstance(value, np.ndarray) else value
-        self.reason[fresh] = reason
+        for mine, given in ((self.column, column), (self.value, value), (self.reason, reason)):
+            mine[fresh] = given[fresh] if isinstance(given, np.ndarray) else given
 
 
 def pivot_long(
@@ -92,6 +97,8 @@ def pivot_long(
     catalog: Catalog,
     column_map: ColumnMap | None = None,
     bad_field_count: np.ndarray | None = None,
+    row_problems: np.ndarray | None = None,
+    decimal: str = ".",
 ) -> ValidatedChunk:
     """Validate a whole long file: one panel per patient, rejects one row per refused line.
 
@@ -101,6 +108,10 @@ def pivot_long(
         The file's lines, columns already matched (``patient_id``, ``analyte``, ``value``, ...).
     rows : ndarray of int
         Line number of each line in its file (header = line 1).
+    bad_field_count, row_problems : ndarray, optional
+        What went wrong reading each line (as :class:`rifml.io.reader.RawChunk` says).
+    decimal : str
+        The file's decimal mark.
 
     Returns
     -------
@@ -117,6 +128,9 @@ def pivot_long(
     values = _text(frame[VALUE])
     units = _text(frame[UNIT]) if UNIT in frame else np.full(n, "", dtype=object)
     problems = _LineProblems(n)
+    if row_problems is not None:
+        read_problem = pd.notna(row_problems)
+        problems.add(read_problem, "", "", np.where(read_problem, row_problems, None))
     if bad_field_count is not None:
         problems.add(np.asarray(bad_field_count, dtype=bool), "", "", WRONG_FIELD_COUNT)
     problems.add(ids == "", catalog.id_column, "", MISSING_ID)
@@ -138,7 +152,7 @@ def pivot_long(
                 present[where] = values[where] != ""
                 problems.add(present, match.column, stated, factor)
             else:
-                values[where] = scale_column(pd.Series(values[where], dtype=object), factor).to_numpy(dtype=object)
+                values[where] = scale_column(pd.Series(values[where], dtype=object), factor, decimal).to_numpy(dtype=object)
         else:  # not a catalog column: passes through, named with its unit so units never mix
             targets[where] = f"{analyte} ({unit})" if unit else analyte
 
@@ -156,7 +170,7 @@ def pivot_long(
     distinct = cells.drop_duplicates(["patient", "column", "text"])  # first: context repeats on every line
     spelled = distinct.duplicated(["patient", "column"], keep=False).to_numpy()
     if spelled.any():  # two spellings for one cell: the same value, or a conflict
-        several = distinct[spelled].assign(same=lambda d: _sameness(d["text"]))
+        several = distinct[spelled].assign(same=lambda d: _sameness(d["text"], decimal))
         several = several[~several.duplicated(["patient", "column", "same"])].drop(columns="same")
         distinct = pd.concat([distinct[~spelled], several]).sort_index()
     clashing = distinct.duplicated(["patient", "column"], keep=False)
@@ -171,10 +185,12 @@ def pivot_long(
         shown_value[clash["line"].to_numpy()] = clash["shown"].to_numpy()
         problems.add(where, column, shown_value, CONFLICT)
 
-    return _panels(frame, rows, ids, has_id, problems, distinct, catalog)
+    return _panels(frame, rows, ids, has_id, problems, distinct, catalog, decimal)
 
 
-def _panels(frame, rows, ids, has_id, problems: _LineProblems, distinct: pd.DataFrame, catalog: Catalog) -> ValidatedChunk:
+def _panels(
+    frame, rows, ids, has_id, problems: _LineProblems, distinct: pd.DataFrame, catalog: Catalog, decimal: str
+) -> ValidatedChunk:
     """Pivot the patients whose lines are all sound, validate their panels, and account for every line."""
     lines = pd.DataFrame({"patient": ids, "line": np.arange(len(ids)), "problem": problems.reason})[has_id]
     first_problem = lines[lines["problem"].notna()].drop_duplicates("patient").set_index("patient")["line"]
@@ -188,7 +204,7 @@ def _panels(frame, rows, ids, has_id, problems: _LineProblems, distinct: pd.Data
     wide.insert(0, catalog.id_column, sound)
     wide = wide.reset_index(drop=True).astype(object)
     first_rows = rows[first_line.loc[sound].to_numpy()] if len(sound) else np.zeros(0, dtype=np.int64)
-    checked = validate_chunk(wide, first_rows, catalog)
+    checked = validate_chunk(wide, first_rows, catalog, decimal=decimal)
 
     panel_rejects = checked.rejects.set_index("row")
     failed = set(panel_rejects["patient_id"])
@@ -236,13 +252,17 @@ def _patient_summaries(ids, has_id, problems: _LineProblems) -> dict[str, str]:
     return {p: "; ".join(t) for p, t in summaries.items()}
 
 
-def validated_long(chunks: Iterable, catalog: Catalog, column_map: ColumnMap | None = None) -> ValidatedChunk:
+def validated_long(
+    chunks: Iterable, catalog: Catalog, column_map: ColumnMap | None = None, decimal: str = "."
+) -> ValidatedChunk:
     """Gather a long file's raw chunks (a patient's lines may lie anywhere) and pivot them."""
-    frames, rows, bad = [], [], []
+    frames, rows, bad, read_problems = [], [], [], []
     for raw in chunks:
         frames.append(raw.frame.reset_index(drop=True))
         rows.append(raw.rows)
         bad.append(raw.bad_field_count)
+        read_problems.append(np.full(len(raw.rows), None, dtype=object) if raw.row_problems is None else raw.row_problems)
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return pivot_long(frame, np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64), catalog, column_map,
-                      np.concatenate(bad) if bad else None)
+                      np.concatenate(bad) if bad else None, np.concatenate(read_problems) if read_problems else None,
+                      decimal)

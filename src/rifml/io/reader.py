@@ -1,9 +1,11 @@
-"""Reading panel files (CSV or Parquet) in chunks, with file-level checks.
+"""Reading panel files (delimited text, Excel, Parquet) in chunks, with file-level checks.
 
 The edge of the pipeline: everything here touches files; validation of the cells
 is :mod:`rifml.validate`. A file is read twice: once for the patient ids (so the
 duplicate-id rule holds across chunks) and once for the rows, chunk by chunk, so
-a file larger than memory works.
+a file larger than memory works. Dialects are :mod:`rifml.io.dialects`, the record
+count apart from the parse :mod:`rifml.io.accounting`, the careful text parser
+:mod:`rifml.io.records`, workbooks :mod:`rifml.io.excel`.
 """
 
 from __future__ import annotations
@@ -11,10 +13,9 @@ from __future__ import annotations
 import codecs
 import csv
 import functools
-import io
-import sys
+import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,32 +23,39 @@ import pandas as pd
 
 from rifml.catalog import Catalog
 from rifml.errors import RifmlInputError
-from rifml.io.columns import ColumnMap, HeaderMatch, match_header
+from rifml.io.columns import HeaderMatch, match_header
+from rifml.io.accounting import AccountingError, Survey, survey
+from rifml.io.dialects import Dialect, ReadOptions, detect_dialect, guess_single_byte, open_bytes, text_stream
+from rifml.io.excel import XLSX_MAGIC, Sheet, read_sheet
+from rifml.io.records import Record, records
 from rifml.validate import ValidatedChunk, repeated_ids, validate_chunk
 
 DEFAULT_CHUNK_ROWS = 50_000
 PARQUET_MAGIC = b"PAR1"
 
-csv.field_size_limit(sys.maxsize)
-
 
 @dataclass
 class RawChunk:
-    """Raw cells of consecutive rows, their file line numbers, and which rows had a bad field count."""
+    """Raw cells of consecutive records and where they are in the file.
+
+    ``rows`` is each record's first line (or sheet row), ``last_rows`` its last line
+    when a quoted cell spans lines (None: same as ``rows``); ``bad_field_count`` and
+    ``row_problems`` (a reason or None) say what went wrong reading a record.
+    """
 
     frame: pd.DataFrame
     rows: np.ndarray
     bad_field_count: np.ndarray
+    row_problems: np.ndarray | None = None
+    last_rows: np.ndarray | None = None
 
 
-def _match_header(
-    header: list[str], catalog: Catalog, path: Path, column_map: ColumnMap | None = None, layout: str | None = None
-) -> tuple[HeaderMatch, str]:
+def _match_header(header: list[str], catalog: Catalog, path: Path, options: ReadOptions) -> tuple[HeaderMatch, str]:
     """Match headers to catalog columns (:mod:`rifml.io.columns`) and settle the layout; refuse unusable headers."""
     from rifml.io.long_format import LONG_COLUMNS, looks_long, require_long_header
 
-    match = match_header(header, catalog, column_map, extra=LONG_COLUMNS, source=str(path))
-    layout = layout or ("long" if looks_long(match.names, catalog) else "wide")
+    match = match_header([str(h) for h in header], catalog, options.column_map, extra=LONG_COLUMNS, source=str(path))
+    layout = options.layout or ("long" if looks_long(match.names, catalog) else "wide")
     if layout == "wide":  # "value" or "unit" columns of a wide file are ordinary extra columns
         match = match.passing_through(LONG_COLUMNS)
     else:
@@ -61,73 +69,37 @@ def _match_header(
     return match, layout
 
 
-SCAN_BLOCK = 4 << 20  # bytes per step of the layout scan (its temporaries are ~10x this)
 # Bytes of file per Arrow parse block: Arrow's working memory grows with the block
 # (measured ~120 MiB at 6 MiB blocks, ~35 MiB at 1 MiB), and 1 MiB blocks parse as fast.
 READ_BLOCK_BYTES = 1 << 20
 
 
-def simple_csv_layout(path: Path, width: int) -> tuple[bool, int]:
-    """Is the file plain enough for the fast Arrow reader? Returns (simple, data rows).
-
-    Simple means: valid UTF-8, no quotes or carriage returns after the header line
-    (which the csv module reads), no blank lines, the header on line 1 and every
-    data line with exactly ``width`` fields. Then record i is
-    line i + 2, which is what the rejects file reports. Anything else takes the
-    careful csv-module path, which tracks physical line numbers itself.
-    """
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    fields_so_far = 0  # separators seen on the current (unfinished) line
-    previous = b"\n"
-    with path.open("rb") as handle:
-        header = handle.readline()  # the csv module reads the header; it may be quoted
-        if not header.endswith(b"\n") or b"\r" in header:
-            return False, 0
-        lines = 1
-        while block := handle.read(SCAN_BLOCK):
-            try:
-                decoder.decode(block)
-            except UnicodeDecodeError:
-                return False, 0
-            if b'"' in block or b"\r" in block or b"\n\n" in block or (previous == b"\n" and block[:1] == b"\n"):
-                return False, 0
-            data = np.frombuffer(block, dtype=np.uint8)
-            ends = np.flatnonzero(data == 10)
-            commas = np.flatnonzero(data == 44)
-            if len(ends):
-                # separators before each line end, differenced: separators per line
-                per_line = np.diff(np.r_[0, np.searchsorted(commas, ends)])
-                per_line[0] += fields_so_far
-                if np.any(per_line != width - 1):
-                    return False, 0
-                fields_so_far = int(len(commas) - np.searchsorted(commas, ends[-1]))
-            else:
-                fields_so_far += len(commas)
-            lines += len(ends)
-            previous = block[-1:]
-    if lines == 1 and previous == b"\n" and fields_so_far == 0:
-        return False, 0  # nothing after the header
-    if previous != b"\n":  # last line without a newline
-        if fields_so_far != width - 1:
-            return False, 0
-        lines += 1
-    return True, lines - 1
-
-
 class PanelFile:
-    """An opened panel file: knows its format and header; yields raw chunks.
+    """An opened panel file: knows its format, dialect and header; yields raw chunks.
 
     Parameters
     ----------
     path : str or Path
-        A .csv (or any delimited text) or .parquet file.
+        Delimited text (.csv, .tsv, .txt, gzip-compressed or not), .xlsx or .parquet;
+        the format is told by the content, not the name.
     catalog : Catalog
     chunk_rows : int
         Rows per chunk.
-    columns : ColumnMap, optional
-        The user's ``--columns`` map, applied before the catalog's aliases.
-    layout : {"wide", "long"}, optional
-        One row per patient, or one line per patient and analyte; None: detected from the header.
+    options : ReadOptions, optional
+        Separator, decimal mark, encoding, sheet, column map and layout given by the user (else detected).
+
+    Attributes
+    ----------
+    format : str
+        ``text``, ``excel`` or ``parquet``.
+    dialect : Dialect or None
+        Encoding, separator, decimal mark and line ending of a text file.
+    header : HeaderMatch
+        Which input column feeds which catalog column, and the units headers state.
+    layout : str
+        ``wide`` (a row per patient) or ``long`` (a line per patient and analyte).
+    row_count : int
+        Records the file holds (exact once :func:`validated_chunks` has run to the end).
     """
 
     def __init__(
@@ -135,14 +107,14 @@ class PanelFile:
         path: str | Path,
         catalog: Catalog,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
-        columns: ColumnMap | None = None,
-        layout: str | None = None,
+        options: ReadOptions | None = None,
     ):
         self.path = Path(path)
         self.catalog = catalog
         self.chunk_rows = chunk_rows
-        self.column_map = columns
-        self.layout = layout
+        self.options = options or ReadOptions()
+        self.dialect: Dialect | None = None
+        self._sheet: Sheet | None = None
         if not self.path.exists():
             raise RifmlInputError(f"{self.path}: no such file")
         if self.path.is_dir():
@@ -152,13 +124,64 @@ class PanelFile:
                 head = handle.read(8192)
         except OSError as exc:
             raise RifmlInputError(f"{self.path}: cannot be read ({exc.strerror})") from exc
-        self.format = "parquet" if head.startswith(PARQUET_MAGIC) else "csv"
-        self._byte_order_mark = head.startswith(codecs.BOM_UTF8)
-        if self.format == "csv":
-            self._check_text(head)
-            self.columns = self._csv_header()
-        else:
+        if head.startswith(PARQUET_MAGIC):
+            self.format = "parquet"
             self.columns = self._parquet_header()
+        elif head.startswith(XLSX_MAGIC):
+            self.format = "excel"
+            self._sheet = read_sheet(self.path, self.options.sheet)
+            self.columns = self._match(self._sheet.header)
+        else:
+            self.format = "text"
+            self._check_text()
+            self.dialect = detect_dialect(self.path, self.options)
+            self.columns = self._text_header()
+        self.decimal = self.options.decimal or (self.dialect.decimal if self.dialect else ".")
+        self.row_count: int | None = None
+
+    # -- what the file is ----------------------------------------------------
+    @functools.cached_property
+    def survey(self) -> Survey:
+        """Line counts apart from the parse (:mod:`rifml.io.accounting`).
+
+        Computed on first use, which is in the reading thread when scoring, so the scan
+        overlaps the model load rather than preceding it. A file read as UTF-8 whose later
+        bytes are not UTF-8 gets its code page chosen here, from the lines that hold them.
+        """
+        if self._sheet is not None:
+            found = self._sheet.survey
+        elif self.format == "parquet":
+            rows = self._parquet_file().metadata.num_rows
+            found = Survey(lines=rows + 1, header_line=1)
+        else:
+            with open_bytes(self.path) as handle:
+                found = survey(handle, self.dialect.encoding, self.dialect.sep, len(self.columns))
+            if found.undecodable_sample and self.options.encoding is None:
+                self.dialect = replace(self.dialect, encoding=guess_single_byte(found.undecodable_sample))
+                found.undecodable_sample = b""
+        if self.row_count is None:
+            self.row_count = found.data_lines  # exact without multi-line cells; settled by the check
+        return found
+
+    @property
+    def simple(self) -> bool:
+        """A text file Arrow can read and number line by line (the fast path)."""
+        return self.format == "text" and self.survey.plain
+
+    def describe(self) -> str:
+        """One line on what was read, e.g. ``read p.csv: Windows-1252, ';' separated, decimal ',', CRLF``."""
+        if self.format == "excel":
+            what = f"Excel sheet {self._sheet.name!r}"
+        elif self.format == "parquet":
+            what = "Parquet"
+        else:
+            self.survey  # settles the encoding
+            what = self.dialect.describe()
+        return f"read {self.path.name}: {what}"
+
+    def _match(self, header: list[str]) -> list[str]:
+        self.header, self.layout = _match_header(header, self.catalog, self.path, self.options)
+        return self.header.names
 
     @functools.cached_property
     def conversions(self) -> dict:
@@ -167,41 +190,28 @@ class PanelFile:
 
         return {column: conversion(self.catalog, column, unit) for column, unit in self.header.units.items()}
 
-    @functools.cached_property
-    def simple(self) -> bool:
-        """A CSV plain enough for the Arrow fast path (:func:`simple_csv_layout`).
-
-        Scanned on first use, which is in the reading thread when scoring, so the scan
-        overlaps the model load rather than preceding it.
-        """
-        # a byte-order mark would sit in the first column name of an Arrow read
-        if self.format != "csv" or self._byte_order_mark:
-            return False
-        simple, rows = simple_csv_layout(self.path, len(self.columns))
-        if simple:
-            self.row_count = rows
-        return simple
-
     # -- file-level checks -------------------------------------------------
-    def _check_text(self, head: bytes) -> None:
+    def _check_text(self) -> None:
+        try:
+            with open_bytes(self.path) as handle:
+                head = handle.read(8192)
+        except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+            raise RifmlInputError(f"{self.path}: not a readable gzip file ({exc})") from exc
         if not head.strip():
             raise RifmlInputError(f"{self.path}: the file is empty")
-        if b"\x00" in head:
-            raise RifmlInputError(f"{self.path}: not a CSV or Parquet file (binary content)")
+        utf16 = head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+        if b"\x00" in head and not utf16 and "16" not in (self.options.encoding or ""):
+            raise RifmlInputError(f"{self.path}: not a CSV, Excel or Parquet file (binary content)")
 
-    def _open_text(self) -> io.TextIOWrapper:
-        # Undecodable bytes become U+FFFD so one bad cell cannot sink the whole batch.
-        return self.path.open("r", encoding="utf-8-sig", errors="replace", newline="")
-
-    def _csv_header(self) -> list[str]:
-        with self._open_text() as handle:
-            reader = csv.reader(handle)
-            header = next((line for line in reader if line), None)
+    def _text_header(self) -> list[str]:
+        sep = self.dialect.sep
+        with text_stream(self.path, self.dialect.encoding) as handle:
+            lines = (line for line in handle if line.rstrip("\r\n"))
+            header = next(lines, None)
             if header is None:
                 raise RifmlInputError(f"{self.path}: the file is empty")
-            self.header, self.layout = _match_header(header, self.catalog, self.path, self.column_map, self.layout)
-            names = self.header.names
-            if next((line for line in reader if line), None) is None:
+            names = self._match(next(csv.reader([header.rstrip("\r\n")], delimiter=sep), []))
+            if next(lines, None) is None:
                 raise RifmlInputError(f"{self.path}: no data rows (header only)")
         return names
 
@@ -215,28 +225,40 @@ class PanelFile:
 
     def _parquet_header(self) -> list[str]:
         parquet = self._parquet_file()
-        self.header, self.layout = _match_header(
-            list(parquet.schema_arrow.names), self.catalog, self.path, self.column_map, self.layout
-        )
-        names = self.header.names
+        names = self._match(list(parquet.schema_arrow.names))
         if parquet.metadata.num_rows == 0:
             raise RifmlInputError(f"{self.path}: no data rows (header only)")
         return names
 
     # -- reading -----------------------------------------------------------
     def chunks(self) -> Iterator[RawChunk]:
-        """Raw chunks of the data rows, in file order."""
-        if self.format == "csv":
-            yield from self._arrow_csv_chunks() if self.simple else self._csv_chunks()
+        """Raw chunks of the data rows, in file order, patient ids in NFC."""
+        if self.format == "parquet":
+            chunks = self._parquet_chunks()
+        elif self.format == "excel":
+            chunks = self._sheet_chunks()
         else:
-            yield from self._parquet_chunks()
+            chunks = self._arrow_csv_chunks() if self.simple else self._record_chunks()
+        for chunk in chunks:
+            if self.catalog.id_column in chunk.frame:
+                chunk.frame[self.catalog.id_column] = nfc(chunk.frame[self.catalog.id_column])
+            yield chunk
+
+    def _arrow_stream(self):
+        import pyarrow as pa
+
+        return pa.input_stream(str(self.path), compression="gzip" if self.dialect.compressed else None)
 
     def _arrow_options(self, **read):
         import pyarrow as pa
         import pyarrow.csv as pacsv
 
+        encoding = self.dialect.encoding
         return dict(
-            read_options=pacsv.ReadOptions(column_names=self.columns, skip_rows=1, **read),
+            read_options=pacsv.ReadOptions(
+                column_names=self.columns, skip_rows=1, encoding="utf8" if encoding.startswith("utf-8") else encoding, **read
+            ),
+            parse_options=pacsv.ParseOptions(delimiter=self.dialect.sep),
             convert_options=pacsv.ConvertOptions(
                 column_types={c: pa.string() for c in self.columns}, strings_can_be_null=False
             ),
@@ -256,7 +278,7 @@ class PanelFile:
 
         first_row = 2
         pending: list = []
-        with pacsv.open_csv(self.path, **self._arrow_options(block_size=READ_BLOCK_BYTES)) as reader:
+        with pacsv.open_csv(self._arrow_stream(), **self._arrow_options(block_size=READ_BLOCK_BYTES)) as reader:
             for batch in reader:
                 pending.append(batch)
                 if sum(b.num_rows for b in pending) >= self.chunk_rows:
@@ -266,39 +288,37 @@ class PanelFile:
         if any(b.num_rows for b in pending):
             yield gathered(pending, first_row)
 
-    def _csv_chunks(self) -> Iterator[RawChunk]:
-        width = len(self.columns)
-        with self._open_text() as handle:
-            reader = csv.reader(handle)
-            header_seen = False
-            records: list[list[str]] = []
-            rows: list[int] = []
-            bad: list[bool] = []
-            last_line = 0
-            for record in reader:
-                start_line = last_line + 1
-                last_line = reader.line_num
-                if not record:  # a blank line is not a row
-                    continue
-                if not header_seen:
-                    header_seen = True
-                    continue
-                if len(record) != width:
-                    bad.append(True)
-                    record = (record + [""] * width)[:width]
-                else:
-                    bad.append(False)
-                records.append(record)
-                rows.append(start_line)
-                if len(records) >= self.chunk_rows:
-                    yield self._raw_chunk(records, rows, bad)
-                    records, rows, bad = [], [], []
-            if records:
-                yield self._raw_chunk(records, rows, bad)
+    def _records(self) -> Iterator[Record]:
+        with text_stream(self.path, self.dialect.encoding) as handle:
+            yield from records(handle, self.dialect.sep, len(self.columns))
 
-    def _raw_chunk(self, records: list[list[str]], rows: list[int], bad: list[bool]) -> RawChunk:
-        frame = pd.DataFrame(records, columns=self.columns, dtype=object)
-        return RawChunk(frame, np.asarray(rows, dtype=np.int64), np.asarray(bad, dtype=bool))
+    def _record_chunks(self) -> Iterator[RawChunk]:
+        """The careful path: records with their line spans, broken quotes rejected alone."""
+        batch: list[Record] = []
+        for record in self._records():
+            batch.append(record)
+            if len(batch) >= self.chunk_rows:
+                yield self._raw_chunk(batch)
+                batch = []
+        if batch:
+            yield self._raw_chunk(batch)
+
+    def _raw_chunk(self, batch: list[Record]) -> RawChunk:
+        frame = pd.DataFrame([r.cells for r in batch], columns=self.columns, dtype=object)
+        return RawChunk(
+            frame,
+            np.array([r.start for r in batch], dtype=np.int64),
+            np.zeros(len(batch), dtype=bool),
+            row_problems=np.array([r.problem for r in batch], dtype=object),
+            last_rows=np.array([r.end for r in batch], dtype=np.int64),
+        )
+
+    def _sheet_chunks(self) -> Iterator[RawChunk]:
+        sheet = self._sheet
+        for first in range(0, len(sheet.cells), self.chunk_rows):
+            part = slice(first, first + self.chunk_rows)
+            frame = pd.DataFrame(sheet.cells[part], columns=self.columns, dtype=object)
+            yield RawChunk(frame, sheet.numbers[part], sheet.too_wide[part])
 
     def _parquet_chunks(self) -> Iterator[RawChunk]:
         parquet = self._parquet_file()
@@ -311,65 +331,107 @@ class PanelFile:
             yield RawChunk(frame, rows, np.zeros(len(frame), dtype=bool))
 
     def patient_ids(self) -> Iterator[pd.Series]:
-        """The id column only, chunk by chunk (first pass, for the duplicate rule)."""
+        """The id column only, chunk by chunk, in NFC (first pass, for the duplicate rule)."""
+        position = self.columns.index(self.catalog.id_column)
         if self.format == "parquet":
             parquet = self._parquet_file()
-            position = self.columns.index(self.catalog.id_column)
             original = parquet.schema_arrow.names[position]
             for batch in parquet.iter_batches(batch_size=self.chunk_rows, columns=[original]):
-                yield batch.to_pandas().iloc[:, 0]
+                yield nfc(batch.to_pandas().iloc[:, 0])
+        elif self.format == "excel":
+            yield nfc(pd.Series([row[position] for row in self._sheet.cells], dtype=object))
         elif self.simple:
             import pyarrow.csv as pacsv
 
             # streamed in blocks and kept Arrow-backed: a million ids never become Python strings
             options = self._arrow_options(block_size=READ_BLOCK_BYTES)
             options["convert_options"].include_columns = [self.catalog.id_column]
-            with pacsv.open_csv(self.path, **options) as reader:
+            with pacsv.open_csv(self._arrow_stream(), **options) as reader:
                 for batch in reader:
-                    yield batch.column(0).to_pandas(types_mapper=pd.ArrowDtype)
+                    yield nfc(batch.column(0).to_pandas(types_mapper=pd.ArrowDtype))
         else:
-            position = self.columns.index(self.catalog.id_column)
-            with self._open_text() as handle:
-                records = (r for r in csv.reader(handle) if r)
-                next(records)  # header
-                ids = [r[position] if len(r) > position else "" for r in records]
-            yield pd.Series(ids, dtype=object)
+            yield nfc(pd.Series([r.cells[position] for r in self._records()], dtype=object))
 
     def duplicate_ids(self) -> frozenset[str]:
-        """Ids (stripped, non-empty) that occur on more than one row of the whole file.
-
-        Also sets ``row_count`` (data rows in the file), known after this first pass.
-        """
+        """Ids (stripped, NFC, non-empty) that occur on more than one row of the whole file."""
         import pyarrow as pa
 
-        parts = list(self.patient_ids())
-        self.row_count = sum(len(p) for p in parts)
-        repeated = repeated_ids(*parts)
-        del parts
+        self.survey  # settles the encoding before any text is read
+        repeated = repeated_ids(*self.patient_ids())
         # Arrow's allocator keeps freed memory for reuse; the id pass's hash tables are not
         # needed again, and keeping them would raise the whole run's peak by ~150 MiB per million ids.
         pa.default_memory_pool().release_unused()
         return repeated
 
 
-def validated_chunks(panel_file: PanelFile) -> Iterator[ValidatedChunk]:
-    """Validate a file chunk by chunk; every data row ends in ``panel`` or ``rejects``.
+def nfc(ids: pd.Series) -> pd.Series:
+    """Text ids in Unicode NFC, so ``José`` typed on a Mac (NFD) and on Windows is one patient."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-    A long-format file is one chunk: a patient's lines may lie anywhere in it.
+    if isinstance(ids.dtype, pd.ArrowDtype) and pa.types.is_string(ids.dtype.pyarrow_dtype):
+        cells = ids.array._pa_array
+    elif ids.dtype == object:
+        try:
+            cells = pa.chunked_array([pa.array(ids.to_numpy(), type=pa.string(), from_pandas=True)])
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed Python objects: left to validation
+            return ids
+    else:
+        return ids  # numbers (Parquet) need no normalizing
+    cells = cells.combine_chunks()
+    other = pc.invert(pc.fill_null(pc.string_is_ascii(cells), True))
+    if not pc.any(other).as_py():
+        return ids
+    # Only the non-ASCII ids, in Python: pyarrow's utf8_normalize gave NFD for "NFC" (pyarrow 25).
+    spelled = [unicodedata.normalize("NFC", text) for text in pc.filter(cells, other).to_pylist()]
+    normalized = pc.replace_with_mask(cells, other, pa.array(spelled, type=cells.type))
+    return pd.Series(pd.arrays.ArrowExtensionArray(normalized), index=ids.index, name=ids.name)
+
+
+def validated_chunks(panel_file: PanelFile) -> Iterator[ValidatedChunk]:
+    """Validate a file chunk by chunk; every data record ends in ``panel`` or ``rejects``.
+
+    Header units are converted before validation (:mod:`rifml.io.units`). A long-format
+    file is one chunk: a patient's lines may lie anywhere in it (:mod:`rifml.io.long_format`),
+    and its records are lines, each ending with its patient's panel or in the rejects.
+    After the last chunk the records read are checked against the file's own line count
+    (:meth:`Survey.check`); a mismatch raises :class:`AccountingError` (a bug: exit 1).
     """
     from rifml.io.units import convert_columns
+
+    starts, ends = [], []
+
+    def read(raw: RawChunk) -> RawChunk:
+        starts.append(raw.rows)
+        ends.append(raw.rows if raw.last_rows is None else raw.last_rows)
+        return raw
 
     if panel_file.layout == "long":
         from rifml.io.long_format import validated_long
 
-        chunk = validated_long(panel_file.chunks(), panel_file.catalog, panel_file.column_map)
-        panel_file.row_count = chunk.accepted_lines + len(chunk.rejects)
-        yield chunk
-        return
-    duplicates = panel_file.duplicate_ids()
-    for raw in panel_file.chunks():
-        frame, problems = convert_columns(raw.frame, panel_file.conversions)
-        yield validate_chunk(frame, raw.rows, panel_file.catalog, duplicates, raw.bad_field_count, problems)
+        panel_file.survey  # settles the encoding before any text is read
+        raws = [read(raw) for raw in panel_file.chunks()]
+        checked = validated_long(raws, panel_file.catalog, panel_file.options.column_map, panel_file.decimal)
+        records = sum(len(raw.rows) for raw in raws)
+        if checked.accepted_lines + len(checked.rejects) != records:
+            raise AccountingError(f"{records:,} lines validated into {checked.accepted_lines + len(checked.rejects):,}")
+        yield checked
+    else:
+        duplicates = panel_file.duplicate_ids()
+        for raw in panel_file.chunks():
+            read(raw)
+            frame, unit_problems = convert_columns(raw.frame, panel_file.conversions, panel_file.decimal)
+            checked = validate_chunk(
+                frame, raw.rows, panel_file.catalog, duplicates, raw.bad_field_count,
+                row_problems=raw.row_problems, decimal=panel_file.decimal, column_problems=unit_problems,
+            )
+            if len(checked.panel) + len(checked.rejects) != len(raw.rows):
+                raise AccountingError(f"{len(raw.rows):,} rows validated into {len(checked.panel) + len(checked.rejects):,}")
+            yield checked
+    empty = np.zeros(0, dtype=np.int64)
+    panel_file.row_count = panel_file.survey.check(
+        np.concatenate(starts) if starts else empty, np.concatenate(ends) if ends else empty
+    )
 
 
 class Prefetcher:

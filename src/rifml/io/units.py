@@ -29,7 +29,7 @@ UNIT_NOT_ACCEPTED = "unit not accepted for this column"
 
 # A unit that closes a header: "IL-6 (ng/mL)", "Serum IL-6 [ng/mL]".
 _HEADER_UNIT = re.compile(r"^(?P<name>.*?\S)\s*[\(\[]\s*(?P<unit>[^()\[\]]*?)\s*[\)\]]\s*$")
-_PLAIN_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)"
+_PLAIN_NUMBER = {".": r"[+-]?(?:\d+\.?\d*|\.\d+)", ",": r"[+-]?(?:\d+,?\d*|,\d+)"}
 
 
 def split_header_unit(header: str) -> tuple[str, str | None]:
@@ -112,25 +112,33 @@ def _power_of_ten(factor: Fraction) -> int | None:
     return None
 
 
-def _scaled_text(cell: str, factor: Fraction) -> str:
-    """One cell times ``factor`` in decimal arithmetic; text that is not a number is left for validation."""
+def _scaled_text(cell: str, factor: Fraction, decimal: str = ".") -> str:
+    """One cell times ``factor`` in decimal arithmetic; text that is not a number is left for validation.
+
+    With a decimal comma, a cell holding a point is left as it is (validation refuses it there).
+    """
     text = cell.strip()
     censor = "<" if text.startswith("<") else ""
     body = text[1:].strip() if censor else text
+    if decimal == ",":
+        if "." in body:
+            return cell
+        body = body.replace(",", ".")
     try:
         value = Decimal(body) * factor.numerator / factor.denominator
     except (InvalidOperation, ValueError):
         return cell
     if not value.is_finite():
         return cell
-    return f"{censor}{value.normalize():f}" if value else f"{censor}0"
+    written = f"{value.normalize():f}" if value else "0"
+    return censor + (written.replace(".", ",") if decimal == "," else written)
 
 
-def scale_column(column: pd.Series, factor: Fraction) -> pd.Series:
+def scale_column(column: pd.Series, factor: Fraction, decimal: str = ".") -> pd.Series:
     """``column`` (raw cells) expressed in the catalog unit: numbers and ``<x`` limits times ``factor``.
 
     Typed numbers are multiplied; text is rewritten exactly (see the module docstring),
-    so empties and text that is no number reach validation as they were.
+    in the file's decimal mark, so empties and text that is no number reach validation as they were.
     """
     if factor == 1:
         return column
@@ -138,7 +146,7 @@ def scale_column(column: pd.Series, factor: Fraction) -> pd.Series:
         return column.astype("float64") * factor.numerator / factor.denominator
     text = column.astype(object).where(column.notna(), "").astype(str).str.strip()
     exponent = _power_of_ten(factor)
-    plain = text.str.fullmatch(rf"<?\s*{_PLAIN_NUMBER}")
+    plain = text.str.fullmatch(rf"<?\s*{_PLAIN_NUMBER[decimal]}")
     scaled = text.copy()
     if exponent is not None:
         scaled[plain] = text[plain] + f"e{exponent}"
@@ -146,7 +154,7 @@ def scale_column(column: pd.Series, factor: Fraction) -> pd.Series:
     else:
         rest = text != ""
     if rest.any():
-        scaled[rest] = [_scaled_text(cell, factor) for cell in text[rest]]
+        scaled[rest] = [_scaled_text(cell, factor, decimal) for cell in text[rest]]
     scaled[text == ""] = column[text == ""]
     return scaled.astype(object)
 
@@ -166,7 +174,9 @@ def describe(factor: Fraction) -> str:
     return f"x{factor.numerator}/{factor.denominator}"
 
 
-def convert_columns(frame: pd.DataFrame, conversions: dict[str, Fraction | str]) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+def convert_columns(
+    frame: pd.DataFrame, conversions: dict[str, Fraction | str], decimal: str = "."
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Raw cells in catalog units, and the rows refused for a unit (column -> reason or None per row)."""
     problems: dict[str, np.ndarray] = {}
     if not conversions:
@@ -176,5 +186,5 @@ def convert_columns(frame: pd.DataFrame, conversions: dict[str, Fraction | str])
         if isinstance(factor, str):
             problems[column] = unit_problems(frame[column], factor)
         else:
-            frame[column] = scale_column(frame[column], factor).set_axis(frame.index)
+            frame[column] = scale_column(frame[column], factor, decimal).set_axis(frame.index)
     return frame, problems

@@ -1,0 +1,209 @@
+"""Counting the records a delimited text file holds, apart from parsing it.
+
+The rule (README, "Formats"): after the header, every non-blank line starts a record,
+except the lines of a quoted cell that goes on over line breaks. Such a cell is
+recognized by quote parity: a line with an odd number of ``"`` opens it and the next
+line with an odd number of ``"`` closes it. If the lines between do not parse as one
+record with the header's number of fields, or no closing line comes, or a line after the
+opening one has the header's number of separators by itself (it is a record of its own:
+a stray quote must never swallow patients), the opening line is a record of its own,
+rejected as ``unclosed quote``, and reading goes on at the next line.
+
+:func:`survey` counts lines, blank lines and odd-parity lines with numpy on the bytes,
+without the parser. :meth:`Survey.check` then verifies that the records the parser
+produced tile the file's lines exactly (no line lost, none read twice, every multi-line
+record opened and closed by odd-parity lines). A mismatch is a bug in rifml, never a
+property of the file: it raises, so no wrong total is ever printed.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import numpy as np
+
+SCAN_BLOCK = 4 << 20  # bytes per step (its temporaries are ~10x this)
+SAMPLE_BYTES = 1 << 16  # non-UTF-8 lines kept for encoding detection
+QUOTE, LF, CR = 34, 10, 13
+
+
+class AccountingError(RuntimeError):
+    """The parse accounted for other lines than the file holds: a bug, reported as one (exit 1)."""
+
+
+@dataclass
+class Survey:
+    """Line facts of a text file, from bytes alone.
+
+    Attributes
+    ----------
+    lines : int
+        Physical lines (a last line without a line end counts).
+    header_line : int
+        The first non-blank line (0 when the file is blank).
+    blank : ndarray of int
+        Blank data lines (after the header), 1-based.
+    odd : ndarray of int
+        Data lines holding an odd number of quotes.
+    narrow : ndarray of int
+        Data lines, blank ones included, without the header's number of separators (the
+        only lines a quoted cell may run over).
+    quoted : bool
+        Some data line holds a quote.
+    lone_cr : bool
+        Some line ends in a bare CR (old Mac style).
+    ragged : bool
+        Some non-blank data line has another number of separators than the header.
+    undecodable_sample : bytes
+        Empty when the bytes decode in the expected encoding; else lines that do not
+        (for choosing a single-byte code page).
+    """
+
+    lines: int = 0
+    header_line: int = 0
+    blank: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    odd: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    narrow: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    quoted: bool = False
+    lone_cr: bool = False
+    ragged: bool = False
+    undecodable_sample: bytes = b""
+
+    @property
+    def data_lines(self) -> int:
+        """Non-blank lines after the header: the records of a file without multi-line cells."""
+        return max(self.lines - self.header_line - len(self.blank), 0)
+
+    @property
+    def plain(self) -> bool:
+        """One record per line, all of the header's width, nothing to re-number: Arrow can read it."""
+        return (
+            self.header_line == 1
+            and not (self.quoted or self.lone_cr or self.ragged or len(self.blank) or self.undecodable_sample)
+        )
+
+    def check(self, starts: np.ndarray, ends: np.ndarray) -> int:
+        """Verify that records [start, end] (line numbers, in file order) tile the data lines.
+
+        Between consecutive records only blank lines may lie; a record spanning lines must
+        start and end on odd-parity lines with only even ones between. Returns the number
+        of records; raises :class:`AccountingError` otherwise.
+        """
+        starts, ends = np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
+        if len(starts) != len(ends) or np.any(ends < starts):
+            raise AccountingError("record spans are malformed")
+        low = np.r_[self.header_line, ends]  # each gap runs from a record's end (or the header) ...
+        high = np.r_[starts, self.lines + 1]  # ... to the next record's start (or past the last line)
+        blanks_between = np.searchsorted(self.blank, high) - np.searchsorted(self.blank, low, side="right")
+        wrong = (high - low - 1 != blanks_between) | np.r_[np.isin(starts, self.blank), False]
+        if wrong.any():
+            first = int(np.flatnonzero(wrong)[0])
+            raise AccountingError(
+                f"the parse accounts for other lines than the file holds (near line {int(high[first])}): "
+                f"{len(starts):,} records read, {self.data_lines:,} non-blank data lines"
+            )
+        multi = np.flatnonzero(ends > starts)
+        if len(multi):
+            for i in multi:
+                s, e = int(starts[i]), int(ends[i])
+                inner = np.searchsorted(self.odd, e) - np.searchsorted(self.odd, s, side="right")
+                narrow = np.searchsorted(self.narrow, e, side="right") - np.searchsorted(self.narrow, s, side="right")
+                if not (np.isin([s, e], self.odd).all() and inner == 0 and narrow == e - s):
+                    raise AccountingError(f"lines {s}-{e} were read as one record against the quote rule")
+        return len(starts)
+
+
+def utf8_blocks(stream: BinaryIO, encoding: str) -> Iterator[bytes]:
+    """The stream's bytes in blocks, as UTF-8 when its encoding is not ASCII-compatible (UTF-16)."""
+    transcode = codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))
+    decoder = codecs.getincrementaldecoder(encoding)(errors="replace") if transcode else None
+    while block := stream.read(SCAN_BLOCK):
+        yield decoder.decode(block).encode("utf-8") if decoder else block
+    if decoder:
+        yield decoder.decode(b"", final=True).encode("utf-8")
+
+
+def survey(stream: BinaryIO, encoding: str, sep: str, width: int) -> Survey:
+    """Count the lines of a text stream and note what a fast parser could not handle."""
+    result = Survey()
+    check_utf8 = codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
+    decoder = codecs.getincrementaldecoder("utf-8")() if check_utf8 else None
+    blanks, odds, narrows, sample = [], [], [], []
+    carry = b""
+    for block in utf8_blocks(stream, encoding):
+        if decoder is not None:
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError:
+                decoder = None
+                sample = [b""]  # from here on, gather non-ASCII lines
+        block = carry + block
+        cut = block.rfind(b"\n")
+        if cut < 0:
+            carry = block
+            continue
+        carry = block[cut + 1 :]
+        _scan(block[: cut + 1], result, sep, width, (blanks, odds, narrows), sample)
+    if carry:
+        _scan(carry + b"\n", result, sep, width, (blanks, odds, narrows), sample)  # a last line without a line end
+    if decoder is not None:
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            sample = [carry or b"?"]
+    result.blank = np.concatenate(blanks) if blanks else result.blank
+    result.odd = np.concatenate(odds) if odds else result.odd
+    result.narrow = np.concatenate(narrows) if narrows else result.narrow
+    result.undecodable_sample = b"".join(sample)
+    return result
+
+
+def _scan(block: bytes, result: Survey, sep: str, width: int, found: tuple[list, list, list], sample: list) -> None:
+    """One block of whole lines (ending in LF, or a bare CR before the block's end).
+
+    Works on positions of the few bytes that matter (line ends, quotes, separators), so
+    its temporaries stay small: a byte-wide cumulative sum would cost 8 bytes per byte.
+    """
+    data = np.frombuffer(block, dtype=np.uint8)
+    ends = np.flatnonzero(data == LF)
+    crs = np.flatnonzero(data == CR)
+    if len(crs):
+        follows = crs + 1 < len(data)
+        lone = crs[~follows | (data[np.minimum(crs + 1, len(data) - 1)] != LF)]
+        if len(lone):
+            result.lone_cr = True
+            ends = np.union1d(ends, lone)
+    starts = np.r_[0, ends[:-1] + 1]
+    content_end = ends.copy()
+    if len(crs):  # a CRLF's CR is not content
+        content_end -= np.isin(ends - 1, crs) & (data[ends] == LF)
+    numbers = result.lines + 1 + np.arange(len(ends), dtype=np.int64)
+    result.lines += len(ends)
+    blank = content_end == starts
+    if result.header_line == 0:
+        nonblank = np.flatnonzero(~blank)
+        if not len(nonblank):
+            return
+        result.header_line = int(numbers[nonblank[0]])
+    data_line = numbers > result.header_line
+    quotes = _per_line(np.flatnonzero(data == QUOTE), starts, ends)
+    separators = _per_line(np.flatnonzero(data == ord(sep)), starts, ends)
+    blanks, odds, narrows = found
+    narrow = data_line & (separators != width - 1)
+    blanks.append(numbers[data_line & blank])
+    odds.append(numbers[data_line & (quotes % 2 == 1)])
+    narrows.append(numbers[narrow])
+    result.quoted |= bool((quotes[data_line] > 0).any())
+    result.ragged |= bool(np.any(narrow & ~blank))
+    if sample and sum(map(len, sample)) < SAMPLE_BYTES:
+        high = _per_line(np.flatnonzero(data >= 0x80), starts, ends) > 0
+        for i in np.flatnonzero(high)[:200]:
+            sample.append(block[starts[i] : ends[i] + 1])
+
+
+def _per_line(positions: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """How many of ``positions`` fall in each line [start, end)."""
+    return np.searchsorted(positions, ends) - np.searchsorted(positions, starts)
