@@ -490,11 +490,14 @@ def plot_profile_shap(data: CohortData, profile: str):
 def lab_drift(panel: pd.DataFrame, profiler: ImmuneProfiler) -> pd.DataFrame:
     """Per lab and drifting marker: the lab's median against the batch median, and the shift learned in training.
 
+    A marker drifts when the catalog says so or when training learned an offset for it in some lab.
+
     Censored cells are left out (their value is a limit, not a measurement). Differences
     are multiplicative (the assays drift by tens of percent), in percent.
     """
     features = profiler.features_
-    drifting = [m for m in profiler.catalog_.numeric_markers if m.drifts]
+    learned_markers = {name for shifts in features.lab_shifts_.values() for name, shift in shifts.items() if shift}
+    drifting = [m for m in profiler.catalog_.numeric_markers if m.drifts or m.name in learned_markers]
     if LAB_COLUMN not in panel or not drifting:
         return pd.DataFrame(columns=["lab", "marker", "n", "batch_pct", "learned_pct", "known"])
     labs = panel[LAB_COLUMN].astype(object).where(panel[LAB_COLUMN].notna(), "(no lab)").astype(str)
