@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from pydantic import ValidationError
 
@@ -146,3 +147,24 @@ def test_a_catalog_pickled_before_aliases_existed_reads_back_without_them(catalo
     old.__setstate__(state)
     assert old.id_aliases == () and old != catalog
     assert names(["Subject ID", "patient_id"], old) == ["Subject ID", "patient_id"]
+
+
+def test_outcomes_reads_panel_covariates_through_the_same_options(tmp_path, catalog):
+    """`rifml outcomes --panels` reads with the reading options: mapped names and long files give the same covariates."""
+    from rifml.io.columns import load_column_map
+    from rifml.io.dialects import ReadOptions
+    from rifml.outcomes.files import read_panel_columns
+
+    (tmp_path / "wide.csv").write_text("patient_id,pb_nk_pct,age_years\nP1,12,34\nP2,9,41\n", encoding="utf-8")
+    (tmp_path / "mapped.csv").write_text("Subject,NK,Age at transfer\nP1,12,34\nP2,9,41\n", encoding="utf-8")
+    (tmp_path / "map.yaml").write_text('Subject: patient_id\nNK: pb_nk_pct\n"Age at transfer": age_years\n', encoding="utf-8")
+    (tmp_path / "long.csv").write_text(
+        "patient_id,analyte,value,unit,age_years\nP1,NK cells,12,%,34\nP2,NK cells,9,%,41\n", encoding="utf-8"
+    )
+    expected, reasons = read_panel_columns(tmp_path / "wide.csv", catalog, ["age_years", "pb_nk_pct"])
+    assert expected["age_years"].tolist() == [34.0, 41.0] and not reasons
+    mapped = ReadOptions(column_map=load_column_map(tmp_path / "map.yaml"))
+    for path, options in ((tmp_path / "mapped.csv", mapped), (tmp_path / "long.csv", None)):
+        table, reasons = read_panel_columns(path, catalog, ["age_years", "pb_nk_pct"], options=options)
+        assert not reasons
+        pd.testing.assert_frame_equal(table, expected, check_dtype=False)

@@ -14,7 +14,7 @@ from rifml.io.dialects import ReadOptions
 from rifml.io.long_format import CONFLICT, MISSING_ANALYTE, pivot_long
 from rifml.io.reader import PanelFile, validated_chunks
 from rifml.io.units import UNIT_NOT_ACCEPTED, UNKNOWN_UNIT
-from rifml.validate import MISSING_ID, PERCENT_ABOVE_100
+from rifml.validate import MISSING_ID, PERCENT_ABOVE_100, UNCLOSED_QUOTE
 
 RIFML = str(Path(sys.executable).parent / "rifml")
 HEADER = ["patient_id", "analyte", "value", "unit", "lab_id", "age_years"]
@@ -324,4 +324,4 @@ def test_long_semicolon_decimal_comma_file_with_an_unclosed_quote(tmp_path, cata
     assert chunk.panel["serum_il6_pg_ml"].tolist() == [3.7, 1.5]
     assert chunk.panel["serum_il6_pg_ml__censored"].tolist() == [False, True]
     assert chunk.rejects["row"].tolist() == [4]
-    assert "quote" in chunk.rejects["reason"].iloc[0]
+    assert chunk.rejects["reason"].iloc[0] == UNCLOSED_QUOTE
