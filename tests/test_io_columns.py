@@ -168,3 +168,13 @@ def test_outcomes_reads_panel_covariates_through_the_same_options(tmp_path, cata
         table, reasons = read_panel_columns(path, catalog, ["age_years", "pb_nk_pct"], options=options)
         assert not reasons
         pd.testing.assert_frame_equal(table, expected, check_dtype=False)
+
+
+def test_an_output_aimed_at_the_columns_map_is_refused(tmp_path):
+    (tmp_path / "p.csv").write_text("Patient ID,NK\nP1,12\n", encoding="utf-8")
+    (tmp_path / "map.yaml").write_text('"Patient ID": patient_id\nNK: pb_nk_pct\n', encoding="utf-8")
+    result = subprocess.run([RIFML, "validate", "--input", "p.csv", "--rejects", "map.yaml", "--columns", "map.yaml"],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "--rejects map.yaml is the same file as --columns map.yaml" in result.stderr
+    assert (tmp_path / "map.yaml").read_text(encoding="utf-8").startswith('"Patient ID": patient_id')

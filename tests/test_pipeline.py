@@ -189,3 +189,20 @@ def test_one_pass_drivers_match_the_explicit_path_also_for_a_two_profile_model(c
         np.testing.assert_allclose(calls[f"driver_{k}_contribution"], expected[f"driver_{k}_contribution"], atol=5e-7)
     compact = profiler.call(rows, compact=True)
     pd.testing.assert_frame_equal(compact.astype(object), calls.astype(object))
+
+
+def test_explanations_that_do_not_add_up_fail_loudly(cohorts, supervised, monkeypatch):
+    """Every call checks that contributions + expected value = margin (as shap does by default)."""
+    _, test, _ = cohorts
+    profiler, _ = supervised
+    honest = profiler.explainer_.margins_and_shap
+
+    def skewed(X):
+        raw, phi = honest(X)
+        phi = phi.copy()
+        phi[3, 0] += 1e-3  # one row's first feature off by a little
+        return raw, phi
+
+    monkeypatch.setattr(profiler.explainer_, "margins_and_shap", skewed)
+    with pytest.raises(RuntimeError, match="additivity"):
+        profiler.call(test.iloc[:20])

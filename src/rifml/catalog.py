@@ -204,3 +204,21 @@ def _load_cached(path: str | None) -> Catalog:
 def load_catalog(path: str | Path | None = None) -> Catalog:
     """Load and validate the marker catalog (default: configs/markers.yaml)."""
     return _load_cached(str(path) if path is not None else None)
+
+
+def catalog_differences(first: Catalog, second: Catalog) -> list[str]:
+    """Where two catalogs differ, one phrase per field: ``pb_nk_pct valid_range [0.0, 100.0] vs [0.0, 20.0]``."""
+    a, b = first.model_dump(mode="json"), second.model_dump(mode="json")
+    found = []
+    for key in a:
+        if key in ("markers", "context"):
+            left, right = ({entry["name"]: entry for entry in side[key]} for side in (a, b))
+            for name in [*left, *(n for n in right if n not in left)]:
+                if name not in right or name not in left:
+                    found.append(f"{name} {'only in the first' if name in left else 'only in the second'}")
+                    continue
+                found += [f"{name} {field} {left[name][field]} vs {right[name][field]}"
+                          for field in left[name] if left[name][field] != right[name].get(field)]
+        elif a[key] != b[key]:
+            found.append(f"{key} {a[key]} vs {b[key]}")
+    return found

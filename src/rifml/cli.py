@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 import traceback
 from collections import Counter
@@ -32,7 +33,7 @@ app = typer.Typer(
 # soft_wrap: long lines stay whole (paths, ids), so logs and tests can read them.
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
-_state = {"debug": False, "command": None, "skip_teardown": False}
+_state = {"debug": False, "command": None, "skip_teardown": False, "signal": signal.SIGINT}
 Command = TypeVar("Command", bound=Callable[..., None])
 
 
@@ -58,7 +59,12 @@ def reports_errors(command: Command) -> Command:
                 traceback.print_exc()
             err.print(f"rifml: error: {exc}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM: the writers' context managers have already removed their .part files.
+            err.print(f"rifml: interrupted ({signal.Signals(_state['signal']).name}); no output was written",
+                      markup=False, highlight=False)
+            raise typer.Exit(128 + int(_state["signal"])) from None
+        except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:
             if _state["debug"]:
@@ -157,16 +163,19 @@ def simulate(
 ) -> None:
     """Write a synthetic cohort of RIF immune panels (for demos and tests; not real patients)."""
     from rifml.catalog import load_catalog
+    from rifml.io.paths import prepare_outputs
     from rifml.simulate import load_simulation_config, simulate_cohort
     from rifml.io.writer import write_table
 
+    prepare_outputs([("--config", config), ("--catalog", catalog)],
+                    [("--output", output), ("--truth", truth), ("--outcomes", outcomes)])
     settings = load_simulation_config(config, scenario)
     cohort, truth_table = simulate_cohort(
         n, seed=seed, bad_share=bad_share, config=settings, catalog=load_catalog(catalog), batch=batch
     )
-    write_table(cohort, output)
+    write_table(cohort, output, safe_cells=False)  # panels for later commands: written exactly
     if truth is not None:
-        write_table(truth_table, truth)
+        write_table(truth_table, truth, safe_cells=False)
     if outcomes is not None:
         _simulate_outcomes(cohort, truth_table, settings, load_catalog(catalog), seed, outcomes)
     profiles = truth_table["immune_profile"].value_counts()
@@ -198,16 +207,18 @@ def validate(
 ) -> None:
     """Check a batch against the marker catalog: every row is accepted or rejected with a reason."""
     from rifml.catalog import load_catalog
+    from rifml.io.paths import prepare_outputs
     from rifml.io.reader import PanelFile, validated_chunks
     from rifml.validate import REJECT_COLUMNS
     from rifml.io.writer import AtomicCsvWriter
 
+    prepare_outputs([("--input", input), ("--catalog", catalog), ("--columns", columns)], [("--rejects", rejects), ("--output", output)])
     panel_file = PanelFile(input, load_catalog(catalog), chunk_rows=chunk_rows, options=read_options(sep, decimal, encoding, sheet, columns, layout))
     reasons: Counter[str] = Counter()
     accepted = 0
     with ExitStack() as stack:
         reject_writer = stack.enter_context(AtomicCsvWriter(rejects, columns=REJECT_COLUMNS))
-        accepted_writer = stack.enter_context(AtomicCsvWriter(output, columns=panel_file.columns)) if output else None
+        accepted_writer = stack.enter_context(AtomicCsvWriter(output, columns=panel_file.columns, safe_cells=False)) if output else None
         for chunk in validated_chunks(panel_file):
             reject_writer.write(chunk.rejects)
             reasons.update(chunk.rejects["reason"])
@@ -226,7 +237,7 @@ TrackingOption = Annotated[
 
 ModelOption = Annotated[
     Optional[str],
-    typer.Option("--model", help="MLflow model URI (default: models:/rifml-immune-profile@champion)."),
+    typer.Option("--model", help="MLflow model URI (default: models:/<registered_model of configs/train.yaml>@champion)."),
 ]
 
 
@@ -276,18 +287,31 @@ def train(
     import pandas as pd
 
     from rifml.catalog import load_catalog
-    from rifml.tracking import connect, log_training
+    from rifml.tracking import (check_experiment_name, connect, log_training, registered_model_name, require_store,
+                                resolve_tracking_uri)
     from rifml.training import load_train_config, train as fit
 
     settings = load_train_config(config)
+    experiment_name = check_experiment_name(experiment or settings.get("experiment", "rifml"))
+    require_store(resolve_tracking_uri(tracking_uri), create=True)  # a bad store location fails before training
     cat = load_catalog(catalog)
     err.print(f"reading {data} ...")
     panel, reasons = read_clean_panel(data, cat, options=read_options(sep, decimal, encoding, sheet, columns, layout))
+    if len(panel) == 0:
+        raise RifmlInputError(
+            f"{data}: no rows left to train on: all {sum(reasons.values()):,} were rejected"
+            f" ({', '.join(f'{r} {c:,}' for r, c in reasons.most_common(3))}); `rifml validate` lists why"
+        )
     labels = None
     if not no_labels and label_column in panel:
         labels = _profile_labels(panel[label_column], cat, label_column)
         if labels.notna().sum() == 0:
             labels = None
+        elif labels.nunique() < 2:
+            raise RifmlInputError(
+                f"{data}: column {label_column} holds one profile only ({labels.dropna().iloc[0]}): a classifier"
+                " needs at least two; add panels of other profiles, or train with --no-labels"
+            )
     err.print(
         f"training on {len(panel):,} panels ({'labels from ' + label_column if labels is not None else 'no labels: profiles from named subtypes'}) ..."
     )
@@ -296,7 +320,7 @@ def train(
     digest = hashlib.sha256(Path(data).read_bytes()).hexdigest()[:16]
     logged = log_training(
         result.profiler,
-        experiment=experiment or settings.get("experiment", "rifml"),
+        experiment=experiment_name,
         uri=uri,
         params={**result.params, "label_column": label_column if labels is not None else "", "data_sha256_16": digest,
                 "rows_rejected": sum(reasons.values())},
@@ -305,9 +329,9 @@ def train(
         tables=result.tables,
         floors_met=result.floors_met and champion,
         tags={"rifml.mode": "supervised" if labels is not None else "unsupervised"},
-        registered_model=settings.get("registered_model", "rifml-immune-profile"),
+        registered_model=registered_model_name(settings),
     )
-    _print_training(result, logged, reasons, uri, champion)
+    _print_training(result, logged, reasons, uri, champion, registered_model_name(settings))
     return logged
 
 
@@ -322,7 +346,7 @@ def _profile_labels(column, cat, name):
     return pd.Series(text.to_numpy(dtype=object), index=column.index).where(text.notna().to_numpy(), None)
 
 
-def _print_training(result, logged, reasons, uri, champion: bool) -> None:
+def _print_training(result, logged, reasons, uri, champion: bool, registered_model: str) -> None:
     m = result.metrics
     table = Table(box=None, show_header=True, header_style="bold")
     table.add_column("cross-validated")
@@ -342,7 +366,7 @@ def _print_training(result, logged, reasons, uri, champion: bool) -> None:
         if result.floor_failures:
             reasons_not.append("below the floors of configs/train.yaml: " + "; ".join(result.floor_failures))
         status = "not champion: " + "; ".join(reasons_not)
-    out.print(f"registered rifml-immune-profile version {logged.version} ({status})")
+    out.print(f"registered {registered_model} version {logged.version} ({status})")
     out.print(f"run {logged.run_id} in {uri}")
 
 
@@ -372,16 +396,16 @@ def score(
     # OpenMP threads (the compiled kernels) otherwise spin between chunks, taking the core the
     # reading thread needs; read by the OpenMP runtime when it loads, so set before any import.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    uri, model_uri = _open_store(tracking_uri, model, [("--input", input), ("--catalog", catalog), ("--columns", columns)],
+                                 [("--output", output), ("--rejects", rejects)])
     from rifml.catalog import load_catalog
     from rifml.pipeline import calls_columns
     from rifml.io.reader import PanelFile, Prefetcher, validated_chunks
     from rifml.scoring import scored_chunks
-    from rifml.tracking import connect, load_profiler
+    from rifml.tracking import load_profiler
     from rifml.validate import REJECT_COLUMNS
     from rifml.io.writer import AtomicCsvWriter
 
-    uri = connect(tracking_uri)
-    model_uri = model or "models:/rifml-immune-profile@champion"
     installed = load_catalog(catalog)
     reading = read_options(sep, decimal, encoding, sheet, columns, layout)
     panel_file = PanelFile(input, installed, chunk_rows=chunk_rows, options=reading)  # a bad file fails before the slow load
@@ -400,16 +424,12 @@ def score(
                 f"model {model_uri} was trained with marker catalog {model_catalog.catalog_version}, "
                 f"this installation has {installed.catalog_version}: retrain, or score with a matching model"
             )
+        _refuse_edited_catalog(model_catalog, installed, catalog, model_uri)
         if panel_file.layout == "wide" and not set(panel_file.columns) & set(model_catalog.marker_names):
             raise RifmlInputError(
                 f"{input}: none of the model's marker columns are present (expected some of: "
                 f"{', '.join(model_catalog.marker_names[:5])}, ...)"
             )
-        if model_catalog != installed:  # same version, edited since: the model's catalog rules
-            panel_file = PanelFile(input, model_catalog, chunk_rows=chunk_rows, options=reading)
-            if chunks is not None:
-                chunks.close()
-                chunks = stack.enter_context(Prefetcher(validated_chunks(panel_file)))
         if engine == "spark":
             from rifml.spark_engine import score_with_spark
 
@@ -435,6 +455,36 @@ def score(
     if profiles:
         out.print("calls: " + ", ".join(f"{p} {profiles[p]:,}" for p in model_catalog.profiles if profiles[p]))
     print_accounting(scored, reasons, verb="scored", rows_in=panel_file.row_count, source=panel_file.describe())
+
+
+def _refuse_edited_catalog(model_catalog, used, catalog_path: Optional[Path], model_uri: str) -> None:
+    """Same version, other content: validation would differ from `rifml validate` with that catalog
+    (and from training), so scoring stops and says where the catalogs differ."""
+    from rifml.catalog import catalog_differences
+
+    if model_catalog == used:
+        return
+    where = catalog_differences(model_catalog, used) or ["marker order"]
+    shown = "; ".join(where[:3]) + (f"; and {len(where) - 3} more" if len(where) > 3 else "")
+    raise RifmlInputError(
+        f"marker catalog {catalog_path or 'configs/markers.yaml'} (version {used.catalog_version}) differs from the one"
+        f" {model_uri} was trained with (model vs this): {shown}; score with the model's catalog, or retrain"
+    )
+
+
+def _open_store(tracking_uri: Optional[str], model: Optional[str], inputs: list, outputs: list,
+                folders: tuple[str, ...] = ()) -> tuple[str, str]:
+    """Check a reading command's paths (its store's file counts as an input) and connect to an existing
+    store; returns (tracking URI, model URI)."""
+    from rifml.io.paths import prepare_outputs
+    from rifml.tracking import champion_uri, connect, require_store, resolve_tracking_uri, sqlite_path
+
+    uri = resolve_tracking_uri(tracking_uri)  # checked before MLflow is imported: a mistake costs no wait
+    model_uri = model or champion_uri()
+    prepare_outputs([*inputs, ("--tracking-uri", sqlite_path(uri))], outputs, folders)
+    if model_uri.startswith(("models:/", "runs:/")):  # a model given as a path needs no store
+        require_store(uri)
+    return connect(uri), model_uri
 
 
 @app.command()
@@ -539,10 +589,11 @@ def report(
 ) -> None:
     """Write a self-contained HTML report: the cohort page and one page per patient (a local folder; ids stay out of MLflow)."""
     from rifml.report import generate_report
-    from rifml.tracking import connect, load_profiler
+    from rifml.tracking import load_profiler
 
-    connect(tracking_uri)
-    model_uri = model or "models:/rifml-immune-profile@champion"
+    _, model_uri = _open_store(tracking_uri, model, [("--input", input), ("--calls", calls), ("--rejects", rejects),
+                                                     ("--columns", columns)],
+                               [("--output", output)], folders=("--output",))
     profiler, metadata = load_profiler(model_uri)
     summary = generate_report(
         profiler, model_uri, metadata, panels=input, calls=calls, output=output, rejects=rejects,
@@ -613,7 +664,13 @@ def outcomes(
 
     cat = load_catalog(catalog)
     covariates = [name.strip() for name in (adjust or "").split(",") if name.strip()]
-    folder = prepare_folder(output, [panels, calls, outcomes_file])
+    from rifml.io.paths import prepare_outputs
+    from rifml.outcomes.files import OUTPUT_FILES
+
+    prepare_outputs([("--panels", panels), ("--calls", calls), ("--outcomes", outcomes_file), ("--catalog", catalog),
+                     ("--columns", columns)],
+                    [("--output", Path(output) / name) for name in OUTPUT_FILES])
+    folder = prepare_folder(output)
     registry_rows, line_numbers = read_table(outcomes_file, "outcomes")
     calls_table, _ = read_table(calls, "calls")
     from_panels = [name for name in covariates if name not in registry_rows]
@@ -703,7 +760,10 @@ def plan_trial(
     from rifml.io.writer import write_table
     from rifml.outcomes import contract
     from rifml.outcomes.files import read_table
+    from rifml.io.paths import prepare_outputs
     from rifml.outcomes.planning import check_design, plan_trial as plan
+
+    prepare_outputs([("--calls", calls), ("--outcomes", outcomes_file), ("--catalog", catalog)], [("--output", output)])
 
     check_design(effect, alpha, power)
     cat = load_catalog(catalog)
@@ -760,7 +820,9 @@ def _print_plan(table, effect: float, alpha: float, power: float) -> None:
 
 
 def _version_uri(logged) -> str:
-    return f"models:/rifml-immune-profile/{logged.version}"
+    from rifml.tracking import version_uri
+
+    return version_uri(logged.version)
 
 
 def print_accounting(
@@ -789,8 +851,15 @@ def print_accounting(
     out.print(f"rows in {done + rejected:,} = {verb} {done:,} + rejected {rejected:,}")
 
 
+def _interrupt(signum, frame) -> None:
+    """SIGTERM (a job scheduler, `kill`) ends a run the way Ctrl-C does: files closed, no .part left."""
+    _state["signal"] = signum
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Console entry point."""
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         app()
     except SystemExit as done:

@@ -47,6 +47,23 @@ def mask_compartment(panel: pd.DataFrame, catalog: Catalog, compartment: str) ->
     return masked
 
 
+# SHAP values plus the expected value must give the margin (shap checks this on every call
+# too): float64 sums over a few hundred trees agree far below this.
+ADDITIVITY_TOLERANCE = 1e-6
+
+
+def _check_additivity(raw: np.ndarray, phi: np.ndarray, expected: np.ndarray) -> None:
+    """Fail loudly when explanations do not add up to the margins they explain (a bug, never bad input)."""
+    raw = raw.reshape(len(raw), -1)
+    column = raw.argmax(axis=1)  # the explained output: the highest margin (the only one, for a binary booster)
+    gap = np.abs(phi.sum(axis=1) + expected[column] - raw[np.arange(len(raw)), column])
+    if len(gap) and gap.max() > ADDITIVITY_TOLERANCE:
+        raise RuntimeError(
+            f"SHAP additivity failed: contributions miss the margin by up to {gap.max():.2e} "
+            f"(row {int(gap.argmax())} of the chunk); the explainer does not match the model"
+        )
+
+
 def profile_columns(catalog: Catalog) -> list[str]:
     return [f"prob_{p}" for p in catalog.profiles]
 
@@ -367,6 +384,7 @@ class ImmuneProfiler(BaseEstimator):
         # One pass of the explainer's routing (bitwise-equal to LightGBM's margins, and faster than its
         # predict) gives the margins and the SHAP values of the highest-margin class: the call.
         raw, phi = self.explainer_.margins_and_shap(X)
+        _check_additivity(raw, phi, self.explainer_.expected_value_)
         margins = self.profile_model_.expand_margins(raw)
         proba = self.profile_model_.proba_from_margins(margins)
         called = margins.argmax(axis=1)  # = argmax of proba (temperature scaling keeps the order)

@@ -38,6 +38,7 @@ from rifml.config import load_yaml
 from rifml.errors import RifmlInputError
 from rifml.explain import COVERAGE
 from rifml.features import INCOMPATIBILITY_FEATURE, LAB_COLUMN, band_position
+from rifml.io.paths import PART_SUFFIX, temp_prefix
 from rifml.pipeline import REPORTED_DECIMALS, ImmuneProfiler, calls_columns, profile_columns
 from rifml.validate import censored_column
 
@@ -838,19 +839,61 @@ def read_calls(path: Path, catalog: Catalog) -> pd.DataFrame:
         raise RifmlInputError(f"{path}: cannot read the calls file ({exc})") from exc
     if calls.empty:
         raise RifmlInputError(f"{path}: no calls to report (were all rows rejected?)")
+    calls = _restored(calls)
     missing = [c for c in calls_columns(catalog) if c not in calls.columns]
     if missing:
         raise RifmlInputError(f"{path}: not a rifml calls file (missing columns: {', '.join(missing[:6])})")
     bad = ~calls["immune_profile"].isin(catalog.profiles)
     if bad.any():
-        raise RifmlInputError(f"{path}: immune_profile {calls['immune_profile'][bad].iloc[0]!r} is not a profile")
+        raise RifmlInputError(
+            f"{path}: line {_line(bad)}: immune_profile {calls['immune_profile'][bad].iloc[0]!r} is not a profile"
+        )
     duplicated = calls[catalog.id_column].duplicated()
     if duplicated.any():
         raise RifmlInputError(f"{path}: patient_id {calls[catalog.id_column][duplicated].iloc[0]!r} appears twice")
     numeric = [*profile_columns(catalog), *[c for c in calls.columns if c.endswith("_contribution")]]
     for column in numeric:
         calls[column] = pd.to_numeric(calls[column].replace("", np.nan), errors="coerce")
+    _check_probabilities(path, calls, catalog)
     return calls
+
+
+def _restored(calls: pd.DataFrame) -> pd.DataFrame:
+    """Text as it was before ``rifml score`` guarded it against spreadsheets (an id "=x" was written "'=x")."""
+    import pyarrow as pa
+
+    from rifml.io.writer import restore_cells
+
+    restored = {name: restore_cells(pa.array(calls[name].to_numpy(dtype=object), type=pa.string())).to_pylist()
+                for name in calls.columns}
+    return pd.DataFrame(restored, columns=calls.columns, index=calls.index, dtype=object)
+
+
+def _line(bad: pd.Series | np.ndarray) -> int:
+    """Line number in the calls file (header = line 1) of the first flagged row."""
+    return int(np.flatnonzero(np.asarray(bad))[0]) + 2
+
+
+def _check_probabilities(path: Path, calls: pd.DataFrame, catalog: Catalog) -> None:
+    """Each row's probabilities are numbers in [0, 1] summing to 1 up to the file's rounding; else the
+    file was edited or is not rifml's, and the report would show "nan%" or "500.0%"."""
+    columns = profile_columns(catalog)
+    proba = calls[columns].to_numpy(dtype=float)
+    # each of the k values is off by at most half a unit in the last reported decimal
+    slack = len(columns) * 0.5 * 10.0**-REPORTED_DECIMALS + 1e-9
+    checks = [
+        (np.isnan(proba).any(axis=1), "a probability is missing or not a number"),
+        (((proba < 0) | (proba > 1)).any(axis=1), "a probability is outside [0, 1]"),
+        (np.abs(proba.sum(axis=1) - 1) > slack, "the probabilities do not sum to 1"),
+    ]
+    for bad, what in checks:
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            values = ", ".join(f"{c}={calls[c].iloc[row]}" for c in columns)
+            raise RifmlInputError(
+                f"{path}: line {row + 2} (patient_id {calls[catalog.id_column].iloc[row]!r}): {what} ({values});"
+                " pass the calls file exactly as `rifml score` wrote it"
+            )
 
 
 def read_panel_for_calls(path: Path, catalog: Catalog, ids: pd.Series, read_options=None) -> tuple[pd.DataFrame, Counter]:
@@ -955,7 +998,7 @@ def write_report(output: Path, index_html: str, pages: Iterator[tuple[str, str]]
         raise RifmlInputError(f"{output}: folder {parent} does not exist")
     if output.exists() and not (output.is_dir() and (not any(output.iterdir()) or (output / REPORT_MARKER).exists())):
         raise RifmlInputError(f"{output}: exists and is not an earlier rifml report; choose a new or empty folder")
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".part", dir=parent))
+    staging = Path(tempfile.mkdtemp(prefix=temp_prefix(output), suffix=PART_SUFFIX, dir=parent))
     try:
         (staging / "patients").mkdir()
         count = 0

@@ -9,14 +9,18 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
 
 from rifml import __version__
 from rifml.catalog import Catalog
+from rifml.config import load_yaml
 from rifml.errors import RifmlInputError
 
 QUIET_ENV = {
@@ -25,8 +29,29 @@ QUIET_ENV = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "MLFLOW_LOGGING_LEVEL": "ERROR",
 }
-REGISTERED_MODEL = "rifml-immune-profile"
 CHAMPION = "champion"
+SQLITE_PREFIX = "sqlite:///"
+
+
+def registered_model_name(settings: dict | None = None) -> str:
+    """The registry name: ``registered_model`` of the given training settings, else of configs/train.yaml."""
+    settings = settings if settings is not None else load_yaml(None, "train.yaml")
+    name = settings.get("registered_model")
+    if not name:
+        raise RifmlInputError("training settings name no registered_model")
+    return str(name)
+
+
+# The one registry name every command defaults to (configs/train.yaml's registered_model).
+REGISTERED_MODEL = registered_model_name()
+
+
+def champion_uri(name: str = REGISTERED_MODEL) -> str:
+    return f"models:/{name}@{CHAMPION}"
+
+
+def version_uri(version: str, name: str = REGISTERED_MODEL) -> str:
+    return f"models:/{name}/{version}"
 
 
 def quiet_mlflow() -> None:
@@ -48,12 +73,79 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` store (None for any other kind of store)."""
+    if uri.startswith(SQLITE_PREFIX):
+        return Path(uri[len(SQLITE_PREFIX) :].split("?", 1)[0])
+    return None
+
+
 def _artifact_root(uri: str) -> str | None:
     """Artifacts beside a SQLite store, as an absolute path (not relative to whoever created it)."""
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///") :])
+    db = sqlite_path(uri)
+    if db is not None:
         return (db.parent / "mlartifacts").resolve().as_uri()
     return None
+
+
+def require_store(uri: str, create: bool = False) -> None:
+    """Refuse a SQLite store that does not exist: MLflow would create an empty one (a mistyped
+    --tracking-uri then reads as "model not found"). Only ``train`` creates stores
+    (``create=True``: the store's folder must exist)."""
+    db = sqlite_path(uri)
+    if db is not None and create:
+        if not db.parent.is_dir():
+            raise RifmlInputError(f"cannot create a store at {db} (tracking URI {uri}): folder {db.parent} does not exist")
+        if db.exists() and not db.is_file():
+            raise RifmlInputError(f"cannot use {db} as a store (tracking URI {uri}): it is not a file")
+        return
+    if db is not None and not db.is_file():
+        raise RifmlInputError(
+            f"no store at {db} (tracking URI {uri}): check --tracking-uri / MLFLOW_TRACKING_URI, "
+            "or create the store with `rifml train`"
+        )
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock beside a SQLite store (``<db>.lock``) for writes that race.
+
+    MLflow creates the store's tables, an experiment and a registered model with
+    check-then-insert steps; two ``rifml train`` at once on one store then fail ("table
+    experiments already exists", "UNIQUE constraint failed"). One writer at a time avoids it.
+    Other stores (a tracking server) serialize on their own.
+    """
+    import fcntl
+
+    db = sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    if not db.parent.is_dir():
+        raise RifmlInputError(f"cannot create a store at {db}: folder {db.parent} does not exist")
+    with open(db.parent / f"{db.name}.lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def check_experiment_name(name: str) -> str:
+    """An experiment name that stays one folder under the artifact root, kept exactly as given.
+
+    Raises
+    ------
+    RifmlInputError
+        For an empty name, a path separator, a ``..`` component or a control character.
+    """
+    if not name.strip():
+        raise RifmlInputError("--experiment: the name is empty")
+    if "/" in name or "\\" in name or ".." in name or name.strip() == ".":
+        raise RifmlInputError(f"--experiment {name!r}: no '/', '\\' or '..' in experiment names (they become folders)")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise RifmlInputError(f"--experiment {name!r}: control characters are not allowed")
+    return name
 
 
 def connect(uri: str | None) -> str:
@@ -73,7 +165,9 @@ def ensure_experiment(name: str, uri: str) -> str:
     if existing is not None:
         return existing.experiment_id
     root = _artifact_root(uri)
-    location = f"{root}/{name}" if root else None
+    # Percent-encoded: a bare "#" or "?" in a file URI would start a fragment or query and cut the
+    # folder name ("trial #2" -> "trial "); MLflow decodes the URI back to the plain name on disk.
+    location = f"{root}/{quote(check_experiment_name(name), safe='')}" if root else None
     return mlflow.create_experiment(name, artifact_location=location)
 
 
@@ -130,6 +224,16 @@ def log_training(
     registered_model: str = REGISTERED_MODEL,
 ) -> LoggedModel:
     """One run: params, metrics, plots and tables, the model (registered; champion if floors met)."""
+    # The whole logging step holds the store's lock: creating the store, the experiment, the
+    # registered model and the alias all race between concurrent runs; logging takes seconds.
+    with store_lock(uri):
+        return _log_training(profiler, experiment=experiment, uri=uri, params=params, metrics=metrics,
+                             figures=figures, tables=tables, floors_met=floors_met, tags=tags,
+                             registered_model=registered_model)
+
+
+def _log_training(profiler, *, experiment, uri, params, metrics, figures, tables, floors_met, tags,
+                  registered_model) -> LoggedModel:
     import mlflow
     from mlflow import MlflowClient
     from mlflow.models import infer_signature
@@ -184,7 +288,8 @@ def load_profiler(model_uri: str):
         model = mlflow.pyfunc.load_model(model_uri, suppress_warnings=True)
     except Exception as exc:  # MLflow raises several types for an unknown model or alias
         raise RifmlInputError(
-            f"cannot load model {model_uri} from {mlflow.get_tracking_uri()}: {str(exc).splitlines()[0]}"
+            _missing_alias_message(model_uri)
+            or f"cannot load model {model_uri} from {mlflow.get_tracking_uri()}: {str(exc).splitlines()[0]}"
             " (train one with `rifml train`, or pass --model / --tracking-uri)"
         ) from exc
     python_model = model.unwrap_python_model()
@@ -213,3 +318,30 @@ def log_outcomes(
         if page is not None:
             mlflow.log_text(page, "index.html")
     return run.info.run_id
+
+
+def _missing_alias_message(model_uri: str) -> str | None:
+    """For ``models:/NAME@ALIAS`` whose alias is unset: what is registered, and the --model to use."""
+    import re
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    match = re.fullmatch(r"models:/([^/@]+)@([^/]+)/?", model_uri)
+    if not match:
+        return None
+    name, alias = match.groups()
+    store = mlflow.get_tracking_uri()
+    try:
+        versions = MlflowClient().search_model_versions(f"name = '{name}'")
+    except Exception:  # noqa: BLE001 - the store cannot tell; the caller's generic message stands
+        return None
+    if not versions:
+        return f"no model registered as {name} in {store}: train one with `rifml train`, or pass --model"
+    if any(alias in (v.aliases or []) for v in versions):
+        return None  # the alias exists: the failure is something else
+    latest = max(versions, key=lambda v: int(v.version))
+    return (
+        f"no version of {name} has the alias {alias} in {store} (latest registered: version {latest.version});"
+        f" pass --model models:/{name}/{latest.version}, or retrain"
+    )

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from rifml.errors import RifmlInputError
-from rifml.tracking import QUIET_ENV, REGISTERED_MODEL, _artifact_root
+from rifml.tracking import QUIET_ENV, REGISTERED_MODEL, _artifact_root, require_store
 
 LEAN_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
@@ -83,10 +83,7 @@ def check_store(uri: str) -> None:
     """
     if uri.startswith(("http://", "https://")):
         raise RifmlInputError(f"{uri} is already a tracking server: open it in a browser")
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        if not db.is_file():
-            raise RifmlInputError(f"no MLflow store at {db.resolve()}: train a model first (`rifml train`) or pass --tracking-uri")
+    require_store(uri)
 
 
 def port_is_free(host: str, port: int) -> bool:

@@ -28,8 +28,8 @@ DUPLICATE_ID = "duplicate patient_id"
 NOT_A_NUMBER = "not a number"
 NEGATIVE = "negative value"
 PERCENT_ABOVE_100 = "percentage above 100"
-ABOVE_RANGE = "above valid range"
-BELOW_RANGE = "below valid range"
+ABOVE_RANGE = "above the valid range (max {limit:g})"  # the catalog's bound, as the user can look it up
+BELOW_RANGE = "below the valid range (min {limit:g})"
 CENSOR_NOT_ALLOWED = "censored value not allowed for this column"
 CENSOR_LIMIT_ZERO = "censor limit must be above 0"
 NOT_A_CATEGORY = "not a valid category"
@@ -218,12 +218,13 @@ def _range_checks(low: float | None, high: float | None, percent: bool) -> list[
     checks = []
     if low is not None and low >= 0:
         checks.append(pandera.Check.ge(0, error=NEGATIVE, ignore_na=True))
-    if low is not None and low > 0:
-        checks.append(pandera.Check.ge(low, error=BELOW_RANGE, ignore_na=True))
-    if low is not None and low < 0:
-        checks.append(pandera.Check.ge(low, error=BELOW_RANGE, ignore_na=True))
+    if low is not None and low != 0:
+        checks.append(pandera.Check.ge(low, error=BELOW_RANGE.format(limit=low), ignore_na=True))
     if high is not None:
-        checks.append(pandera.Check.le(high, error=PERCENT_ABOVE_100 if percent else ABOVE_RANGE, ignore_na=True))
+        # "percentage above 100" is the contract's reason for the 100 limit; a catalog that narrows a
+        # percentage (max 20) says so instead, or the reason would name a limit the value is under.
+        reason = PERCENT_ABOVE_100 if percent and high == 100 else ABOVE_RANGE.format(limit=high)
+        checks.append(pandera.Check.le(high, error=reason, ignore_na=True))
     return checks
 
 

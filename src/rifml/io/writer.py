@@ -1,7 +1,10 @@
-"""Writing result tables: streamed chunk by chunk, and atomically.
+"""Writing result tables: streamed chunk by chunk, atomically, and safe to open in a spreadsheet.
 
 A run killed midway must not leave a half-written file under the final name, so
 rows go to a temporary file beside the target, renamed into place on success.
+Calls and rejects are opened in Excel, which runs a cell such as ``=HYPERLINK(...)``
+as a formula; such text cells are written with a leading ``'`` (the OWASP rule for CSV
+injection), numbers never.
 """
 
 from __future__ import annotations
@@ -9,20 +12,96 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import tempfile
 from pathlib import Path
 from types import TracebackType
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from rifml.errors import RifmlInputError
+from rifml.io.paths import PART_SUFFIX, temp_prefix
+
+# First characters a spreadsheet reads as the start of a formula (with their full-width forms,
+# which some spreadsheets also accept), tab and carriage return (OWASP, CSV injection).
+FORMULA_START = "=+-@\t\r\uff1d\uff0b\uff0d\uff20"
+NEUTRALIZER = "'"
+# A signed number is data, not a formula: "-3.5" in a reject's value column stays as it is.
+# A decimal comma too, as European exports write it.
+_SIGNED_NUMBER = r"^[+-](\d+([.,]\d*)?|[.,]\d+)([eE][+-]?\d+)?$"
+_FORMULA_LIKE = "^[" + re.escape(FORMULA_START) + "]"
 
 
-def _as_text_table(frame: pd.DataFrame) -> pa.Table:
-    """Every column as Arrow strings (missing stays empty), so chunks share one CSV layout."""
+def _formula_mask(array: pa.Array) -> pa.Array:
+    """Cells that, after any leading apostrophes, start like a formula and are not a signed number.
+
+    Counting the cell's own leading apostrophes in keeps the rule reversible (see
+    ``restore_cell``): ``=x`` is written ``'=x``, and a cell that really was ``'=x`` is
+    written ``''=x``.
+    """
+    core = pc.utf8_ltrim(array, characters=NEUTRALIZER)
+    return pc.and_kleene(
+        pc.match_substring_regex(core, _FORMULA_LIKE),
+        pc.invert(pc.match_substring_regex(core, _SIGNED_NUMBER)),
+    )
+
+
+# First bytes (UTF-8) that can start a cell needing a look: the triggers, "'", and 0xEF (full-width forms).
+_CANDIDATE_BYTE = np.zeros(256, dtype=bool)
+_CANDIDATE_BYTE[[ord(c) for c in FORMULA_START if ord(c) < 128] + [ord(NEUTRALIZER), 0xEF]] = True
+
+
+def _may_start_a_formula(array: pa.Array) -> bool:
+    """Whether any cell's first byte is a candidate, read straight from Arrow's buffers.
+
+    The exact test (two regular expressions) costs ~1 s per million cells; this one is a few
+    milliseconds, and an ordinary column (ids, profile names) has no candidate at all.
+    """
+    if not isinstance(array, pa.StringArray):
+        return True
+    _, offsets_buffer, data_buffer = array.buffers()
+    if data_buffer is None or len(array) == 0:
+        return False
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int32)[array.offset : array.offset + len(array) + 1]
+    data = np.frombuffer(data_buffer, dtype=np.uint8)
+    starts = offsets[:-1][offsets[1:] > offsets[:-1]]  # non-empty cells (nulls are empty)
+    return bool(_CANDIDATE_BYTE[data[starts]].any())
+
+
+def neutralize_formulas(array: pa.Array) -> pa.Array:
+    """Text cells a spreadsheet would execute, prefixed with ``'``; others (and nulls) unchanged."""
+    if not _may_start_a_formula(array):
+        return array
+    mask = pc.fill_null(_formula_mask(array), False)
+    if not pc.any(mask).as_py():
+        return array
+    return pc.if_else(mask, pc.binary_join_element_wise(NEUTRALIZER, array, ""), array)
+
+
+def neutralize_cell(text: str) -> str:
+    """``neutralize_formulas`` for one string (a header name)."""
+    return neutralize_formulas(pa.array([text], type=pa.string()))[0].as_py()
+
+
+def restore_cells(array: pa.Array) -> pa.Array:
+    """Undo ``neutralize_formulas`` (for reading a calls file back): drop the one added ``'``."""
+    escaped = pc.fill_null(
+        pc.and_kleene(pc.starts_with(array, NEUTRALIZER), _formula_mask(pc.utf8_slice_codeunits(array, 1))), False
+    )
+    if not pc.any(escaped).as_py():
+        return array
+    return pc.if_else(escaped, pc.utf8_slice_codeunits(array, 1), array)
+
+
+def _as_text_table(frame: pd.DataFrame, safe_cells: bool = False) -> pa.Table:
+    """Every column as Arrow strings (missing stays empty), so chunks share one CSV layout.
+
+    With ``safe_cells``, text columns (never numeric ones) are passed through ``neutralize_formulas``.
+    """
     columns = []
     for name in frame.columns:
         column = frame[name]
@@ -32,8 +111,13 @@ def _as_text_table(frame: pd.DataFrame) -> pa.Table:
             array = pa.array(column.astype("string"), from_pandas=True)
         if pa.types.is_boolean(array.type):
             array = pc.if_else(array, "True", "False")
-        columns.append(pc.cast(array, pa.string()))
-    return pa.Table.from_arrays(columns, names=[str(c) for c in frame.columns])
+        text = pa.types.is_string(array.type) or pa.types.is_large_string(array.type) or pa.types.is_dictionary(array.type)
+        array = pc.cast(array, pa.string())
+        if safe_cells and text:
+            array = neutralize_formulas(array)
+        columns.append(array)
+    names = [neutralize_cell(str(c)) if safe_cells else str(c) for c in frame.columns]
+    return pa.Table.from_arrays(columns, names=names)
 
 
 class AtomicCsvWriter:
@@ -45,11 +129,15 @@ class AtomicCsvWriter:
         Final file name.
     columns : list of str, optional
         Header to write even when no chunk arrives (an empty result still has its columns).
+    safe_cells : bool, default True
+        Neutralize text cells (and header names) a spreadsheet would run as formulas; off
+        only for files that must reproduce their input unchanged (accepted rows, simulated panels).
     """
 
-    def __init__(self, path: str | Path, columns: list[str] | None = None):
+    def __init__(self, path: str | Path, columns: list[str] | None = None, safe_cells: bool = True):
         self.path = Path(path)
         self.columns = columns
+        self.safe_cells = safe_cells
         self.rows = 0
         self._handle = None
         self._tmp: Path | None = None
@@ -58,7 +146,10 @@ class AtomicCsvWriter:
         folder = self.path.parent if str(self.path.parent) else Path(".")
         if not folder.is_dir():
             raise RifmlInputError(f"{self.path}: folder {folder} does not exist")
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=folder)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=temp_prefix(self.path), suffix=PART_SUFFIX, dir=folder)
+        except OSError as exc:
+            raise RifmlInputError(f"{self.path}: cannot write in folder {folder} ({exc.strerror or exc})") from exc
         self._tmp = Path(tmp)
         self._handle = os.fdopen(fd, "wb")  # bytes: Arrow's CSV output goes in without decoding
         self._header_written = False
@@ -72,14 +163,15 @@ class AtomicCsvWriter:
         # through pandas, which quotes just the cells that need it.
         options = pacsv.WriteOptions(include_header=False, quoting_style="none")
         buffer = pa.BufferOutputStream()
+        table = _as_text_table(frame, self.safe_cells)
         try:
-            pacsv.write_csv(_as_text_table(frame), buffer, write_options=options)
+            pacsv.write_csv(table, buffer, write_options=options)
         except pa.ArrowInvalid:
-            self._write_with_pandas(frame, header=not self._header_written)
+            self._write_with_pandas(table.to_pandas(), header=not self._header_written)
         else:
             if not self._header_written:  # Arrow would quote every name; csv quotes only where needed
                 header = io.StringIO()
-                csv.writer(header, lineterminator="\n").writerow([str(c) for c in frame.columns])
+                csv.writer(header, lineterminator="\n").writerow(table.column_names)
                 self._handle.write(header.getvalue().encode("utf-8"))
             self._handle.write(buffer.getvalue())
         self._header_written = True
@@ -94,7 +186,8 @@ class AtomicCsvWriter:
         assert self._handle is not None and self._tmp is not None
         try:
             if exc_type is None and not self._header_written and self.columns is not None:
-                self._write_with_pandas(pd.DataFrame(columns=self.columns), header=True)
+                names = [neutralize_cell(str(c)) if self.safe_cells else str(c) for c in self.columns]
+                self._write_with_pandas(pd.DataFrame(columns=names), header=True)
             self._handle.close()
             if exc_type is None:
                 os.replace(self._tmp, self.path)
@@ -103,12 +196,15 @@ class AtomicCsvWriter:
                 self._tmp.unlink()
 
 
-def write_table(frame: pd.DataFrame, path: str | Path) -> None:
-    """Write a whole table (CSV, or Parquet when the name ends in .parquet) atomically."""
+def write_table(frame: pd.DataFrame, path: str | Path, safe_cells: bool = True) -> None:
+    """Write a whole table (CSV, or Parquet when the name ends in .parquet) atomically.
+
+    ``safe_cells`` applies to CSV only: Parquet cells are typed, never run as formulas.
+    """
     path = Path(path)
     if path.suffix.lower() == ".parquet":
         folder = path.parent if str(path.parent) else Path(".")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=PART_SUFFIX, dir=folder)
         os.close(fd)
         try:
             frame.to_parquet(tmp, index=False)
@@ -117,5 +213,5 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> None:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return
-    with AtomicCsvWriter(path) as writer:
+    with AtomicCsvWriter(path, safe_cells=safe_cells) as writer:
         writer.write(frame)

@@ -73,15 +73,14 @@ class AnalysisFolder:
     files: dict[str, Path]
 
 
-def prepare_folder(folder: Path, inputs: list[Path]) -> Path:
-    """Create the output folder; refuse a file in its place, or a folder that would overwrite an input."""
+OUTPUT_FILES = ("effects.csv", "rates.csv", "interactions.csv", "rejects.csv", "index.html")
+
+
+def prepare_folder(folder: Path) -> Path:
+    """Create the output folder (the CLI has refused paths that clash with inputs); refuse a file in its place."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise RifmlInputError(f"{folder}: exists and is not a folder")
-    names = {"effects.csv", "rates.csv", "interactions.csv", "rejects.csv", "index.html"}
-    for path in inputs:
-        if path is not None and Path(path).resolve().parent == folder.resolve() and Path(path).name in names:
-            raise RifmlInputError(f"--output {folder} would overwrite the input {path}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
