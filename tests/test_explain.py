@@ -1,5 +1,7 @@
 """The fast explainer is exact: equal to shap's interventional TreeExplainer, summing to the margin."""
 
+import itertools
+import math
 import pickle
 
 import lightgbm as lgb
@@ -8,41 +10,141 @@ import pandas as pd
 import pytest
 import shap
 
-from rifml.explain import COVERAGE, InterventionalExplainer, marker_contributions, top_drivers
+from rifml.errors import RifmlInputError
+from rifml.explain import COVERAGE, InterventionalExplainer, check_tree_settings, leaves, marker_contributions, top_drivers
+from rifml.explain import explainer as explainer_module
+from rifml.explain.leaves import LeafTable, leaf_table
+from rifml.explain.patterns import TreeTable, pattern_table
+from rifml.explain.trees import parse_tree
+from rifml.pipeline import ImmuneProfiler
 
 
-def random_model(seed, n_classes=4, missing_rate=0.2, n_features=12, num_leaves=8):
+def random_model(seed, n_classes=4, missing_rate=0.2, n_features=12, num_leaves=8, n_rows=1500, n_estimators=40, **params):
     rng = np.random.default_rng(seed)
-    X = rng.normal(size=(1500, n_features))
+    X = rng.normal(size=(n_rows, n_features))
     X[rng.random(X.shape) < missing_rate] = np.nan
     X[rng.random(X.shape) < 0.05] = 0.0  # exact zeros exercise LightGBM's zero handling
     signal = np.nan_to_num(X[:, 0]) + 0.7 * np.nan_to_num(X[:, 1]) * np.nan_to_num(X[:, 2]) + rng.normal(0, 0.3, len(X))
     y = np.digitize(signal, np.quantile(signal, np.linspace(0, 1, n_classes + 1)[1:-1]))
-    model = lgb.LGBMClassifier(n_estimators=40, num_leaves=num_leaves, verbose=-1, n_jobs=1, random_state=seed).fit(X, y)
+    model = lgb.LGBMClassifier(
+        n_estimators=n_estimators, num_leaves=num_leaves, verbose=-1, n_jobs=1, random_state=seed, **params
+    ).fit(X, y)
     return model, X, rng
+
+
+def assert_matches_shap(model, X, background, explainer, rows=200):
+    """Margins bitwise equal to LightGBM; SHAP of every class equal to shap's interventional
+    TreeExplainer to 1e-6; each row's SHAP summing to its margin minus the expected value."""
+    raw = model.booster_.predict(X, raw_score=True).reshape(len(X), -1)
+    np.testing.assert_array_equal(explainer.margins(X), raw)  # routing reproduces LightGBM exactly
+    rows = X[:rows]
+    reference = shap.TreeExplainer(model, data=background, feature_perturbation="interventional", model_output="raw")
+    expected = np.asarray(reference.shap_values(rows, check_additivity=False))
+    if expected.ndim == 2:  # binary: one output
+        expected = expected[:, :, None]
+    for c in range(raw.shape[1]):
+        ours = explainer.shap_values(rows, c)
+        np.testing.assert_allclose(ours, expected[:, :, c], atol=1e-6)
+        np.testing.assert_allclose(ours.sum(axis=1), raw[: len(rows), c] - explainer.expected_value_[c], atol=1e-9)
 
 
 @pytest.mark.parametrize("seed, n_classes, missing_rate", [(0, 4, 0.2), (1, 3, 0.0), (2, 4, 0.5), (3, 2, 0.1)])
 def test_matches_shap_interventional_and_sums_to_margin(seed, n_classes, missing_rate):
     model, X, rng = random_model(seed, n_classes, missing_rate)
     background = X[rng.choice(len(X), 60, replace=False)]
+    assert_matches_shap(model, X, background, InterventionalExplainer(model.booster_, background))
+
+
+LARGE_TREES = [
+    # seed, classes, missing rate, num_leaves, max_depth, LightGBM missing-value setting
+    # (shap's explainer follows only the "NaN" missing type; the others: brute-force test below)
+    (10, 4, 0.2, 31, -1, {}),
+    (11, 3, 0.3, 63, -1, {}),
+    (12, 2, 0.1, 63, 12, {}),
+    (13, 4, 0.4, 255, 12, {}),
+    (14, 3, 0.0, 255, -1, {}),
+]
+
+
+@pytest.mark.parametrize("seed, n_classes, missing_rate, num_leaves, max_depth, params", LARGE_TREES)
+def test_large_trees_match_shap_interventional(seed, n_classes, missing_rate, num_leaves, max_depth, params):
+    model, X, rng = random_model(
+        seed, n_classes, missing_rate, num_leaves=num_leaves, n_rows=5000, n_estimators=12, max_depth=max_depth,
+        min_child_samples=5, **params,
+    )
+    background = X[rng.choice(len(X), 50, replace=False)]
     explainer = InterventionalExplainer(model.booster_, background)
-    raw = model.booster_.predict(X, raw_score=True).reshape(len(X), -1)
-    np.testing.assert_array_equal(explainer.margins(X), raw)  # routing reproduces LightGBM exactly
-
-    rows = X[:200]
-    reference = shap.TreeExplainer(model, data=background, feature_perturbation="interventional", model_output="raw")
-    expected = np.asarray(reference.shap_values(rows))
-    if expected.ndim == 2:  # binary: one output
-        expected = expected[:, :, None]
-    for c in range(raw.shape[1]):
-        ours = explainer.shap_values(rows, c)
-        np.testing.assert_allclose(ours, expected[:, :, c], atol=1e-6)
-        np.testing.assert_allclose(ours.sum(axis=1), raw[:200, c] - explainer.expected_value_[c], atol=1e-9)
+    trees = [t for per_class in explainer.trees_ for t in per_class]
+    # the leaf-by-leaf path is what is tested here, on trees near the requested size
+    assert max(len(t.leaf_values) for t in trees if isinstance(t, LeafTable)) > num_leaves // 2
+    assert_matches_shap(model, X, background, explainer, rows=100)
 
 
-def test_one_class_per_row_equals_full_computation():
-    model, X, rng = random_model(4)
+def brute_force_shap(booster, rows, background, c):
+    """Interventional SHAP of class c's raw margin from its definition: every coalition of features
+    taken from the row, the rest from a reference, evaluated by LightGBM itself, averaged over the
+    background. Independent of any tree algorithm (and of how missing values are routed)."""
+    n = rows.shape[1]
+    coalitions = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(bool)  # (2**n, n)
+    size = coalitions.sum(axis=1)
+    weight = np.array([math.factorial(k) * math.factorial(n - k - 1) / math.factorial(n) for k in range(n)])
+    out = np.zeros(rows.shape)
+    for z in background:
+        hybrids = np.where(coalitions[None], rows[:, None, :], z[None, None, :]).reshape(-1, n)
+        value = booster.predict(hybrids, raw_score=True).reshape(len(rows), 2**n, -1)[:, :, c]
+        for i in range(n):
+            without = ~coalitions[:, i]
+            with_i = np.flatnonzero(without) | (1 << i)
+            out[:, i] += (value[:, with_i] - value[:, without]) @ weight[size[without]]
+    return out / len(background)
+
+
+@pytest.mark.parametrize("num_leaves", [8, 63])
+@pytest.mark.parametrize("params", [{"zero_as_missing": True}, {"use_missing": False}])
+def test_other_missing_types_match_the_definition(params, num_leaves):
+    """LightGBM's "Zero" (NaN and zeros go the default way) and "None" (NaN reads as 0) missing types,
+    which shap's explainer does not follow (its own sums miss the margins): checked against the
+    definition of interventional SHAP, evaluated by LightGBM."""
+    model, X, rng = random_model(
+        17, 3, 0.3, n_features=7, num_leaves=num_leaves, n_rows=4000, n_estimators=10, min_child_samples=5, **params
+    )
+    X[:20:2, :3] = 0.0  # rows with zeros where the trees split
+    background = X[rng.choice(len(X), 12, replace=False)]
+    explainer = InterventionalExplainer(model.booster_, background)
+    assert any(isinstance(t, LeafTable) for c in explainer.trees_ for t in c) == (num_leaves > 8)
+    for c in range(3):
+        np.testing.assert_allclose(explainer.shap_values(X[:20], c), brute_force_shap(model.booster_, X[:20], background, c), atol=1e-9)
+
+
+@pytest.mark.parametrize("table_values", [0, 10**6])
+def test_leaf_tables_and_grouped_sums_agree(monkeypatch, table_values):
+    """Each leaf is explained from a table over its masks or by summing its background groups: both exact."""
+    monkeypatch.setattr(leaves, "MAX_TABLE_VALUES", table_values)
+    model, X, rng = random_model(15, 4, 0.2, num_leaves=31, n_rows=3000, n_estimators=8, max_depth=6, min_child_samples=5)
+    background = X[rng.choice(len(X), 40, replace=False)]
+    explainer = InterventionalExplainer(model.booster_, background)
+    big = [t for per_class in explainer.trees_ for t in per_class if isinstance(t, LeafTable)]
+    full_table = np.concatenate([t.full_table for t in big])
+    assert full_table.all() if table_values else full_table.mean() < 0.5
+    assert_matches_shap(model, X, background, explainer, rows=100)
+
+
+def test_models_mixing_small_and_large_trees(monkeypatch):
+    """Tree sizes vary within a model, so one explainer holds both kinds; here every other tree goes
+    each way (either kind explains any tree), and margins still sum in LightGBM's order."""
+    model, X, rng = random_model(16, 3, 0.2, num_leaves=8, n_estimators=20)
+    kinds = itertools.cycle([pattern_table, leaf_table])
+    monkeypatch.setattr(explainer_module, "explain_tree", lambda structure, bg: next(kinds)(parse_tree(structure), bg))
+    background = X[rng.choice(len(X), 40, replace=False)]
+    explainer = InterventionalExplainer(model.booster_, background)
+    kinds = {type(t) for per_class in explainer.trees_ for t in per_class}
+    assert kinds == {TreeTable, LeafTable}
+    assert_matches_shap(model, X, background, explainer, rows=100)
+
+
+@pytest.mark.parametrize("num_leaves", [8, 63])
+def test_one_class_per_row_equals_full_computation(num_leaves):
+    model, X, rng = random_model(4, num_leaves=num_leaves, n_estimators=15)
     explainer = InterventionalExplainer(model.booster_, X[:50])
     called = rng.integers(0, 4, 300)
     mixed = explainer.shap_values(X[:300], called)
@@ -51,8 +153,9 @@ def test_one_class_per_row_equals_full_computation():
         np.testing.assert_allclose(mixed[rows], explainer.shap_values(X[:300][rows], c))
 
 
+@pytest.mark.parametrize("num_leaves", [8, 63])
 @pytest.mark.parametrize("params", [{"zero_as_missing": True}, {"use_missing": False}, {}])
-def test_routing_follows_lightgbm_missing_value_rules(params):
+def test_routing_follows_lightgbm_missing_value_rules(params, num_leaves):
     """"Zero", "None" and "NaN" missing types: NaN and zeros go where LightGBM sends them."""
     rng = np.random.default_rng(7)
     X = rng.normal(size=(2000, 6))
@@ -60,8 +163,9 @@ def test_routing_follows_lightgbm_missing_value_rules(params):
     X[rng.random(X.shape) < 0.1] = 0.0
     X[:50, 0] = 1e-40  # below LightGBM's zero tolerance: a zero under "Zero"
     y = (np.nan_to_num(X[:, 0], nan=1.0) + np.isnan(X[:, 1]) + (X[:, 2] == 0) > 0.5).astype(int) + (X[:, 3] > 0)
-    model = lgb.LGBMClassifier(n_estimators=30, num_leaves=8, verbose=-1, n_jobs=1, **params).fit(X, y)
+    model = lgb.LGBMClassifier(n_estimators=30, num_leaves=num_leaves, verbose=-1, n_jobs=1, **params).fit(X, y)
     explainer = InterventionalExplainer(model.booster_, X[:40])
+    assert any(isinstance(t, LeafTable) for c in explainer.trees_ for t in c) == (num_leaves > 8)
     raw = model.booster_.predict(X, raw_score=True)
     np.testing.assert_array_equal(explainer.margins(X), raw)
     # the tables route the background in numpy, the kernel routes rows: the same rule, or sums drift
@@ -70,19 +174,21 @@ def test_routing_follows_lightgbm_missing_value_rules(params):
         np.testing.assert_allclose(phi.sum(axis=1), raw[:300, c] - explainer.expected_value_[c], atol=1e-9)
 
 
-def test_one_pass_explains_the_highest_margin_class():
-    model, X, _ = random_model(5)
+@pytest.mark.parametrize("num_leaves", [8, 63])
+def test_one_pass_explains_the_highest_margin_class(num_leaves):
+    model, X, _ = random_model(5, num_leaves=num_leaves, n_estimators=15)
     explainer = InterventionalExplainer(model.booster_, X[:50])
     margins, phi = explainer.margins_and_shap(X)
     np.testing.assert_array_equal(margins, explainer.margins(X))
     np.testing.assert_array_equal(phi, explainer.shap_values(X, margins.argmax(axis=1)))
 
 
-def test_pickles_without_kernel_arrays_and_rebuilds_them():
-    model, X, _ = random_model(6)
+@pytest.mark.parametrize("num_leaves", [8, 63])
+def test_pickles_without_kernel_arrays_and_rebuilds_them(num_leaves):
+    model, X, _ = random_model(6, num_leaves=num_leaves, n_estimators=15)
     explainer = InterventionalExplainer(model.booster_, X[:50])
     state = explainer.__getstate__()
-    assert "_table" not in state and "trees_" in state
+    assert "trees_" in state and not any(k in state for k in InterventionalExplainer._PACKED)
     loaded = pickle.loads(pickle.dumps(explainer))
     np.testing.assert_array_equal(loaded.margins_and_shap(X)[1], explainer.margins_and_shap(X)[1])
 
@@ -113,3 +219,17 @@ def test_drivers_are_measured_markers_pushing_toward_the_call():
     assert drivers.loc[0, ["driver_1", "driver_2", "driver_3"]].tolist() == ["c", "a", ""]
     assert drivers.loc[1, ["driver_1", "driver_2"]].tolist() == ["c", ""]
     assert np.isnan(drivers.loc[1, "driver_2_contribution"])
+
+
+@pytest.mark.parametrize("num_leaves", [1, 0, 2.5, "63", True, 200_000])
+def test_unsupported_tree_settings_are_refused_before_any_fit(num_leaves):
+    panel = pd.DataFrame({"patient_id": ["a", "b"], "pb_nk_pct": [1.0, 2.0]})  # too few panels to fit anything
+    with pytest.raises(RifmlInputError, match="num_leaves"):
+        ImmuneProfiler(num_leaves=num_leaves).fit(panel)
+
+
+def test_every_tree_size_is_accepted_unless_paths_could_outgrow_the_masks():
+    for num_leaves, n_features in [(2, 40), (63, 40), (255, 40), (131072, 62), (63, 500)]:
+        check_tree_settings(num_leaves, n_features)
+    with pytest.raises(RifmlInputError, match="distinct features"):
+        check_tree_settings(255, 63)

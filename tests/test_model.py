@@ -63,3 +63,9 @@ def test_ece_on_known_cases():
     perfect = np.array([[1.0, 0.0], [0.0, 1.0]])
     assert expected_calibration_error(perfect, np.array([True, True])) == 0.0
     assert expected_calibration_error(np.array([[0.9, 0.1]] * 10), np.array([True] * 5 + [False] * 5)) == pytest.approx(0.4)
+
+
+def test_one_class_is_refused_with_a_clear_message():
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    with pytest.raises(ValueError, match="at least two classes"):
+        CalibratedBoostedClassifier(n_estimators=5, classes=["a", "b"]).fit(X, ["a"] * 40)

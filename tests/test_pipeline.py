@@ -206,3 +206,22 @@ def test_explanations_that_do_not_add_up_fail_loudly(cohorts, supervised, monkey
     monkeypatch.setattr(profiler.explainer_, "margins_and_shap", skewed)
     with pytest.raises(RuntimeError, match="additivity"):
         profiler.call(test.iloc[:20])
+
+
+def test_label_free_model_of_a_cohort_without_subtypes_is_not_champion(catalog):
+    """A cohort of balanced patients only has no stable subtypes: k-means still cuts it, but the
+    cuts do not survive resampling, so the label-free floors (subtype stability) keep such a model
+    from becoming champion."""
+    from rifml.simulate import SimulationConfig, load_simulation_config
+    from rifml.training import train
+
+    base = load_simulation_config().model_dump()
+    only_balanced = SimulationConfig.model_validate({**base, "subtypes": {"balanced": {"profile": "balanced", "prevalence": 1.0}}})
+    cohort, _ = simulate_cohort(1000, seed=5, config=only_balanced, catalog=catalog)
+    panel = validate_chunk(cohort, np.arange(2, 1002), catalog).panel.drop(columns="immune_profile")
+    config = load_train_config()
+    config = {**config, "model": {**config["model"], "n_estimators": 10}, "subtypes": {**config["subtypes"], "n_resamples": 10}}
+    result = train(panel, None, config)
+    assert result.metrics["subtype_stability"] < config["label_free_floors"]["subtype_stability"]
+    assert not result.floors_met
+    assert any(failure.startswith("subtype_stability") for failure in result.floor_failures)

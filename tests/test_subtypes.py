@@ -236,18 +236,29 @@ def test_th1_high_with_endometrial_under_is_mixed_and_ordered_by_effect(catalog)
     assert set(out.loc[0, "abnormal_markers"].split(";")) == set(th1) | set(under)
 
 
-def test_axis_needs_half_of_its_markers(catalog):
+def test_one_marker_of_a_broad_axis_names_it_only_past_the_bar(catalog):
     th1 = _markers(catalog, "th1", "blood", "above", "hyperactive")
     assert len(th1) >= 3, "test assumes a broad th1 axis"
-    effects = _zero_effects(catalog, 2)
-    _push(effects, 0, th1[0], "above", 2.5)  # one of several: not enough
-    for name in th1[: (len(th1) + 1) // 2]:  # half: enough
-        _push(effects, 1, name, "above", 2.5)
-    out = name_clusters(effects, catalog)
-    assert out.loc[0, "subtype"] == "balanced" and out.loc[0, "profile"] == "balanced"
-    assert out.loc[0, "abnormal_markers"] == th1[0]  # still reported as evidence ...
-    assert out.loc[0, "signature"] == ""  # ... but not part of what defines the subtype
+    effects = _zero_effects(catalog, 3)
+    for name in th1:
+        _push(effects, 0, name, "above", 1.4)  # every marker of the axis, each just under the bar
+    _push(effects, 1, th1[0], "above", 2.5)  # one marker, a large group difference
+    out = name_clusters(effects, catalog, min_effect=1.5)
+    assert out.loc[0, "subtype"] == "balanced" and out.loc[0, "abnormal_markers"] == ""
     assert out.loc[1, "subtype"] == "th1-high" and out.loc[1, "profile"] == "hyperactive"
+    assert out.loc[1, "signature"] == th1[0]
+
+
+def test_ledee_style_endometrium_is_mixed(catalog):
+    """uNK over-activated with IL-18/TWEAK low: one marker in each direction names both parts."""
+    two_sided = [m.name for m in catalog.numeric_markers
+                 if m.compartment == "endometrium" and set(m.signals) == {"above", "below"}]
+    effects = _zero_effects(catalog, 1)
+    _push(effects, 0, two_sided[0], "above", 2.5)
+    _push(effects, 0, two_sided[-1], "below", 2.5)
+    out = name_clusters(effects, catalog)
+    assert set(out.loc[0, "subtype"].split("+")) == {"endometrial-over", "endometrial-under"}
+    assert out.loc[0, "profile"] == "mixed"
 
 
 def test_endometrial_low_treg_reads_as_over_activation(catalog):

@@ -91,6 +91,8 @@ class CalibratedBoostedClassifier(ClassifierMixin, BaseEstimator):
         if unknown:
             raise ValueError(f"labels outside classes: {sorted(map(str, unknown))}")
         codes = pd.Categorical(y, categories=self.classes_).codes
+        if len(np.unique(codes)) < 2:
+            raise ValueError(f"need at least two classes among the labels, got {sorted(map(str, set(y)))}")
         self.n_features_in_ = X.shape[1]
 
         oof_margin = np.zeros((len(X), len(self.classes_)))

@@ -15,7 +15,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from rifml.catalog import Catalog
 from rifml.errors import RifmlInputError
-from rifml.explain import InterventionalExplainer, marker_contributions, top_drivers
+from rifml.explain import InterventionalExplainer, check_tree_settings, marker_contributions, top_drivers
 from rifml.features import PanelFeatures, compartment_names, lab_ids, measured_markers
 from rifml.labs import LabAdaptation, shrunk_median_offsets
 from rifml.model import CalibratedBoostedClassifier
@@ -190,6 +190,7 @@ class ImmuneProfiler(BaseEstimator):
     def fit(self, panel: pd.DataFrame, y: pd.Series | None = None) -> "ImmuneProfiler":
         """Fit on a clean panel; ``y`` (profile labels, NaN for unlabeled rows) is optional."""
         self.features_ = PanelFeatures(catalog_path=self.catalog_path, lab_min_count=self.lab_min_panels).fit(panel)
+        check_tree_settings(self.num_leaves, len(self.features_.get_feature_names_out()))  # before any booster fit
         catalog = self.catalog_
         coverage = self.features_.compartments(panel)
         complete = panel.loc[(coverage == BOTH).to_numpy()]
@@ -217,6 +218,13 @@ class ImmuneProfiler(BaseEstimator):
             self.profile_model_ = self._classifier(list(catalog.profiles)).fit(X_train, self.training_labels_)
             background_pool = panel.loc[labeled & (labels == "balanced").to_numpy() & (coverage == BOTH).to_numpy()]
         else:
+            found = sorted(set(self.signature_profiles_))
+            if len(found) < 2:
+                raise RifmlInputError(
+                    f"without labels, every panel reads as {found[0]} (subtypes found: "
+                    f"{', '.join(self.subtype_table_['subtype'])}): there is no profile call to learn; "
+                    "train with a label column, or on a larger or more varied cohort"
+                )
             X_train = X_aug
             self.training_labels_ = np.tile(self.signature_profiles_, repeat)
             self.training_coverage_ = self.features_.compartments(augmented).to_numpy(dtype=object)

@@ -523,11 +523,12 @@ def name_clusters(effects: pd.DataFrame, catalog: Catalog, min_effect: float = 1
     not read as a subtype, while the shifts that define immune subtypes (several SDs
     on log-normal markers) do.
 
-    An axis part (an axis in a compartment, in one direction) is *abnormal* when at
-    least half of that axis's measured markers that could signal in that direction
-    are abnormal in it (1 of 2 NK markers is enough; 2 of 4 Th1 markers is enough), so
-    a single stray marker on a broad axis does not name a subtype. Markers with NaN
-    effects (not measured) count in neither numerator nor denominator.
+    An axis part (an axis in a compartment, in one direction) is *abnormal* when any of
+    its markers is: a whole group departing from the reference by ``min_effect`` SDs on
+    one marker is a real difference, and some subtypes are defined by one marker per
+    direction (a Ledee-style endometrium with uNK over-activated and IL-18/TWEAK low
+    names both its endometrial parts, hence mixed). Markers with NaN effects (not
+    measured) name nothing.
 
     Parts are named ``f"{axis}-high"`` / ``f"{axis}-low"`` in blood and
     ``f"{axis}-over"`` (signal hyperactive) / ``f"{axis}-under"`` (signal hypoactive) in
@@ -548,18 +549,15 @@ def name_clusters(effects: pd.DataFrame, catalog: Catalog, min_effect: float = 1
     -------
     DataFrame
         Columns ``cluster``, ``subtype``, ``profile``, ``abnormal_markers`` (";"-joined,
-        every abnormal marker, strongest first, including those whose axis did not reach
-        the half-rule) and ``evidence`` (the effect behind each abnormal marker, e.g.
+        every abnormal marker, strongest first) and ``evidence`` (the effect behind each abnormal marker, e.g.
         ``pb_nk_pct +2.6 SD``), ";"-joined in the same order; ``signature`` (the markers of
-        the named parts only, ";"-joined, sorted: what :func:`signature_scores` reads).
+        the named parts, ";"-joined, sorted: what :func:`subtype_signatures` reads).
     """
     if not min_effect > 0:
         raise ValueError(f"min_effect must be positive, got {min_effect!r}")
     markers = [m for m in catalog.numeric_markers if m.name in effects.columns and m.signals]
     rows = []
     for cluster, row in effects.iterrows():
-        # candidates[part] = markers on that part that are measured and could signal it
-        candidates: dict[tuple[str, str, str], int] = {}
         hits: dict[tuple[str, str, str], list[tuple[float, str, str]]] = {}
         abnormal: list[tuple[float, str, float]] = []
         for marker in markers:
@@ -569,15 +567,14 @@ def name_clusters(effects: pd.DataFrame, catalog: Catalog, min_effect: float = 1
             effect = float(effect)
             for direction, signal in marker.signals.items():
                 part = _axis_part(marker, direction, signal)
-                candidates[part] = candidates.get(part, 0) + 1
                 toward = effect if direction == "above" else -effect
                 if toward >= min_effect:
                     hits.setdefault(part, []).append((toward, marker.name, signal))
                     abnormal.append((toward, marker.name, effect))
-        parts = []
-        for part, found in hits.items():
-            if 2 * len(found) >= candidates[part]:
-                parts.append((max(d for d, _, _ in found), part, {s for _, _, s in found}, [m for _, m, _ in found]))
+        parts = [
+            (max(d for d, _, _ in found), part, {s for _, _, s in found}, [m for _, m, _ in found])
+            for part, found in hits.items()
+        ]
         parts.sort(key=lambda item: (-item[0], item[1]))
         name = "+".join(f"{axis}-{suffix}" for _, (axis, _, suffix), _, _ in parts) or "balanced"
         profile = _profile(s for _, _, signals, _ in parts for s in signals)
