@@ -5,6 +5,8 @@ Every marker list in rifml is read from here; no module spells marker names by h
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
@@ -19,13 +21,32 @@ Direction = Literal["above", "below"]
 Profile = Literal["balanced", "hyperactive", "hypoactive", "mixed"]
 
 
+def spelling_key(name: str) -> str:
+    """How a column name is compared with the catalog's names and aliases.
+
+    Case, spaces and punctuation do not count (``Patient ID`` = ``patient_id``), but
+    ``+`` and ``%`` do: ``CD3+CD56+`` (NKT cells) must not read as ``CD3-CD56+`` (NK cells).
+    """
+    return re.sub(r"[^\w+%]|_", "", unicodedata.normalize("NFKC", name).casefold())
+
+
+class _Versioned(BaseModel):
+    """A catalog part that may be unpickled from a model trained before a field was added."""
+
+    def __setstate__(self, state: dict) -> None:
+        # Such a model's catalog simply had the default (no aliases, no extra units).
+        defaults = {name: f.get_default() for name, f in type(self).model_fields.items() if not f.is_required()}
+        state["__dict__"] = {**defaults, **state["__dict__"]}
+        super().__setstate__(state)
+
+
 class Flag(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     value: float
     flag: str
 
 
-class Marker(BaseModel):
+class Marker(_Versioned):
     """One measured marker column."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -45,6 +66,8 @@ class Marker(BaseModel):
     drifts: bool = False
     categories: dict[str, list[str]] | None = None
     flag_at_or_above: Flag | None = None
+    aliases: tuple[str, ...] = ()
+    units: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _kind_fits(self) -> "Marker":
@@ -78,7 +101,7 @@ class Marker(BaseModel):
         }
 
 
-class ContextColumn(BaseModel):
+class ContextColumn(_Versioned):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
@@ -86,9 +109,11 @@ class ContextColumn(BaseModel):
     description: str
     unit: str | None = None
     valid_range: tuple[float, float | None] | None = None
+    aliases: tuple[str, ...] = ()
+    units: tuple[str, ...] = ()
 
 
-class Catalog(BaseModel):
+class Catalog(_Versioned):
     """The whole catalog, validated when loaded."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -99,6 +124,8 @@ class Catalog(BaseModel):
     profiles: tuple[Profile, ...]
     markers: tuple[Marker, ...]
     context: tuple[ContextColumn, ...]
+    id_aliases: tuple[str, ...] = ()
+    label_aliases: tuple[str, ...] = ()
 
     @field_validator("profiles")
     @classmethod
@@ -116,7 +143,30 @@ class Catalog(BaseModel):
             if name in seen:
                 raise ValueError(f"column {name!r} is defined twice")
             seen.add(name)
+        self.column_spellings  # raises on a spelling shared by two columns
         return self
+
+    @cached_property
+    def aliases(self) -> dict[str, tuple[str, ...]]:
+        """Catalog column -> the other spellings lab exports use for it."""
+        return {
+            self.id_column: self.id_aliases,
+            **{c.name: c.aliases for c in (*self.markers, *self.context)},
+            self.label_column: self.label_aliases,
+        }
+
+    @cached_property
+    def column_spellings(self) -> dict[str, str]:
+        """:func:`spelling_key` of every name and alias -> its catalog column."""
+        spellings: dict[str, str] = {}
+        for column, aliases in self.aliases.items():
+            for spelling in (column, *aliases):
+                key = spelling_key(spelling)
+                if not key:
+                    raise ValueError(f"alias {spelling!r} of {column} has no letters or digits")
+                if spellings.setdefault(key, column) != column:
+                    raise ValueError(f"alias {spelling!r} would name both {spellings[key]} and {column}")
+        return spellings
 
     @cached_property
     def by_name(self) -> dict[str, Marker]:

@@ -90,13 +90,47 @@ EncodingOption = Annotated[
     Optional[str], typer.Option("--encoding", help="Text encoding, e.g. utf-8, cp1252, latin-1, utf-16 (default: detected).")
 ]
 SheetOption = Annotated[Optional[str], typer.Option("--sheet", help="Excel sheet to read (default: the first).")]
+ColumnsOption = Annotated[
+    Optional[Path],
+    typer.Option("--columns", help="YAML map 'input column name: catalog column', applied before the catalog's aliases."),
+]
+LayoutOption = Annotated[
+    Optional[Literal["wide", "long"]],
+    typer.Option("--layout", help="wide: a row per patient; long: a line per patient and analyte "
+                 "(patient_id, analyte, value[, unit]). Default: detected from the header."),
+]
 
 
-def read_options(sep: str | None = None, decimal: str | None = None, encoding: str | None = None, sheet: str | None = None):
+def read_options(
+    sep: str | None = None,
+    decimal: str | None = None,
+    encoding: str | None = None,
+    sheet: str | None = None,
+    columns: Path | None = None,
+    layout: str | None = None,
+):
     """The reading options as one value for :class:`rifml.io.reader.PanelFile`."""
+    from rifml.io.columns import load_column_map
     from rifml.io.dialects import ReadOptions
 
-    return ReadOptions(sep=sep, decimal=decimal, encoding=encoding, sheet=sheet)
+    return ReadOptions(sep=sep, decimal=decimal, encoding=encoding, sheet=sheet,
+                       column_map=load_column_map(columns) if columns else None, layout=layout)
+
+
+def print_reading(panel_file) -> None:
+    """Which input column fed which catalog column (renamed ones only), unit conversions, the layout."""
+    from rifml.io.units import describe
+
+    renamed = panel_file.header.renamed
+    if renamed:
+        parts = []
+        for match in renamed:
+            factor = panel_file.conversions.get(match.column) if panel_file.layout == "wide" else None
+            note = "" if factor is None else f" {describe(factor)}" if not isinstance(factor, str) else f" ({factor})"
+            parts.append(match.describe() + note)
+        out.print("columns: " + "; ".join(parts), markup=False, highlight=False)
+    if panel_file.layout == "long":
+        out.print("layout: long (one line per patient and analyte; rows below count lines)", markup=False)
 
 
 @app.command()
@@ -168,6 +202,8 @@ def validate(
     decimal: DecimalOption = None,
     encoding: EncodingOption = None,
     sheet: SheetOption = None,
+    columns: ColumnsOption = None,
+    layout: LayoutOption = None,
 ) -> None:
     """Check a batch against the marker catalog: every row is accepted or rejected with a reason."""
     from rifml.catalog import load_catalog
@@ -176,8 +212,8 @@ def validate(
     from rifml.validate import REJECT_COLUMNS
     from rifml.io.writer import AtomicCsvWriter
 
-    prepare_outputs([("--input", input), ("--catalog", catalog)], [("--rejects", rejects), ("--output", output)])
-    panel_file = PanelFile(input, load_catalog(catalog), chunk_rows=chunk_rows, options=read_options(sep, decimal, encoding, sheet))
+    prepare_outputs([("--input", input), ("--catalog", catalog), ("--columns", columns)], [("--rejects", rejects), ("--output", output)])
+    panel_file = PanelFile(input, load_catalog(catalog), chunk_rows=chunk_rows, options=read_options(sep, decimal, encoding, sheet, columns, layout))
     reasons: Counter[str] = Counter()
     accepted = 0
     with ExitStack() as stack:
@@ -186,9 +222,10 @@ def validate(
         for chunk in validated_chunks(panel_file):
             reject_writer.write(chunk.rejects)
             reasons.update(chunk.rejects["reason"])
-            accepted += len(chunk.panel)
+            accepted += chunk.accepted_lines
             if accepted_writer:
                 accepted_writer.write(chunk.accepted_raw)
+    print_reading(panel_file)
     print_accounting(accepted, reasons, verb="accepted", rows_in=panel_file.row_count, source=panel_file.describe())
 
 
@@ -212,6 +249,7 @@ def read_clean_panel(path: Path, catalog, chunk_rows: int = 50_000, options=None
 
     panels, reasons = [], Counter()
     panel_file = PanelFile(path, catalog, chunk_rows=chunk_rows, options=options)
+    print_reading(panel_file)
     for chunk in validated_chunks(panel_file):
         panels.append(chunk.panel)
         reasons.update(chunk.rejects["reason"])
@@ -240,6 +278,8 @@ def train(
     decimal: DecimalOption = None,
     encoding: EncodingOption = None,
     sheet: SheetOption = None,
+    columns: ColumnsOption = None,
+    layout: LayoutOption = None,
 ) -> None:
     """Learn subtypes and the calibrated profile call; log everything to MLflow and register the model."""
     import hashlib
@@ -256,7 +296,7 @@ def train(
     require_store(resolve_tracking_uri(tracking_uri), create=True)  # a bad store location fails before training
     cat = load_catalog(catalog)
     err.print(f"reading {data} ...")
-    panel, reasons = read_clean_panel(data, cat, options=read_options(sep, decimal, encoding, sheet))
+    panel, reasons = read_clean_panel(data, cat, options=read_options(sep, decimal, encoding, sheet, columns, layout))
     if len(panel) == 0:
         raise RifmlInputError(
             f"{data}: no rows left to train on: all {sum(reasons.values()):,} were rejected"
@@ -349,12 +389,14 @@ def score(
     decimal: DecimalOption = None,
     encoding: EncodingOption = None,
     sheet: SheetOption = None,
+    columns: ColumnsOption = None,
+    layout: LayoutOption = None,
 ) -> None:
     """Call immune profiles for a batch, with probabilities, subtype and the markers that drove each call."""
     # OpenMP threads (the compiled kernels) otherwise spin between chunks, taking the core the
     # reading thread needs; read by the OpenMP runtime when it loads, so set before any import.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    uri, model_uri = _open_store(tracking_uri, model, [("--input", input), ("--catalog", catalog)],
+    uri, model_uri = _open_store(tracking_uri, model, [("--input", input), ("--catalog", catalog), ("--columns", columns)],
                                  [("--output", output), ("--rejects", rejects)])
     from rifml.catalog import load_catalog
     from rifml.pipeline import calls_columns
@@ -365,8 +407,10 @@ def score(
     from rifml.io.writer import AtomicCsvWriter
 
     installed = load_catalog(catalog)
-    reading = read_options(sep, decimal, encoding, sheet)
+    reading = read_options(sep, decimal, encoding, sheet, columns, layout)
     panel_file = PanelFile(input, installed, chunk_rows=chunk_rows, options=reading)  # a bad file fails before the slow load
+    if engine == "spark" and (panel_file.layout == "long" or any(f != 1 for f in panel_file.conversions.values())):
+        raise RifmlInputError(f"{input}: long layout and units in headers are read by --engine local only")
     reasons: Counter[str] = Counter()
     profiles: Counter[str] = Counter()
     scored = 0
@@ -381,7 +425,7 @@ def score(
                 f"this installation has {installed.catalog_version}: retrain, or score with a matching model"
             )
         _refuse_edited_catalog(model_catalog, installed, catalog, model_uri)
-        if not set(panel_file.columns) & set(model_catalog.marker_names):
+        if panel_file.layout == "wide" and not set(panel_file.columns) & set(model_catalog.marker_names):
             raise RifmlInputError(
                 f"{input}: none of the model's marker columns are present (expected some of: "
                 f"{', '.join(model_catalog.marker_names[:5])}, ...)"
@@ -401,12 +445,13 @@ def score(
                 if calls is not None:
                     calls_writer.write(calls)
                     profiles.update(calls["immune_profile"].value_counts().to_dict())
-                    scored += len(calls)
-                progress.advance(len(chunk.panel) + len(chunk.rejects), panel_file.row_count)
+                    scored += chunk.accepted_lines
+                progress.advance(chunk.accepted_lines + len(chunk.rejects), panel_file.row_count)
             if scored == 0:  # still give the calls file its header
                 calls_writer.columns = calls_columns(model_catalog)
     # Run as the command itself (not inside `demo`), local scoring leaves nothing to tear down.
     _state["skip_teardown"] = engine == "local" and _state["command"] == "score"
+    print_reading(panel_file)
     if profiles:
         out.print("calls: " + ", ".join(f"{p} {profiles[p]:,}" for p in model_catalog.profiles if profiles[p]))
     print_accounting(scored, reasons, verb="scored", rows_in=panel_file.row_count, source=panel_file.describe())
@@ -539,17 +584,20 @@ def report(
     decimal: DecimalOption = None,
     encoding: EncodingOption = None,
     sheet: SheetOption = None,
+    columns: ColumnsOption = None,
+    layout: LayoutOption = None,
 ) -> None:
     """Write a self-contained HTML report: the cohort page and one page per patient (a local folder; ids stay out of MLflow)."""
     from rifml.report import generate_report
     from rifml.tracking import load_profiler
 
-    _, model_uri = _open_store(tracking_uri, model, [("--input", input), ("--calls", calls), ("--rejects", rejects)],
+    _, model_uri = _open_store(tracking_uri, model, [("--input", input), ("--calls", calls), ("--rejects", rejects),
+                                                     ("--columns", columns)],
                                [("--output", output)], folders=("--output",))
     profiler, metadata = load_profiler(model_uri)
     summary = generate_report(
         profiler, model_uri, metadata, panels=input, calls=calls, output=output, rejects=rejects,
-        read_options=read_options(sep, decimal, encoding, sheet),
+        read_options=read_options(sep, decimal, encoding, sheet, columns, layout),
     )
     if summary.changed_calls:
         err.print(f"warning: {summary.changed_calls:,} calls are not reproduced by {model_uri}: were they scored with another model?")
@@ -598,6 +646,12 @@ def outcomes(
     model: Annotated[Optional[str], typer.Option("--model", help="URI of the model that made the calls (recorded in the run).")] = None,
     tracking_uri: TrackingOption = None,
     catalog: CatalogOption = None,
+    sep: SepOption = None,
+    decimal: DecimalOption = None,
+    encoding: EncodingOption = None,
+    sheet: SheetOption = None,
+    columns: ColumnsOption = None,
+    layout: LayoutOption = None,
 ) -> None:
     """Outcome rates and treatment effects by immune profile and subtype (observational; adjusted odds ratios)."""
     from rifml.catalog import load_catalog
@@ -613,7 +667,8 @@ def outcomes(
     from rifml.io.paths import prepare_outputs
     from rifml.outcomes.files import OUTPUT_FILES
 
-    inputs = [("--panels", panels), ("--calls", calls), ("--outcomes", outcomes_file), ("--catalog", catalog)]
+    inputs = [("--panels", panels), ("--calls", calls), ("--outcomes", outcomes_file), ("--catalog", catalog),
+              ("--columns", columns)]
     if Path(output).is_dir():  # files are written into it one by one: only their names may not clash
         prepare_outputs(inputs, [("--output", Path(output) / name) for name in OUTPUT_FILES])
     else:  # a new folder (or a file in the way, refused as a folder given where a folder is expected)
@@ -622,7 +677,9 @@ def outcomes(
     registry_rows, line_numbers = read_table(outcomes_file, "outcomes")
     calls_table, _ = read_table(calls, "calls")
     from_panels = [name for name in covariates if name not in registry_rows]
-    panel_table, panel_reasons = read_panel_columns(panels, cat, from_panels)
+    panel_table, panel_reasons = read_panel_columns(
+        panels, cat, from_panels, options=read_options(sep, decimal, encoding, sheet, columns, layout)
+    )
     levels = {"profile": cat.label_column, "subtype": contract.SUBTYPE_COLUMN}
     matched = match_registry(
         registry_rows, line_numbers, calls_table, id_column=cat.id_column, level_columns=levels,

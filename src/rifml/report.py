@@ -1056,7 +1056,7 @@ def generate_report(
     rejects : Path, optional
         Rejects file to summarize; without it, the reject reasons found re-validating ``panels``.
     read_options : rifml.io.dialects.ReadOptions, optional
-        How ``panels`` is written (separator, decimal mark, encoding, sheet), else detected.
+        How ``panels`` is written (separator, decimal mark, encoding, sheet, column map, layout), else detected.
     card : ModelCard, optional
         Model description; looked up in the current MLflow store when not given.
 

@@ -63,11 +63,19 @@ class ValidatedChunk:
         Accepted rows exactly as read (for writing an accepted-rows file).
     rejects : DataFrame
         One row per refused input row, columns :data:`REJECT_COLUMNS`.
+    lines : ndarray of int, optional
+        Input lines behind each accepted panel (long-format files); None: one each.
     """
 
     panel: pd.DataFrame
     accepted_raw: pd.DataFrame
     rejects: pd.DataFrame
+    lines: np.ndarray | None = None
+
+    @property
+    def accepted_lines(self) -> int:
+        """Input lines that ended in an accepted panel (what the accounting line counts)."""
+        return len(self.panel) if self.lines is None else int(np.sum(self.lines))
 
 
 @dataclass
@@ -309,6 +317,7 @@ def validate_chunk(
     bad_field_count: np.ndarray | None = None,
     row_problems: np.ndarray | None = None,
     decimal: str = ".",
+    column_problems: dict[str, np.ndarray] | None = None,
 ) -> ValidatedChunk:
     """Validate one chunk of raw panel rows.
 
@@ -327,6 +336,9 @@ def validate_chunk(
         A reason per row found while reading it (unclosed quote, ...), or None.
     decimal : str
         The file's decimal mark, ``.`` or ``,`` (then a ``.`` in a number is not a number).
+    column_problems : dict of str to ndarray, optional
+        Problems found before parsing (a unit the catalog does not accept): column ->
+        reason or None per row; they come before that column's own checks.
 
     Returns
     -------
@@ -388,6 +400,10 @@ def validate_chunk(
         values, _, problem = parse_category(raw[catalog.label_column], lookup)
         panel[catalog.label_column] = values
         problems[catalog.label_column] = problem
+
+    for column, reasons in (column_problems or {}).items():
+        found = pd.notna(reasons)
+        problems[column] = np.where(found, reasons, problems.get(column, np.full(n, None, dtype=object)))
 
     for position, column, reason in _range_problems(pd.DataFrame(numbers), catalog).itertuples(index=False):
         if problems[column][position] is None:

@@ -13,13 +13,17 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from rifml.errors import RifmlInputError
+
+if TYPE_CHECKING:
+    from rifml.io.columns import ColumnMap
 
 SEPARATORS = {",": "','", ";": "';'", "\t": "tab"}
 SEPARATOR_SPELLINGS = {",": ",", "comma": ",", ";": ";", "semicolon": ";", "\\t": "\t", "\t": "\t", "tab": "\t"}
 DECIMAL_MARKS = (".", ",")
+LAYOUTS = ("wide", "long")
 GZIP_MAGIC = b"\x1f\x8b"
 SNIFF_BYTES = 1 << 16
 # Non-UTF-8 files: which single-byte code pages charset-normalizer may choose among. A free
@@ -49,12 +53,18 @@ class ReadOptions:
         Any Python codec name (``utf-8``, ``cp1252``, ``latin-1``, ``utf-16`` ...).
     sheet : str, optional
         Excel sheet name (default: the first sheet).
+    column_map : rifml.io.columns.ColumnMap, optional
+        The user's ``--columns`` map, applied before the catalog's aliases.
+    layout : {"wide", "long"}, optional
+        One row per patient, or one line per patient and analyte (default: told by the header).
     """
 
     sep: str | None = None
     decimal: str | None = None
     encoding: str | None = None
     sheet: str | None = None
+    column_map: ColumnMap | None = None
+    layout: str | None = None
 
     def __post_init__(self) -> None:
         if self.sep is not None:
@@ -68,6 +78,8 @@ class ReadOptions:
                 object.__setattr__(self, "encoding", codecs.lookup(self.encoding).name)
             except LookupError:
                 raise RifmlInputError(f"--encoding {self.encoding!r}: not an encoding Python knows") from None
+        if self.layout not in (None, *LAYOUTS):
+            raise RifmlInputError(f"--layout {self.layout!r}: use {' or '.join(LAYOUTS)}")
 
 
 @dataclass(frozen=True)

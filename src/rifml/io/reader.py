@@ -23,6 +23,7 @@ import pandas as pd
 
 from rifml.catalog import Catalog
 from rifml.errors import RifmlInputError
+from rifml.io.columns import HeaderMatch, match_header
 from rifml.io.accounting import AccountingError, Survey, survey
 from rifml.io.dialects import Dialect, ReadOptions, detect_dialect, guess_single_byte, open_bytes, text_stream
 from rifml.io.excel import XLSX_MAGIC, Sheet, read_sheet
@@ -49,21 +50,23 @@ class RawChunk:
     last_rows: np.ndarray | None = None
 
 
-def _match_header(header: list[str], catalog: Catalog, path: Path) -> list[str]:
-    """Strip names and match known columns case-insensitively; refuse unusable headers."""
-    known = {name.lower(): name for name in catalog.known_columns}
-    names = [known.get(h.strip().lower(), h.strip()) for h in header]
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise RifmlInputError(f"{path}: column {name!r} appears twice in the header")
-        seen.add(name)
+def _match_header(header: list[str], catalog: Catalog, path: Path, options: ReadOptions) -> tuple[HeaderMatch, str]:
+    """Match headers to catalog columns (:mod:`rifml.io.columns`) and settle the layout; refuse unusable headers."""
+    from rifml.io.long_format import LONG_COLUMNS, looks_long, require_long_header
+
+    match = match_header([str(h) for h in header], catalog, options.column_map, extra=LONG_COLUMNS, source=str(path))
+    layout = options.layout or ("long" if looks_long(match.names, catalog) else "wide")
+    if layout == "wide":  # "value" or "unit" columns of a wide file are ordinary extra columns
+        match = match.passing_through(LONG_COLUMNS)
+    else:
+        require_long_header(match.names, catalog, str(path))
+    names = match.names
     if catalog.id_column not in names:
         raise RifmlInputError(
             f"{path}: no {catalog.id_column} column (found: {', '.join(names[:8]) or 'nothing'}"
             f"{', ...' if len(names) > 8 else ''})"
         )
-    return names
+    return match, layout
 
 
 # Bytes of file per Arrow parse block: Arrow's working memory grows with the block
@@ -83,7 +86,7 @@ class PanelFile:
     chunk_rows : int
         Rows per chunk.
     options : ReadOptions, optional
-        Separator, decimal mark, encoding, sheet given by the user (else detected).
+        Separator, decimal mark, encoding, sheet, column map and layout given by the user (else detected).
 
     Attributes
     ----------
@@ -91,6 +94,10 @@ class PanelFile:
         ``text``, ``excel`` or ``parquet``.
     dialect : Dialect or None
         Encoding, separator, decimal mark and line ending of a text file.
+    header : HeaderMatch
+        Which input column feeds which catalog column, and the units headers state.
+    layout : str
+        ``wide`` (a row per patient) or ``long`` (a line per patient and analyte).
     row_count : int
         Records the file holds (exact once :func:`validated_chunks` has run to the end).
     """
@@ -123,7 +130,7 @@ class PanelFile:
         elif head.startswith(XLSX_MAGIC):
             self.format = "excel"
             self._sheet = read_sheet(self.path, self.options.sheet)
-            self.columns = _match_header(self._sheet.header, catalog, self.path)
+            self.columns = self._match(self._sheet.header)
         else:
             self.format = "text"
             self._check_text()
@@ -172,6 +179,17 @@ class PanelFile:
             what = self.dialect.describe()
         return f"read {self.path.name}: {what}"
 
+    def _match(self, header: list[str]) -> list[str]:
+        self.header, self.layout = _match_header(header, self.catalog, self.path, self.options)
+        return self.header.names
+
+    @functools.cached_property
+    def conversions(self) -> dict:
+        """Column -> factor to its catalog unit, or the reason its header's unit is refused."""
+        from rifml.io.units import conversion
+
+        return {column: conversion(self.catalog, column, unit) for column, unit in self.header.units.items()}
+
     # -- file-level checks -------------------------------------------------
     def _check_text(self) -> None:
         try:
@@ -192,7 +210,7 @@ class PanelFile:
             header = next(lines, None)
             if header is None:
                 raise RifmlInputError(f"{self.path}: the file is empty")
-            names = _match_header(next(csv.reader([header.rstrip("\r\n")], delimiter=sep), []), self.catalog, self.path)
+            names = self._match(next(csv.reader([header.rstrip("\r\n")], delimiter=sep), []))
             if next(lines, None) is None:
                 raise RifmlInputError(f"{self.path}: no data rows (header only)")
         return names
@@ -207,7 +225,7 @@ class PanelFile:
 
     def _parquet_header(self) -> list[str]:
         parquet = self._parquet_file()
-        names = _match_header(list(parquet.schema_arrow.names), self.catalog, self.path)
+        names = self._match(list(parquet.schema_arrow.names))
         if parquet.metadata.num_rows == 0:
             raise RifmlInputError(f"{self.path}: no data rows (header only)")
         return names
@@ -373,21 +391,43 @@ def nfc(ids: pd.Series) -> pd.Series:
 def validated_chunks(panel_file: PanelFile) -> Iterator[ValidatedChunk]:
     """Validate a file chunk by chunk; every data record ends in ``panel`` or ``rejects``.
 
+    Header units are converted before validation (:mod:`rifml.io.units`). A long-format
+    file is one chunk: a patient's lines may lie anywhere in it (:mod:`rifml.io.long_format`),
+    and its records are lines, each ending with its patient's panel or in the rejects.
     After the last chunk the records read are checked against the file's own line count
     (:meth:`Survey.check`); a mismatch raises :class:`AccountingError` (a bug: exit 1).
     """
-    duplicates = panel_file.duplicate_ids()
+    from rifml.io.units import convert_columns
+
     starts, ends = [], []
-    for raw in panel_file.chunks():
-        checked = validate_chunk(
-            raw.frame, raw.rows, panel_file.catalog, duplicates, raw.bad_field_count,
-            row_problems=raw.row_problems, decimal=panel_file.decimal,
-        )
-        if len(checked.panel) + len(checked.rejects) != len(raw.rows):
-            raise AccountingError(f"{len(raw.rows):,} rows validated into {len(checked.panel) + len(checked.rejects):,}")
+
+    def read(raw: RawChunk) -> RawChunk:
         starts.append(raw.rows)
         ends.append(raw.rows if raw.last_rows is None else raw.last_rows)
+        return raw
+
+    if panel_file.layout == "long":
+        from rifml.io.long_format import validated_long
+
+        panel_file.survey  # settles the encoding before any text is read
+        raws = [read(raw) for raw in panel_file.chunks()]
+        checked = validated_long(raws, panel_file.catalog, panel_file.options.column_map, panel_file.decimal)
+        records = sum(len(raw.rows) for raw in raws)
+        if checked.accepted_lines + len(checked.rejects) != records:
+            raise AccountingError(f"{records:,} lines validated into {checked.accepted_lines + len(checked.rejects):,}")
         yield checked
+    else:
+        duplicates = panel_file.duplicate_ids()
+        for raw in panel_file.chunks():
+            read(raw)
+            frame, unit_problems = convert_columns(raw.frame, panel_file.conversions, panel_file.decimal)
+            checked = validate_chunk(
+                frame, raw.rows, panel_file.catalog, duplicates, raw.bad_field_count,
+                row_problems=raw.row_problems, decimal=panel_file.decimal, column_problems=unit_problems,
+            )
+            if len(checked.panel) + len(checked.rejects) != len(raw.rows):
+                raise AccountingError(f"{len(raw.rows):,} rows validated into {len(checked.panel) + len(checked.rejects):,}")
+            yield checked
     empty = np.zeros(0, dtype=np.int64)
     panel_file.row_count = panel_file.survey.check(
         np.concatenate(starts) if starts else empty, np.concatenate(ends) if ends else empty

@@ -47,15 +47,20 @@ def read_table(path: Path, what: str) -> tuple[pd.DataFrame, np.ndarray]:
     return frame.reset_index(drop=True), np.arange(len(frame)) + 2
 
 
-def read_panel_columns(path: Path, catalog: Catalog, columns: list[str]) -> tuple[pd.DataFrame, Counter]:
-    """Id plus ``columns`` of the accepted panels (parsed as validation parses them), and reject reasons."""
+def read_panel_columns(
+    path: Path, catalog: Catalog, columns: list[str], options=None
+) -> tuple[pd.DataFrame, Counter]:
+    """Id plus ``columns`` of the accepted panels (parsed as validation parses them), and reject reasons.
+
+    ``options`` (:class:`rifml.io.dialects.ReadOptions`) say how the file is written, else detected.
+    """
     from rifml.io.reader import PanelFile, validated_chunks
 
-    panel_file = PanelFile(path, catalog)
-    wanted = [name for name in columns if name in panel_file.columns]
+    panel_file = PanelFile(path, catalog, options=options)
     parts, reasons = [], Counter()
     for chunk in validated_chunks(panel_file):
-        parts.append(chunk.panel[[catalog.id_column, *wanted]])
+        # the panel's columns, not the file's: a long file's analytes become columns only here
+        parts.append(chunk.panel[[catalog.id_column, *(name for name in columns if name in chunk.panel)]])
         reasons.update(chunk.rejects["reason"])
     return pd.concat(parts, ignore_index=True), reasons
 
