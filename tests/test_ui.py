@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from mlflow_support import quick_train_config
 from rifml.ui import server_command
 
 RIFML = str(Path(sys.executable).parent / "rifml")
@@ -43,11 +44,13 @@ def fetch_json(url, body=None):
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """A store with one training run (1200 panels, seed 5: meets the floors, so it is champion)."""
+    """A store with one training run (1200 panels, seed 5, floors at zero, so it is champion)."""
     work = tmp_path_factory.mktemp("ui")
     assert rifml("simulate", "--n", 1200, "--seed", 5, "--output", "cohort.csv", cwd=work).returncode == 0
     uri = f"sqlite:///{work / 'mlflow.db'}"  # four slashes: absolute path
-    trained = rifml("train", "--data", "cohort.csv", "--experiment", "ui-test", "--tracking-uri", uri, cwd=work)
+    (work / "train.yaml").write_text(quick_train_config("ui-test"))  # floors at zero: the UI needs a champion
+    trained = rifml("train", "--data", "cohort.csv", "--experiment", "ui-test", "--tracking-uri", uri,
+                    "--config", "train.yaml", cwd=work)
     assert trained.returncode == 0, trained.stderr
     assert "alias champion now points here" in trained.stdout
     run_id = re.search(r"^run ([0-9a-f]{32}) in ", trained.stdout, re.M).group(1)

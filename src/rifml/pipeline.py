@@ -403,7 +403,8 @@ class ImmuneProfiler(BaseEstimator):
         subtype_names, subtype_profile_codes = self.subtype_names()
         flags = features.flags(panel)
         lab_of_row = lab_ids(panel)
-        adapted_panels = lab_of_row.map(labs.panels).fillna(0).to_numpy(dtype=np.int64) if labs.panels else np.zeros(len(panel), np.int64)
+        # float, not int: batch engines carry rejected rows as missing values in the same column
+        adapted_panels = lab_of_row.map(labs.panels).fillna(0).to_numpy(dtype=np.float64) if labs.panels else np.zeros(len(panel))
 
         # Built as one dict in contract order, then one frame: no per-column inserts or reorder copy.
         # Names are categoricals (codes into a few labels): no Python string per row.

@@ -801,8 +801,9 @@ def render_index(data: CohortData, interventions: Interventions, generated: str)
     flag_counts = Counter(flag["title"] for fl in flags for flag in fl)
     findings = [{"finding": h.finding.finding, "treatments": h.finding.treatments, "profiles": h.finding.profiles,
                  "n": int(h.applies.sum())} for h in data.findings]
+    # dropna=False: a marker no lab of this batch has a learned shift for keeps its (empty) column
     drift_table = (drift.pivot_table(index=["lab", "known"], columns="marker", values=["n", "batch_pct", "learned_pct"],
-                                     aggfunc="first") if len(drift) else None)
+                                     aggfunc="first", dropna=False) if len(drift) else None)
     context = {
         "shared": _shared(data, interventions, generated), "n": len(calls), "sources": data.sources,
         "profiles": _counts(calls["immune_profile"], profiles), "colours": PROFILE_COLOURS,
