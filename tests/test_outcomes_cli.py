@@ -137,7 +137,7 @@ def test_plan_trial_with_and_without_outcomes(analysed):
         (["outcomes", "--panels", "panels.csv", "--calls", "calls.csv", "--outcomes", "absent.csv", "--output", "o3"],
          "no such file"),
         (["outcomes", "--panels", "panels.csv", "--calls", "calls.csv", "--outcomes", "outcomes.csv", "--output", "calls.csv"],
-         "not a folder"),
+         "would destroy the input"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(registry, args, message):
