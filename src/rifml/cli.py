@@ -60,13 +60,12 @@ def reports_errors(command: Command) -> Command:
             err.print(f"rifml: error: {exc}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            # Ctrl-C or SIGTERM: the writers' context managers have already removed their .part files.
-            err.print(f"rifml: interrupted ({signal.Signals(_state['signal']).name}); no output was written",
-                      markup=False, highlight=False)
-            raise typer.Exit(128 + int(_state["signal"])) from None
+            _report_interrupt()
         except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:
+            if _interrupted(exc):
+                _report_interrupt()
             if _state["debug"]:
                 traceback.print_exc()
             err.print(
@@ -78,6 +77,25 @@ def reports_errors(command: Command) -> Command:
             raise typer.Exit(1) from None
 
     return run  # type: ignore[return-value]
+
+
+def _interrupted(exc: BaseException | None) -> bool:
+    """An interrupt that lands inside compiled code (the numba kernels) surfaces as another
+    exception (SystemError) whose context is the KeyboardInterrupt."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _report_interrupt() -> None:
+    # Ctrl-C or SIGTERM: the writers' context managers have already removed their .part files.
+    err.print(f"rifml: interrupted ({signal.Signals(_state['signal']).name}); no output was written",
+              markup=False, highlight=False)
+    raise typer.Exit(128 + int(_state["signal"])) from None
 
 
 CatalogOption = Annotated[
