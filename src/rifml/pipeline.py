@@ -355,7 +355,6 @@ class ImmuneProfiler(BaseEstimator):
         Judged against the balanced group itself, not the literature bands, so an assay
         that reads a marker high for everybody does not empty the reference.
         """
-        chosen = pool
         if len(pool) >= 20:
             markers = self._clustering_markers()
             values = self.features_.marker_matrix(pool)[markers]
@@ -402,9 +401,8 @@ class ImmuneProfiler(BaseEstimator):
         subtype_index, matches = self._subtypes_within(called, self.subtype_model_.expand_margins(self.subtype_router_.margins(X)))
         subtype_names, subtype_profile_codes = self.subtype_names()
         flags = features.flags(panel)
-        lab_of_row = lab_ids(panel)
         # float, not int: batch engines carry rejected rows as missing values in the same column
-        adapted_panels = lab_of_row.map(labs.panels).fillna(0).to_numpy(dtype=np.float64) if labs.panels else np.zeros(len(panel))
+        adapted_panels = lab_ids(panel).map(labs.panels).fillna(0).to_numpy(dtype=np.float64) if labs.panels else np.zeros(len(panel))
 
         # Built as one dict in contract order, then one frame: no per-column inserts or reorder copy.
         # Names are categoricals (codes into a few labels): no Python string per row.
