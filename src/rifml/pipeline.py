@@ -13,7 +13,7 @@ from sklearn.base import BaseEstimator
 from threadpoolctl import threadpool_limits
 from sklearn.utils.validation import check_is_fitted
 
-from rifml.catalog import Catalog
+from rifml.catalog import BALANCED, HYPERACTIVE, HYPOACTIVE, MIXED, Catalog
 from rifml.errors import RifmlInputError
 from rifml.explain import InterventionalExplainer, check_tree_settings, marker_contributions, top_drivers
 from rifml.features import PanelFeatures, compartment_names, lab_ids, measured_markers
@@ -120,9 +120,12 @@ class ImmuneProfiler(BaseEstimator):
     clustering_ : ConsensusClustering
     subtype_table_ : DataFrame
         Per cluster: subtype name, profile, abnormal markers, the effect sizes behind
-        the name (``evidence``), whether it is the reference cluster, size.
+        the name (``evidence``), whether it is the cluster nearest the reference level, size.
+    reference_ : SubtypeEffects
+        The cohort's own reference level per marker and the within-cluster scale that
+        effect sizes and signatures are measured in.
     subtype_effects_ : DataFrame
-        Effect size of every cluster on every clustering marker against the reference.
+        Effect size of every cluster on every clustering marker against the reference level.
     cluster_medians_ : DataFrame
         Per cluster, the median of every numeric marker (log, lab-normalized): what lab
         offsets are measured against.
@@ -216,7 +219,7 @@ class ImmuneProfiler(BaseEstimator):
             self.training_labels_ = labels[labeled].to_numpy(dtype=object)
             self.training_coverage_ = coverage[labeled].to_numpy(dtype=object)
             self.profile_model_ = self._classifier(list(catalog.profiles)).fit(X_train, self.training_labels_)
-            background_pool = panel.loc[labeled & (labels == "balanced").to_numpy() & (coverage == BOTH).to_numpy()]
+            background_pool = panel.loc[labeled & (labels == BALANCED).to_numpy() & (coverage == BOTH).to_numpy()]
         else:
             found = sorted(set(self.signature_profiles_))
             if len(found) < 2:
@@ -229,7 +232,7 @@ class ImmuneProfiler(BaseEstimator):
             self.training_labels_ = np.tile(self.signature_profiles_, repeat)
             self.training_coverage_ = self.features_.compartments(augmented).to_numpy(dtype=object)
             self.profile_model_ = self._classifier(list(catalog.profiles)).fit(X_train, self.training_labels_, groups=groups)
-            background_pool = complete.loc[self.clustering_.labels_ == self.reference_cluster_]
+            background_pool = complete.loc[self.signature_profiles_ == BALANCED]
 
         self.background_ = self._background(background_pool, complete)
         self.explainer_ = InterventionalExplainer(self.profile_model_.booster_, self.background_)
@@ -280,16 +283,16 @@ class ImmuneProfiler(BaseEstimator):
         self.cluster_medians_ = matrix.groupby(labels).median()
 
         filled = matrix[markers].fillna(self.cluster_fill_)
-        effects, self.reference_cluster_, self.effect_scale_ = subtype_effects(filled, labels)
-        self.subtype_effects_ = effects
-        self.reference_median_ = filled[labels == self.reference_cluster_].median()
-        table = name_clusters(effects, self.catalog_, min_effect=self.min_effect)
-        self.signatures_ = subtype_signatures(table, effects, self._deviations(filled), labels, self.catalog_)
+        self.reference_ = subtype_effects(filled, labels)
+        self.subtype_effects_ = self.reference_.effects
+        table = name_clusters(self.subtype_effects_, self.catalog_, min_effect=self.min_effect)
+        deviations = self.reference_.deviations(filled)
+        self.signatures_ = subtype_signatures(table, self.subtype_effects_, deviations, labels, self.catalog_)
         # Label-free training reads each panel's profile from the signatures it shows.
-        self.signature_profiles_ = profiles_from_signatures(self._deviations(filled), self.signatures_)
+        self.signature_profiles_ = profiles_from_signatures(deviations, self.signatures_)
         sizes = pd.Series(labels).value_counts()
         self.subtype_table_ = table.assign(
-            reference=table["cluster"] == self.reference_cluster_,
+            reference=table["cluster"] == self.reference_.nearest,
             size=table["cluster"].map(sizes).astype(int),
         )
 
@@ -310,10 +313,6 @@ class ImmuneProfiler(BaseEstimator):
             residuals = matrix - medians(aligned).loc[which].to_numpy()
             offsets = shrunk_median_offsets(residuals, labs, usable, self.lab_min_panels)
         return offsets
-
-    def _deviations(self, values: pd.DataFrame) -> pd.DataFrame:
-        """Log values as deviations from the reference cluster's median, in within-cluster SDs."""
-        return (values - self.reference_median_) / self.effect_scale_
 
     def lab_adaptation(self, panel: pd.DataFrame) -> LabAdaptation:
         """Offsets for labs never seen in training, estimated from their complete panels in ``panel``.
@@ -444,34 +443,46 @@ class ImmuneProfiler(BaseEstimator):
         """(hyperactive class, hypoactive class) pairs that name a mixed call when no mixed subtype was found."""
         codes = self._subtype_profile_codes()
         profiles = list(self.catalog_.profiles)
-        if (codes == profiles.index("mixed")).any():
+        if (codes == profiles.index(MIXED)).any():
             return []
-        hyper = np.flatnonzero(codes == profiles.index("hyperactive"))
-        hypo = np.flatnonzero(codes == profiles.index("hypoactive"))
+        hyper = np.flatnonzero(codes == profiles.index(HYPERACTIVE))
+        hypo = np.flatnonzero(codes == profiles.index(HYPOACTIVE))
         return [(h, o) for h in hyper for o in hypo]
 
+    def _reference_stand_in(self) -> bool:
+        """Whether balanced calls need the reference as their subtype: training found no balanced subtype."""
+        return not (self._subtype_profile_codes() == list(self.catalog_.profiles).index(BALANCED)).any()
+
     def subtype_names(self) -> tuple[list[str], np.ndarray]:
-        """Every subtype a call can carry and its profile's index: the learned subtypes, then composites.
+        """Every subtype a call can carry and its profile's index: the learned subtypes, then stand-ins.
 
         A composite ("nk-high+endometrial-under") names a mixed call by its most likely
-        hyperactive and hypoactive subtypes when training found no mixed subtype.
+        hyperactive and hypoactive subtypes when training found no mixed subtype. When
+        every cluster departs from the reference level (mild shifts spread the balanced
+        panels over the subtype clusters), a balanced call's subtype is ``balanced``: the
+        reference itself, from which no axis departs.
         """
         classes = list(self.subtype_model_.classes_)
         codes = self._subtype_profile_codes()
         pairs = self._composite_pairs()
+        profiles = list(self.catalog_.profiles)
         names = classes + [f"{classes[h]}+{classes[o]}" for h, o in pairs]
-        mixed = list(self.catalog_.profiles).index("mixed")
-        return names, np.concatenate([codes, np.full(len(pairs), mixed, dtype=codes.dtype)])
+        extra = [profiles.index(MIXED)] * len(pairs)
+        if self._reference_stand_in():
+            names.append(BALANCED)
+            extra.append(profiles.index(BALANCED))
+        return names, np.concatenate([codes, np.asarray(extra, dtype=codes.dtype)])
 
     def _subtypes_within(self, called: np.ndarray, subtype_margins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The most likely subtype among those of the called profile (coherent by construction).
 
         Returns an index into :meth:`subtype_names` per row and whether it belongs to the
         called profile: it does unless training found no subtype of that profile and no
-        composite can stand in, when the most likely subtype overall is given (and the
-        call says so in ``subtype_matches_profile``).
+        stand-in (see :meth:`subtype_names`) applies, when the most likely subtype overall
+        is given (and the call says so in ``subtype_matches_profile``).
         """
         codes = self._subtype_profile_codes()
+        profiles = list(self.catalog_.profiles)
         allowed = codes[None, :] == called[:, None]
         within = np.where(allowed, subtype_margins, -np.inf).argmax(axis=1)
         index = np.where(allowed.any(axis=1), within, subtype_margins.argmax(axis=1))
@@ -482,9 +493,13 @@ class ImmuneProfiler(BaseEstimator):
             best_hyper = hyper[subtype_margins[:, hyper].argmax(axis=1)]
             best_hypo = hypo[subtype_margins[:, hypo].argmax(axis=1)]
             composite = np.array([pairs.index((h, o)) for h, o in zip(best_hyper, best_hypo)], dtype=np.int64)
-            mixed = called == list(self.catalog_.profiles).index("mixed")
+            mixed = called == profiles.index(MIXED)
             index = np.where(mixed, len(codes) + composite, index)
             matches |= mixed
+        if self._reference_stand_in():
+            balanced = called == profiles.index(BALANCED)
+            index = np.where(balanced, len(codes) + len(pairs), index)
+            matches |= balanced
         return index, matches
 
     def contributions(self, X: pd.DataFrame | np.ndarray, called: np.ndarray) -> pd.DataFrame:

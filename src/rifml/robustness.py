@@ -18,12 +18,11 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import adjusted_rand_score, f1_score
 
-from rifml.catalog import Catalog, load_catalog
+from rifml.catalog import BALANCED, Catalog, load_catalog
 from rifml.model import expected_calibration_error
 from rifml.simulate import SimulationConfig, simulate_cohort
 from rifml.validate import repeated_ids, validate_chunk
 
-BALANCED = "balanced"  # the profile whose calls have no abnormal driver to check
 COMPLETE = "complete"  # the simulator's panel kind with both compartments
 
 
