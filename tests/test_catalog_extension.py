@@ -68,7 +68,12 @@ def test_the_model_records_the_catalog_it_was_trained_with(extended):
     with mlflow_store(uri):
         client = MlflowClient()
         version = client.get_model_version("rifml-immune-profile", "1")
-        assert client.get_run(version.run_id).data.params["catalog_version"] == "1.0.1"
+        params = client.get_run(version.run_id).data.params
+        assert params["catalog_version"] == "1.0.1"
+        # every setting is logged, the ones train.yaml left out included, as the fit used them
+        assert {"model.reg_lambda", "model.calibration_folds", "subtypes.pac_tolerance", "subtypes.scaling",
+                "features.censor_fraction"} <= params.keys()
+        assert params["features.lab_min_count"] == "30"
         profiler = mlflow.pyfunc.load_model("models:/rifml-immune-profile/1").unwrap_python_model().profiler
     assert profiler.catalog_.catalog_version == "1.0.1"
     assert NEW in profiler.feature_names_

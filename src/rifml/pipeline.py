@@ -7,10 +7,10 @@ Pure core: no file, network or MLflow access here.
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
 from numbers import Integral, Real
 
+import numpy as np
+import pandas as pd
 from sklearn.base import BaseEstimator, _fit_context, clone
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted

@@ -156,5 +156,6 @@ def train(panel: pd.DataFrame, labels: pd.Series | None, config: dict | TrainCon
         **{f"floor.{k}": v for k, v in floors.items()},
         "random_state": settings.random_state,
         "n_jobs": settings.n_jobs,
+        "features.lab_min_count": profiler.features_.lab_min_count,  # as used (null in train.yaml: lab_min_panels)
     }
     return TrainingResult(profiler, metrics, params, figures, tables, not failures, failures)
