@@ -78,6 +78,8 @@ def _suggestion(model, loc: tuple) -> str:
 # Kept here, beside the loader, rather than in training.py: `rifml train` validates its
 # config before importing the model stack, so a typo costs a fraction of a second.
 
+# LightGBM's own limit on num_leaves; the explainer takes any tree size up to it
+MAX_NUM_LEAVES = 131072
 Count = Annotated[int, Field(ge=1)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -91,8 +93,7 @@ class ModelSettings(_Settings):
     """The boosted classifiers (:class:`rifml.model.CalibratedBoostedClassifier`)."""
 
     n_estimators: Count = 100
-    # LightGBM's own range; any size is explained exactly (see rifml.explain.check_tree_settings)
-    num_leaves: Annotated[int, Field(ge=2, le=131072)] = 8
+    num_leaves: Annotated[int, Field(ge=2, le=MAX_NUM_LEAVES)] = 8  # see rifml.explain.check_tree_settings
     learning_rate: Annotated[float, Field(gt=0.0)] = 0.08
     min_child_samples: Count = 20
     reg_lambda: Annotated[float, Field(ge=0.0)] = 1.0

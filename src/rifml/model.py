@@ -22,8 +22,7 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-# LightGBM's own bounds on num_leaves; the explainer takes any of them (rifml.explain.check_tree_settings)
-MAX_NUM_LEAVES = 131072
+from rifml.config import MAX_NUM_LEAVES
 
 
 class CalibratedBoostedClassifier(ClassifierMixin, BaseEstimator):
