@@ -15,7 +15,7 @@ from sklearn.metrics import adjusted_rand_score, f1_score
 
 from rifml.features import band_position
 from rifml.errors import RifmlInputError
-from rifml.model import expected_calibration_error
+from rifml.evaluation import expected_calibration_error
 from rifml.pipeline import ImmuneProfiler, calls_columns, mask_compartment
 from rifml.simulate import simulate_cohort
 from rifml.training import load_train_config, profiler_from_config

@@ -7,11 +7,14 @@ Pure core: no file, network or MLflow access here.
 
 from __future__ import annotations
 
+from numbers import Integral, Real
+
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator
-from threadpoolctl import threadpool_limits
+from sklearn.base import BaseEstimator, _fit_context, clone
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import threadpool_limits
 
 from rifml.catalog import BALANCED, HYPERACTIVE, HYPOACTIVE, MIXED, Catalog
 from rifml.errors import RifmlInputError
@@ -64,6 +67,17 @@ def _check_additivity(raw: np.ndarray, phi: np.ndarray, expected: np.ndarray) ->
         )
 
 
+def _sized_classifier(template: CalibratedBoostedClassifier, classes: list[str],
+                      n_estimators: int | None = None) -> CalibratedBoostedClassifier:
+    """A clone of the classifier template for ``classes``; with fewer trees, a proportionally higher rate."""
+    trees = template.n_estimators if n_estimators is None else n_estimators
+    return clone(template).set_params(
+        classes=classes,
+        n_estimators=trees,
+        learning_rate=min(template.learning_rate * template.n_estimators / trees, 0.5),
+    )
+
+
 def profile_columns(catalog: Catalog) -> list[str]:
     return [f"prob_{p}" for p in catalog.profiles]
 
@@ -92,17 +106,26 @@ def calls_columns(catalog: Catalog) -> list[str]:
 class ImmuneProfiler(BaseEstimator):
     """Learn immune subtypes and profile calls from clean panels; call and explain new ones.
 
+    Its parts are estimators given as parameters, as in scikit-learn's ``Pipeline``: ``fit``
+    clones them, so every setting is one parameter (``get_params(deep=True)`` lists them all,
+    e.g. ``classifier__num_leaves``) and the templates stay unfitted.
+
     Parameters
     ----------
-    catalog_path : str, optional
-        Marker catalog (default configs/markers.yaml); the fitted model carries it.
-    n_estimators, num_leaves, learning_rate, min_child_samples :
-        Settings of both boosted classifiers.
+    features : PanelFeatures, optional
+        Turns panels into model features; its ``catalog_path`` names the marker catalog the
+        fitted model carries. Default ``PanelFeatures(lab_min_count=lab_min_panels)``.
+    clustering : ConsensusClustering, optional
+        Subtype discovery on complete panels. Default ``ConsensusClustering(n_resamples=30,
+        random_state=random_state)``.
+    classifier : CalibratedBoostedClassifier, optional
+        Template of both boosted classifiers: the profile call as given, the subtype model
+        with ``subtype_trees`` trees. Its ``classes`` are set here (profiles, subtypes).
+        Default ``CalibratedBoostedClassifier(random_state=random_state)``.
     subtype_trees : int
         Trees per class of the subtype-assignment model (it only picks the nearest named
-        subtype, and scoring routes every row through all of its trees).
-    k_min, k_max, n_resamples, subsample :
-        Consensus clustering settings for subtype discovery.
+        subtype, and scoring routes every row through all of its trees); it learns at the
+        classifier's rate scaled by ``classifier.n_estimators / subtype_trees`` (at most 0.5).
     min_effect : float
         Effect size (within-cluster SDs against the cohort's reference cluster) from
         which a marker names a subtype (see :func:`rifml.subtypes.name_clusters`).
@@ -112,7 +135,7 @@ class ImmuneProfiler(BaseEstimator):
     background_size : int
         Reference rows for explanations (typical panels of the balanced group).
     random_state : int
-    n_jobs : int
+        Draws the explanation background, and seeds the default parts.
 
     Attributes
     ----------
@@ -142,72 +165,71 @@ class ImmuneProfiler(BaseEstimator):
         Labels the profile model was trained on (aligned with ``training_rows_``).
     """
 
+    _parameter_constraints: dict = {
+        "features": [PanelFeatures, None],
+        "clustering": [ConsensusClustering, None],
+        "classifier": [CalibratedBoostedClassifier, None],
+        "subtype_trees": [Interval(Integral, 1, None, closed="left")],
+        "min_effect": [Interval(Real, 0, None, closed="neither")],
+        "lab_min_panels": [Interval(Integral, 1, None, closed="left")],
+        "background_size": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+    }
+
     def __init__(
         self,
-        catalog_path: str | None = None,
-        n_estimators: int = 100,
-        num_leaves: int = 8,
-        learning_rate: float = 0.08,
-        min_child_samples: int = 20,
+        features: PanelFeatures | None = None,
+        clustering: ConsensusClustering | None = None,
+        classifier: CalibratedBoostedClassifier | None = None,
         subtype_trees: int = 40,
-        k_min: int = 2,
-        k_max: int = 8,
-        n_resamples: int = 30,
-        subsample: float = 0.8,
         min_effect: float = 1.5,
         lab_min_panels: int = 30,
         background_size: int = 200,
         random_state: int = 0,
-        n_jobs: int = 1,
     ):
-        self.catalog_path = catalog_path
-        self.n_estimators = n_estimators
-        self.num_leaves = num_leaves
-        self.learning_rate = learning_rate
-        self.min_child_samples = min_child_samples
+        self.features = features
+        self.clustering = clustering
+        self.classifier = classifier
         self.subtype_trees = subtype_trees
-        self.k_min = k_min
-        self.k_max = k_max
-        self.n_resamples = n_resamples
-        self.subsample = subsample
         self.min_effect = min_effect
         self.lab_min_panels = lab_min_panels
         self.background_size = background_size
         self.random_state = random_state
-        self.n_jobs = n_jobs
 
     # -- fit -----------------------------------------------------------------------
-    def _classifier(self, classes: list[str] | None = None, n_estimators: int | None = None) -> CalibratedBoostedClassifier:
-        n_estimators = n_estimators or self.n_estimators
-        return CalibratedBoostedClassifier(
-            n_estimators=n_estimators,
-            num_leaves=self.num_leaves,
-            # fewer trees learn at a proportionally higher rate
-            learning_rate=min(self.learning_rate * self.n_estimators / n_estimators, 0.5),
-            min_child_samples=self.min_child_samples,
-            classes=classes,
-            random_state=self.random_state,
-            n_jobs=self.n_jobs,
+    def _parts(self) -> tuple[PanelFeatures, ConsensusClustering, CalibratedBoostedClassifier]:
+        """Unfitted clones of the parts (defaults where a part is None)."""
+        return (
+            clone(self.features) if self.features is not None else PanelFeatures(lab_min_count=self.lab_min_panels),
+            clone(self.clustering) if self.clustering is not None else ConsensusClustering(
+                n_resamples=30, random_state=self.random_state),
+            clone(self.classifier) if self.classifier is not None else CalibratedBoostedClassifier(
+                random_state=self.random_state),
         )
 
+    @_fit_context(prefer_skip_nested_validation=False)  # the parts validate their own parameters as they fit
     def fit(self, panel: pd.DataFrame, y: pd.Series | None = None) -> "ImmuneProfiler":
         """Fit on a clean panel; ``y`` (profile labels, NaN for unlabeled rows) is optional."""
-        self.features_ = PanelFeatures(catalog_path=self.catalog_path, lab_min_count=self.lab_min_panels).fit(panel)
-        check_tree_settings(self.num_leaves, len(self.features_.get_feature_names_out()))  # before any booster fit
+        features, clustering, classifier = self._parts()
+        self.features_ = features.fit(panel)
+        # before any booster fit: a tree setting the explainer cannot take fails in a second, not after training
+        check_tree_settings(classifier.num_leaves, len(self.features_.get_feature_names_out()))
+        for part in (clustering, classifier):  # their fits validate too, but only after minutes of work
+            part._validate_params()
         catalog = self.catalog_
         coverage = self.features_.compartments(panel)
         complete = panel.loc[(coverage == BOTH).to_numpy()]
         if len(complete) < 30:
             raise RifmlInputError(f"subtype discovery needs at least 30 complete panels (blood and biopsy), got {len(complete)}")
 
-        self._discover_subtypes(complete)
+        self._discover_subtypes(complete, clustering)
         subtypes = self.subtype_table_.set_index("cluster")
         cluster_subtype = subtypes["subtype"].to_numpy(dtype=object)[self.clustering_.labels_]
 
         augmented, groups = self._with_partial_copies(complete)
         X_aug = self.features_.transform(augmented)
         repeat = len(augmented) // len(complete)
-        self.subtype_model_ = self._classifier(list(subtypes["subtype"]), self.subtype_trees).fit(
+        self.subtype_model_ = _sized_classifier(classifier, list(subtypes["subtype"]), self.subtype_trees).fit(
             X_aug, np.tile(cluster_subtype, repeat), groups=groups
         )
 
@@ -218,7 +240,7 @@ class ImmuneProfiler(BaseEstimator):
             X_train = self.features_.transform(panel.loc[labeled])
             self.training_labels_ = labels[labeled].to_numpy(dtype=object)
             self.training_coverage_ = coverage[labeled].to_numpy(dtype=object)
-            self.profile_model_ = self._classifier(list(catalog.profiles)).fit(X_train, self.training_labels_)
+            self.profile_model_ = _sized_classifier(classifier, list(catalog.profiles)).fit(X_train, self.training_labels_)
             background_pool = panel.loc[labeled & (labels == BALANCED).to_numpy() & (coverage == BOTH).to_numpy()]
         else:
             found = sorted(set(self.signature_profiles_))
@@ -231,7 +253,7 @@ class ImmuneProfiler(BaseEstimator):
             X_train = X_aug
             self.training_labels_ = np.tile(self.signature_profiles_, repeat)
             self.training_coverage_ = self.features_.compartments(augmented).to_numpy(dtype=object)
-            self.profile_model_ = self._classifier(list(catalog.profiles)).fit(X_train, self.training_labels_, groups=groups)
+            self.profile_model_ = _sized_classifier(classifier, list(catalog.profiles)).fit(X_train, self.training_labels_, groups=groups)
             background_pool = complete.loc[self.signature_profiles_ == BALANCED]
 
         self.background_ = self._background(background_pool, complete)
@@ -249,18 +271,11 @@ class ImmuneProfiler(BaseEstimator):
         """Markers whose out-of-band values signal a profile: what subtypes are made of."""
         return [m.name for m in self.catalog_.numeric_markers if m.signals]
 
-    def _discover_subtypes(self, complete: pd.DataFrame) -> None:
+    def _discover_subtypes(self, complete: pd.DataFrame, clustering: ConsensusClustering) -> None:
         """Cluster complete panels, align the training labs on the clusters, name the clusters."""
         markers = self._clustering_markers()
         matrix = self.features_.marker_matrix(complete)
         self.cluster_fill_ = matrix[markers].median()
-        clustering = ConsensusClustering(
-            k_min=self.k_min,
-            k_max=self.k_max,
-            n_resamples=self.n_resamples,
-            subsample=self.subsample,
-            random_state=self.random_state,
-        )
         # Hundreds of small KMeans fits: OpenMP threads on 2 shared cores make each ~30x slower.
         with threadpool_limits(limits=1):
             self.clustering_ = clustering.fit(matrix[markers].fillna(self.cluster_fill_).to_numpy())

@@ -19,7 +19,7 @@ import pandas as pd
 from sklearn.metrics import adjusted_rand_score, f1_score
 
 from rifml.catalog import BALANCED, Catalog, load_catalog
-from rifml.model import expected_calibration_error
+from rifml.evaluation import expected_calibration_error
 from rifml.simulate import SimulationConfig, simulate_cohort
 from rifml.validate import repeated_ids, validate_chunk
 

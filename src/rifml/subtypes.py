@@ -23,17 +23,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 import numpy as np
 import pandas as pd
 from typing import TYPE_CHECKING
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
-from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.base import BaseEstimator, ClusterMixin, _fit_context
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 from sklearn.neighbors import NearestNeighbors
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
@@ -166,6 +168,17 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
     3
     """
 
+    _parameter_constraints: dict = {
+        "k_min": [Interval(Integral, 2, None, closed="left")],
+        "k_max": [Interval(Integral, 2, None, closed="left")],
+        "n_resamples": [Interval(Integral, 2, None, closed="left")],
+        "subsample": [Interval(Real, 0, 1, closed="right")],
+        "max_items": [Interval(Integral, 3, None, closed="left"), None],
+        "pac_tolerance": [Interval(Real, 0, 1, closed="left")],
+        "scaling": [StrOptions({"within", "robust"})],
+        "random_state": ["random_state"],
+    }
+
     def __init__(
         self,
         k_min: int = 2,
@@ -186,24 +199,12 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
         self.scaling = scaling
         self.random_state = random_state
 
-    # -- parameter checks in one place ------------------------------------------------
+    # -- rules across parameters (each one alone is checked by _parameter_constraints) --
     def _check_params(self, n_samples: int) -> None:
-        if not (isinstance(self.k_min, (int, np.integer)) and self.k_min >= 2):
-            raise ValueError(f"k_min must be an integer >= 2, got {self.k_min!r}")
-        if not (isinstance(self.k_max, (int, np.integer)) and self.k_max >= self.k_min):
-            raise ValueError(f"k_max must be an integer >= k_min, got {self.k_max!r}")
-        if not (isinstance(self.n_resamples, (int, np.integer)) and self.n_resamples >= 2):
-            raise ValueError(f"n_resamples must be an integer >= 2, got {self.n_resamples!r}")
-        if not 0.0 < float(self.subsample) <= 1.0:
-            raise ValueError(f"subsample must be in (0, 1], got {self.subsample!r}")
-        if self.max_items is not None and not (
-            isinstance(self.max_items, (int, np.integer)) and self.max_items > self.k_max
-        ):
+        if self.k_max < self.k_min:
+            raise ValueError(f"k_max must be >= k_min, got {self.k_max!r}")
+        if self.max_items is not None and self.max_items <= self.k_max:
             raise ValueError(f"max_items must be None or an integer > k_max, got {self.max_items!r}")
-        if not 0.0 <= float(self.pac_tolerance) < 1.0:
-            raise ValueError(f"pac_tolerance must be in [0, 1), got {self.pac_tolerance!r}")
-        if self.scaling not in ("within", "robust"):
-            raise ValueError(f"scaling must be 'within' or 'robust', got {self.scaling!r}")
         n_items = n_samples if self.max_items is None else min(n_samples, self.max_items)
         if round(self.subsample * n_items) <= self.k_max:
             raise ValueError(
@@ -211,6 +212,7 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
             )
 
     # -- fitting ----------------------------------------------------------------------
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None) -> "ConsensusClustering":
         """Choose k by consensus stability and label every row.
 
