@@ -24,7 +24,7 @@ import typer  # noqa: E402
 from sklearn.metrics import adjusted_rand_score  # noqa: E402
 
 from rifml.catalog import load_catalog  # noqa: E402
-from rifml.robustness import _clean_batch  # noqa: E402
+from rifml.robustness import clean_batch  # noqa: E402
 from rifml.simulate import load_simulation_config  # noqa: E402
 from rifml.training import load_train_config, profiler_from_config  # noqa: E402
 
@@ -39,11 +39,11 @@ def main(
     catalog = load_catalog()
     config = load_simulation_config(scenario=scenario)
     label = catalog.label_column
-    test, truth, _, _ = _clean_batch(catalog, config, n_test, 99, "score", 0.0)
+    test, truth, _, _ = clean_batch(catalog, config, n_test, 99, "score", 0.0)
     complete = (truth["panel"] == "complete").to_numpy()
     calls, rows = {}, []
     for i, n in enumerate(int(s) for s in sizes.split(",")):
-        train, _, _, _ = _clean_batch(catalog, config, n, seed + i, "train", 0.0)
+        train, _, _, _ = clean_batch(catalog, config, n, seed + i, "train", 0.0)
         started = time.perf_counter()
         profiler = profiler_from_config(load_train_config(None)).fit(train, train[label])
         seconds = time.perf_counter() - started
