@@ -101,8 +101,9 @@ def test_partial_panels_are_called_with_wider_probabilities(cohorts, supervised)
     _, calls = supervised
     top = calls.filter(like="prob_").max(axis=1).to_numpy()
     assert top[complete(truth)].mean() > top[~complete(truth)].mean() + 0.05
-    kinds = dict(zip(truth["panel"], calls["compartments"]))
-    assert kinds == {"complete": "blood+endometrium", "blood_only": "blood", "biopsy_only": "endometrium"}
+    expected = truth["panel"].map({"complete": "blood+endometrium", "blood_only": "blood", "biopsy_only": "endometrium"})
+    assert expected.notna().all()
+    assert (calls["compartments"].to_numpy() == expected.to_numpy()).all()  # every row, not one per kind
 
 
 def test_unsupervised_subtypes_and_named_profiles(cohorts, unsupervised):
