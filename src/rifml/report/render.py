@@ -20,8 +20,9 @@ from rifml.catalog import Marker
 from rifml.explain import COVERAGE
 from rifml.features import band_position
 from rifml.pipeline import profile_columns
+from rifml.plots import PROFILE_COLOURS
 from rifml.report.cohort import CohortData, lab_drift, patient_flags
-from rifml.report.figures import PROFILE_COLOURS, cohort_figures
+from rifml.report.figures import cohort_figures
 from rifml.report.geometry import DOT_PX, TRACK_PAD, TRACK_PX, MarkerBand, format_value, marker_bands, signed, waterfall
 from rifml.report.interventions import Interventions
 from rifml.validate import censored_column
@@ -176,11 +177,22 @@ def _harmless_sides(marker: Marker) -> set[str]:
     return {"above", "below"} - concerning
 
 
-def _shared(data: CohortData, interventions: Interventions, generated: str) -> dict:
+@dataclass(frozen=True)
+class PageHeader:
+    """What every page shows around its content: the research-use line, the evidence caveat, the model."""
+
+    research_use: str
+    caveat: str
+    source: str
+    generated: str
+    model_label: str
+    rifml_version: str
+
+
+def _shared(data: CohortData, interventions: Interventions, generated: str) -> PageHeader:
     card = data.model
     label = f"{card.registered_name} version {card.version}" if card.registered_name else card.uri
-    return {"research_use": RESEARCH_USE, "caveat": interventions.caveat, "source": interventions.source,
-            "generated": generated, "model_label": label, "rifml_version": __version__}
+    return PageHeader(RESEARCH_USE, interventions.caveat, interventions.source, generated, label, __version__)
 
 
 def render_patient_pages(data: CohortData, interventions: Interventions, generated: str) -> Iterator[tuple[str, str]]:
@@ -223,6 +235,30 @@ def _model_section(data: CohortData) -> dict:
     }
 
 
+@dataclass
+class IndexPage:
+    """The cohort page's template values (index.html), one field per section of the page."""
+
+    shared: PageHeader
+    n: int
+    sources: dict[str, str]
+    profiles: list[dict]
+    colours: dict[str, str]
+    subtypes: list[dict]
+    figures: dict[str, str]
+    shap: list[dict]
+    drift: list[dict]
+    drifting: list[str]
+    rejects: list[dict]
+    rejects_total: int
+    rejects_source: str
+    flag_counts: list[tuple[str, int]]
+    findings: list[dict]
+    model: dict
+    changed_calls: int
+    patients: list[dict]
+
+
 def render_index(data: CohortData, interventions: Interventions, generated: str) -> str:
     """The cohort page: counts, cohort plots, drift, rejects, the model, and the patient table."""
     catalog = data.profiler.catalog_
@@ -245,18 +281,19 @@ def render_index(data: CohortData, interventions: Interventions, generated: str)
     # dropna=False: a marker no lab of this batch has a learned shift for keeps its (empty) column
     drift_table = (drift.pivot_table(index=["lab", "known"], columns="marker", values=["n", "batch_pct", "learned_pct"],
                                      aggfunc="first", dropna=False) if len(drift) else None)
-    context = {
-        "shared": _shared(data, interventions, generated), "n": len(calls), "sources": data.sources,
-        "profiles": _counts(calls["immune_profile"], profiles), "colours": PROFILE_COLOURS,
-        "subtypes": [dict(row, profile=subtype_profile.get(row["name"], "")) for row in _counts(calls["subtype"])],
-        "figures": figures, "shap": shap, "drift": _drift_rows(drift_table),
-        "drifting": list(dict.fromkeys(drift["marker"])) if len(drift) else [],
-        "rejects": [{"reason": r, "n": c} for r, c in data.rejects.most_common()],
-        "rejects_total": sum(data.rejects.values()), "rejects_source": data.rejects_source,
-        "flag_counts": sorted(flag_counts.items()), "findings": findings, "model": _model_section(data),
-        "changed_calls": data.changed_calls, "patients": patients,
-    }
-    return environment().get_template("index.html").render(**context)
+    page = IndexPage(
+        shared=_shared(data, interventions, generated), n=len(calls), sources=data.sources,
+        profiles=_counts(calls["immune_profile"], profiles), colours=PROFILE_COLOURS,
+        subtypes=[dict(row, profile=subtype_profile.get(row["name"], "")) for row in _counts(calls["subtype"])],
+        figures=figures, shap=shap, drift=_drift_rows(drift_table),
+        drifting=list(dict.fromkeys(drift["marker"])) if len(drift) else [],
+        rejects=[{"reason": r, "n": c} for r, c in data.rejects.most_common()],
+        rejects_total=sum(data.rejects.values()), rejects_source=data.rejects_source,
+        flag_counts=sorted(flag_counts.items()), findings=findings, model=_model_section(data),
+        changed_calls=data.changed_calls, patients=patients,
+    )
+    # index.html reads the fields as top-level names
+    return environment().get_template("index.html").render(**vars(page))
 
 
 def _drift_rows(table: pd.DataFrame | None) -> list[dict]:
