@@ -7,7 +7,7 @@ notebook:
   ``matplotlib.figure.Figure`` on an Agg canvas: no pyplot, so no backend is chosen at import,
   no global figure list to close, and scoring (which never plots) never imports matplotlib;
 * figures are created by :func:`new_figure` (constrained layout) and drawn inside :data:`STYLE`
-  (one set of font sizes);
+  (one set of font sizes, :func:`styled`);
 * a function that draws on one axes takes ``ax=None``: given an axes, it draws there (a panel
   of a larger figure, a notebook's own layout) and returns that axes' figure.
 
@@ -62,19 +62,26 @@ def figure_and_axes(ax: Axes | None, width: float, height: float) -> tuple[Figur
 
 
 def styled(draw):
-    """Run a ``plot_*`` function inside :data:`STYLE` and resolve its figure there.
+    """Run a ``plot_*`` function inside :data:`STYLE`, and give its axes the style's tick sizes.
 
-    Ticks and legends are laid out lazily, at the first draw; drawing once inside the style
-    makes the figure look the same wherever it is later saved (MLflow, report, notebook).
+    Tick labels are made lazily at the first draw, which happens later (in MLflow, the
+    report, a notebook), outside the style: their sizes are set on the axes explicitly, so a
+    figure looks the same wherever it is saved. On a given ``ax``, the host figure's other
+    axes are left as they are.
     """
 
     @functools.wraps(draw)
     def wrapper(*args, **kwargs) -> Figure:
         import matplotlib
 
+        host = kwargs.get("ax")
+        others = set(host.figure.axes) - {host} if host is not None else set()
         with matplotlib.rc_context(STYLE):
             figure = draw(*args, **kwargs)
-            figure.draw_without_rendering()
+        for ax in figure.axes:
+            if ax not in others:
+                ax.tick_params(axis="x", labelsize=STYLE["xtick.labelsize"])
+                ax.tick_params(axis="y", labelsize=STYLE["ytick.labelsize"])
         return figure
 
     return wrapper
@@ -264,9 +271,9 @@ def plot_subtype_heatmap(table: pd.DataFrame, sizes: pd.Series, subtype_profile:
     """Subtype-by-marker heatmap of median standardized marker values (:func:`rifml.report.cohort.subtype_marker_table`)."""
     fig, ax = figure_and_axes(ax, 12, 0.55 * len(table) + 2.6)
     image = ax.imshow(table.to_numpy(dtype=float), cmap="RdBu_r", vmin=-2, vmax=2, aspect="auto")
-    ax.set_xticks(range(table.shape[1]), table.columns, rotation=50, ha="right", fontsize=8)
+    ax.set_xticks(range(table.shape[1]), table.columns, rotation=50, ha="right")
     labels = [f"{s} ({subtype_profile.get(s, '?')}, n={sizes.get(s, 0):,})" for s in table.index]
-    ax.set_yticks(range(len(table)), labels, fontsize=9)
+    ax.set_yticks(range(len(table)), labels)
     for (i, j), z in np.ndenumerate(table.to_numpy(dtype=float)):
         if np.isfinite(z):
             ax.text(j, i, f"{0.0 if abs(z) < 0.05 else z:.1f}", ha="center", va="center", fontsize=7, color="white" if abs(z) > 1.3 else "black")

@@ -95,8 +95,31 @@ def _marker_rows(i: int, bands: list[MarkerBand], compartment: str, values: dict
     return rows
 
 
+@dataclass(slots=True)
+class PatientPage:
+    """The template values of one patient page (patient.html reads them as ``p``)."""
+
+    id: str
+    file: str
+    position: int
+    previous: str | None
+    next: str | None
+    profile: str
+    colour: str
+    probability: float
+    probabilities: list[dict]
+    subtype: str
+    subtype_profile: str
+    compartments: str
+    details: list[tuple[str, str]]
+    flags: list[dict]
+    waterfall: dict
+    sections: list[dict]
+    findings: list[dict]
+
+
 def _context(data: CohortData, i: int, bands: list[MarkerBand], values: dict, flags: list[list[dict]],
-             subtype_profile: dict[str, str]) -> dict:
+             subtype_profile: dict[str, str]) -> PatientPage:
     """The template data of patient page ``i``."""
     catalog = data.profiler.catalog_
     calls = values["calls"]
@@ -115,19 +138,19 @@ def _context(data: CohortData, i: int, bands: list[MarkerBand], values: dict, fl
     findings = [{"finding": hit.finding.finding, "treatments": hit.finding.treatments,
                  "evidence": [label for label, on in zip(hit.evidence, hit.hits[i]) if on]}
                 for hit in data.findings if hit.applies[i]]
-    return {
-        "id": calls[catalog.id_column][i], "file": data.files[i], "position": i + 1,
-        "previous": data.files[i - 1] if i > 0 else None,
-        "next": data.files[i + 1] if i + 1 < len(data.files) else None,
-        "profile": profile, "colour": PROFILE_COLOURS.get(profile, "#555"),
-        "probability": 100 * values["proba"][i, catalog.profiles.index(profile)],
-        "probabilities": probabilities, "subtype": calls["subtype"][i],
-        "subtype_profile": subtype_profile.get(calls["subtype"][i], ""),
-        "compartments": calls["compartments"][i],
-        "details": [(name, column[i]) for name, column in values["context"].items() if column[i]],
-        "flags": flags[i], "waterfall": waterfall(contribution, values["shap_labels"][i]),
-        "sections": sections, "findings": findings,
-    }
+    return PatientPage(
+        id=calls[catalog.id_column][i], file=data.files[i], position=i + 1,
+        previous=data.files[i - 1] if i > 0 else None,
+        next=data.files[i + 1] if i + 1 < len(data.files) else None,
+        profile=profile, colour=PROFILE_COLOURS.get(profile, "#555"),
+        probability=100 * values["proba"][i, catalog.profiles.index(profile)],
+        probabilities=probabilities, subtype=calls["subtype"][i],
+        subtype_profile=subtype_profile.get(calls["subtype"][i], ""),
+        compartments=calls["compartments"][i],
+        details=[(name, column[i]) for name, column in values["context"].items() if column[i]],
+        flags=flags[i], waterfall=waterfall(contribution, values["shap_labels"][i]),
+        sections=sections, findings=findings,
+    )
 
 
 def _columns(data: CohortData, bands: list[MarkerBand]) -> dict:
@@ -208,7 +231,7 @@ def render_patient_pages(data: CohortData, interventions: Interventions, generat
     shared = _shared(data, interventions, generated)
     for i in range(len(data.calls)):
         page = _context(data, i, bands, columns, flags, subtype_profile)
-        yield page["file"], template.render(shared=shared, p=page)
+        yield page.file, template.render(shared=shared, p=page)
 
 
 def _counts(values: pd.Series, order: list[str] | None = None) -> list[dict]:
