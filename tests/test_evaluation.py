@@ -25,7 +25,7 @@ FIGURES_WITHOUT_GLOBAL_STATE = """
 import sys, matplotlib
 import numpy as np, pandas as pd
 backend = dict.__getitem__(matplotlib.rcParams, "backend")
-from rifml.evaluation import plot_calibration, plot_confusion, plot_shap_summary
+from rifml.plots import plot_calibration, plot_confusion, plot_shap_summary
 import rifml.training
 rng = np.random.default_rng(0)
 values = pd.DataFrame(rng.normal(size=(20, 2)), columns=["a", "b"])

@@ -10,14 +10,13 @@ from sklearn.base import clone
 from sklearn.metrics import adjusted_rand_score
 
 from rifml.catalog import load_catalog
+from rifml.plots import plot_consensus, plot_k_selection
 from rifml.subtypes import (
     ConsensusClustering,
     name_clusters,
     profiles_from_signatures,
     subtype_effects,
     subtype_signatures,
-    plot_consensus,
-    plot_k_selection,
     rule_profile,
     select_k,
 )
@@ -413,3 +412,13 @@ def test_plots_return_figures_with_axes(fitted):
         assert fig.axes
         fig.canvas.draw()  # renders on Agg without error
     assert len(plot_k_selection(model).axes) == 2
+
+
+def test_consensus_plot_draws_on_a_given_axes(fitted):
+    model, _ = fitted[4]
+    host = Figure()
+    left, right = host.subplots(1, 2)
+    assert plot_consensus(model, ax=right) is host
+    assert not left.images and len(right.images) == 1
+    assert right.get_title().startswith(f"Consensus matrix, k = {model.k_}")
+    assert len(right.lines) == 2 * (model.k_ - 1)  # a horizontal and a vertical edge between clusters

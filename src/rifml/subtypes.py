@@ -15,8 +15,8 @@ Three pieces, all pure (no file I/O):
   model: a patient is hyper-/hypo-signalled when any marker sits outside its
   band in a direction the catalog says signals that profile.
 
-:func:`plot_consensus` and :func:`plot_k_selection` draw the evidence for the
-chosen number of subtypes.
+:func:`rifml.plots.plot_consensus` and :func:`rifml.plots.plot_k_selection` draw the
+evidence for the chosen number of subtypes.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from numbers import Integral, Real
 
 import numpy as np
 import pandas as pd
-from typing import TYPE_CHECKING
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 from sklearn.base import BaseEstimator, ClusterMixin, _fit_context
@@ -41,9 +40,6 @@ from threadpoolctl import threadpool_limits
 
 from rifml.catalog import BALANCED, HYPERACTIVE, HYPOACTIVE, MIXED, Catalog, Marker
 
-if TYPE_CHECKING:  # matplotlib loads only when a plot is drawn: scoring never needs it
-    from matplotlib.figure import Figure
-
 __all__ = [
     "ConsensusClustering",
     "name_clusters",
@@ -52,8 +48,6 @@ __all__ = [
     "subtype_signatures",
     "profiles_from_signatures",
     "rule_profile",
-    "plot_consensus",
-    "plot_k_selection",
 ]
 
 # Consensus values strictly between these two are "ambiguous" for PAC
@@ -784,97 +778,3 @@ def rule_profile(band_positions: pd.DataFrame, catalog: Catalog) -> pd.Series:
                 hypo |= outside
     profile = np.select([hyper & hypo, hyper, hypo], [MIXED, HYPERACTIVE, HYPOACTIVE], BALANCED)
     return pd.Series(profile, index=band_positions.index, name="rule_profile", dtype=object)
-
-
-# --------------------------------------------------------------------------------------
-# Plots (pure: return a Figure, never write)
-# --------------------------------------------------------------------------------------
-
-
-def _new_figure(width: float, height: float) -> Figure:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    # A bare Figure on an Agg canvas: no pyplot global state, no GUI backend.
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def plot_consensus(model: ConsensusClustering) -> Figure:
-    """Heatmap of the chosen consensus matrix, rows and columns ordered by cluster.
-
-    Within a cluster, rows are sorted by their mean consensus with the rest of
-    their cluster, so a clean block shows as solid and doubtful rows sit at its edge.
-
-    Parameters
-    ----------
-    model : fitted ConsensusClustering
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-    """
-    check_is_fitted(model, "consensus_")
-    labels = model.labels_[model.consensus_items_]
-    consensus = model.consensus_
-    own = np.array([consensus[i, labels == labels[i]].mean() for i in range(len(labels))])
-    order = np.lexsort((-own, labels))
-    fig = _new_figure(6.0, 5.2)
-    ax = fig.add_subplot()
-    image = ax.imshow(consensus[np.ix_(order, order)], cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
-    edges = np.cumsum(np.bincount(labels, minlength=model.k_))[:-1] - 0.5
-    for edge in edges:
-        ax.axhline(edge, color="black", linewidth=0.6)
-        ax.axvline(edge, color="black", linewidth=0.6)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_xlabel("patients, ordered by cluster")
-    ax.set_ylabel("patients, ordered by cluster")
-    ax.set_title(
-        f"Consensus matrix, k = {model.k_} (PAC {model.pac_[model.k_]:.3f}, stability {model.stability_:.2f})"
-    )
-    fig.colorbar(image, ax=ax, label="fraction of resamples clustered together")
-    return fig
-
-
-def plot_k_selection(model: ConsensusClustering) -> Figure:
-    """PAC per k and the consensus CDF curves, with the chosen k marked.
-
-    Parameters
-    ----------
-    model : fitted ConsensusClustering
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-    """
-    check_is_fitted(model, "pac_")
-    ks = sorted(model.pac_)
-    fig = _new_figure(10.0, 4.0)
-    ax_pac, ax_cdf = fig.subplots(1, 2)
-
-    ax_pac.plot(ks, [model.pac_[k] for k in ks], marker="o", color="tab:blue")
-    ax_pac.plot([model.k_], [model.pac_[model.k_]], marker="o", markersize=12, color="tab:red",
-                linestyle="none", label=f"chosen k = {model.k_}")
-    best = min(model.pac_.values())
-    ax_pac.axhspan(best, best + model.pac_tolerance, color="tab:red", alpha=0.1, label="tolerance band")
-    ax_pac.set_xticks(ks)
-    ax_pac.set_xlabel("k (number of clusters)")
-    ax_pac.set_ylabel(f"PAC (share of pairs with consensus in {PAC_WINDOW})")
-    ax_pac.set_title("Proportion of ambiguous clustering")
-    ax_pac.legend()
-
-    colors = [f"C{i % 10}" for i in range(len(ks))]
-    for k, color in zip(ks, colors):
-        x, y = model.cdf_[k]
-        chosen = k == model.k_
-        ax_cdf.step(x, y, where="post", color=color, linewidth=2.5 if chosen else 1.0,
-                    label=f"k = {k}" + (" (chosen)" if chosen else ""))
-    for edge in PAC_WINDOW:
-        ax_cdf.axvline(edge, color="grey", linestyle=":", linewidth=0.8)
-    ax_cdf.set_xlabel("consensus value")
-    ax_cdf.set_ylabel("CDF")
-    ax_cdf.set_title("Consensus CDF")
-    ax_cdf.legend(fontsize="small")
-    return fig

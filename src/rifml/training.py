@@ -14,18 +14,12 @@ import numpy as np
 import pandas as pd
 
 from rifml.config import TrainConfig, load_train_config, validate_mapping
-from rifml.evaluation import (
-    classification_metrics,
-    mean_abs_contributions,
-    plot_calibration,
-    plot_confusion,
-    plot_shap_summary,
-    rule_metrics,
-)
+from rifml.evaluation import classification_metrics, mean_abs_contributions, rule_metrics
 from rifml.features import PanelFeatures, band_position
 from rifml.model import CalibratedBoostedClassifier
 from rifml.pipeline import BOTH, ImmuneProfiler
-from rifml.subtypes import ConsensusClustering, plot_consensus, plot_k_selection, rule_profile
+from rifml.plots import plot_calibration, plot_confusion, plot_consensus, plot_k_selection, plot_shap_summary
+from rifml.subtypes import ConsensusClustering, rule_profile
 
 __all__ = ["TrainingResult", "check_floors", "load_train_config", "profiler_from_config", "train"]
 
