@@ -22,9 +22,9 @@ from mlflow.pyfunc import PythonModel
 
 from rifml.labs import LabAdaptation
 from rifml.pipeline import ImmuneProfiler, calls_columns
+from rifml.tracking import PROFILER_ARTIFACT
 from rifml.validate import repeated_ids, validate_chunk
 
-PROFILER_ARTIFACT = "profiler"
 DUPLICATE_FLAG = "rifml_duplicate_patient_id"
 FIELD_COUNT_FLAG = "rifml_wrong_field_count"
 BATCH_FLAGS = (DUPLICATE_FLAG, FIELD_COUNT_FLAG)
