@@ -16,6 +16,7 @@ from rifml.explain import explainer as explainer_module
 from rifml.explain.leaves import LeafTable, leaf_table
 from rifml.explain.patterns import TreeTable, pattern_table
 from rifml.explain.trees import parse_tree
+from rifml.model import CalibratedBoostedClassifier
 from rifml.pipeline import ImmuneProfiler
 
 
@@ -238,7 +239,7 @@ def test_drivers_are_measured_markers_pushing_toward_the_call():
 def test_unsupported_tree_settings_are_refused_before_any_fit(num_leaves):
     panel = pd.DataFrame({"patient_id": ["a", "b"], "pb_nk_pct": [1.0, 2.0]})  # too few panels to fit anything
     with pytest.raises(RifmlInputError, match="num_leaves"):
-        ImmuneProfiler(num_leaves=num_leaves).fit(panel)
+        ImmuneProfiler(classifier=CalibratedBoostedClassifier(num_leaves=num_leaves)).fit(panel)
 
 
 def test_every_tree_size_is_accepted_unless_paths_could_outgrow_the_masks():

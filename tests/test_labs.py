@@ -27,7 +27,7 @@ def fitted(catalog):
     cohort, _ = simulate_cohort(2000, seed=31, catalog=catalog)
     train = validate_chunk(cohort, np.arange(2, 2002), catalog).panel
     profiler = profiler_from_config(load_train_config())
-    profiler.set_params(n_estimators=40, subtype_trees=15, n_resamples=10)
+    profiler.set_params(classifier__n_estimators=40, subtype_trees=15, clustering__n_resamples=10)
     return profiler.fit(train, train["immune_profile"])
 
 

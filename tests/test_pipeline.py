@@ -6,6 +6,8 @@ Bars (stated here, measured on an independent test cohort, complete panels unles
   drivers         for correctly called non-balanced patients, driver_1 is a truly shifted marker in >= 80%
 """
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,7 +15,7 @@ from sklearn.metrics import adjusted_rand_score, f1_score
 
 from rifml.features import band_position
 from rifml.errors import RifmlInputError
-from rifml.model import expected_calibration_error
+from rifml.evaluation import expected_calibration_error
 from rifml.pipeline import ImmuneProfiler, calls_columns, mask_compartment
 from rifml.simulate import simulate_cohort
 from rifml.training import load_train_config, profiler_from_config
@@ -60,6 +62,38 @@ def test_supervised_profile_call_and_calibration(cohorts, supervised, catalog):
     correct = calls["immune_profile"].to_numpy() == truth["immune_profile"].to_numpy()
     assert expected_calibration_error(proba, correct) <= 0.08
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=len(catalog.profiles) * 0.5e-6)  # 6 decimals each
+
+
+def test_every_subtype_belongs_to_its_call(supervised):
+    _, calls = supervised
+    assert calls["subtype_matches_profile"].all()
+    assert (calls["subtype_profile"] == calls["immune_profile"]).all()
+
+
+def test_balanced_calls_take_the_reference_when_no_cluster_is_balanced(cohorts, supervised):
+    """Mild shifts can spread the balanced panels over the subtype clusters: then a balanced
+    call's subtype is the reference itself, still coherent."""
+    _, test, _ = cohorts
+    profiler, before = supervised
+    altered = copy.deepcopy(profiler)
+    table = altered.subtype_table_
+    balanced = table["profile"] == "balanced"
+    assert balanced.any(), "the default world has balanced subtypes"
+    renamed = {name: f"quiet{i}" for i, name in enumerate(table.loc[balanced, "subtype"])}
+    altered.subtype_table_ = table.assign(
+        profile=table["profile"].mask(balanced, "hyperactive"), subtype=table["subtype"].replace(renamed)
+    )
+    model = altered.subtype_model_
+    model.classes_ = np.array([renamed.get(c, c) for c in model.classes_], dtype=model.classes_.dtype)
+    calls = altered.call(test)
+    called_balanced = (calls["immune_profile"] == "balanced").to_numpy()
+    assert called_balanced.any()
+    assert (calls.loc[called_balanced, "subtype"] == "balanced").all()
+    assert (calls["subtype_profile"] == calls["immune_profile"]).all() and calls["subtype_matches_profile"].all()
+    # hyperactive calls may now carry a formerly balanced subtype, balanced ones never do
+    names, _ = altered.subtype_names()
+    assert names[-1] == "balanced" and not calls.loc[called_balanced, "subtype"].isin(list(renamed.values())).any()
+    pd.testing.assert_frame_equal(calls.filter(like="prob_"), before.filter(like="prob_"))
 
 
 def test_partial_panels_are_called_with_wider_probabilities(cohorts, supervised):

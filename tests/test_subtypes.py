@@ -204,7 +204,8 @@ def test_effect_below_the_bar_is_balanced_above_it_is_named(catalog):
     assert out.loc[1, "subtype"] == f"{marker.axis}-{suffix}"
     assert out.loc[1, "profile"] == signal
     assert out.loc[1, "abnormal_markers"] == marker.name == out.loc[1, "signature"]
-    assert out.loc[1, "evidence"] == f"{marker.name} {'+' if direction == 'above' else '-'}1.5 SD"
+    sign = "+" if direction == "above" else "-"
+    assert out.loc[1, "evidence"] == f"{marker.axis}-{suffix} 1.5 SD ({marker.name} {sign}1.5)"
     # the unsignalled direction names nothing, however large
     _push(effects, 1, marker.name, "below" if direction == "above" else "above", 4.0)
     assert name_clusters(effects, catalog).loc[1, "profile"] == "balanced"
@@ -236,17 +237,23 @@ def test_th1_high_with_endometrial_under_is_mixed_and_ordered_by_effect(catalog)
     assert set(out.loc[0, "abnormal_markers"].split(";")) == set(th1) | set(under)
 
 
-def test_one_marker_of_a_broad_axis_names_it_only_past_the_bar(catalog):
+def test_an_axis_is_named_by_its_markers_together_noise_does_not_add_up(catalog):
     th1 = _markers(catalog, "th1", "blood", "above", "hyperactive")
     assert len(th1) >= 3, "test assumes a broad th1 axis"
-    effects = _zero_effects(catalog, 3)
+    effects = _zero_effects(catalog, 4)
+    for name in th1[:3]:
+        _push(effects, 0, name, "above", 1.0)  # three markers 1.0 SD each: norm 1.73
+    _push(effects, 1, th1[0], "above", 1.4)  # one marker under the bar, the rest unmoved
     for name in th1:
-        _push(effects, 0, name, "above", 1.4)  # every marker of the axis, each just under the bar
-    _push(effects, 1, th1[0], "above", 2.5)  # one marker, a large group difference
+        _push(effects, 2, name, "above", 0.45)  # below the floor: noise, however many markers
+    _push(effects, 3, th1[0], "above", 2.5)  # one marker, a large group difference
     out = name_clusters(effects, catalog, min_effect=1.5)
-    assert out.loc[0, "subtype"] == "balanced" and out.loc[0, "abnormal_markers"] == ""
-    assert out.loc[1, "subtype"] == "th1-high" and out.loc[1, "profile"] == "hyperactive"
-    assert out.loc[1, "signature"] == th1[0]
+    assert out.loc[0, "subtype"] == "th1-high" and out.loc[0, "profile"] == "hyperactive"
+    assert out.loc[0, "evidence"].startswith("th1-high 1.7 SD (")
+    assert out.loc[0, "signature"] == ";".join(sorted(th1[:3]))
+    assert out.loc[1, "subtype"] == "balanced" and out.loc[1, "abnormal_markers"] == ""
+    assert out.loc[2, "subtype"] == "balanced-2" and out.loc[2, "abnormal_markers"] == ""
+    assert out.loc[3, "subtype"] == "th1-high-2" and out.loc[3, "signature"] == th1[0]
 
 
 def test_ledee_style_endometrium_is_mixed(catalog):
@@ -290,14 +297,14 @@ def test_duplicate_names_are_disambiguated_and_nan_is_unmeasured(catalog):
     assert list(out["profile"]) == ["hyperactive", "balanced", "hyperactive"]
 
 
-def _star_cohort(catalog, offset_marker: str | None = None, offset: float = 0.0, seed: int = 0):
-    """A balanced group and groups departing from it on one axis each (log values, SD 0.3)."""
+def _star_cohort(catalog, offset_marker: str | None = None, offset: float = 0.0, seed: int = 0, shift: float = 1.0):
+    """A balanced group and groups departing from it on one axis each by ``shift`` (log values, SD 0.3)."""
     rng = np.random.default_rng(seed)
     markers = [m.name for m in catalog.numeric_markers if m.signals]
     nk = _markers(catalog, "nk", "blood", "above", "hyperactive")
     th1 = _markers(catalog, "th1", "blood", "above", "hyperactive")
     under = _markers(catalog, "endometrial", "endometrium", "below", "hypoactive")
-    groups = {"balanced": {}, "nk": {m: 1.0 for m in nk}, "th1": {m: 1.0 for m in th1}, "under": {m: -1.0 for m in under}}
+    groups = {"balanced": {}, "nk": {m: shift for m in nk}, "th1": {m: shift for m in th1}, "under": {m: -shift for m in under}}
     rows, labels = [], []
     for label, (name, shifts) in enumerate(groups.items()):
         block = rng.normal(0.0, 0.3, size=(150, len(markers)))
@@ -312,30 +319,43 @@ def _star_cohort(catalog, offset_marker: str | None = None, offset: float = 0.0,
 def test_reference_is_the_balanced_hub_whatever_its_label(catalog, order):
     values, labels = _star_cohort(catalog)
     relabel = np.array(order)[labels]
-    effects, reference, scale = subtype_effects(values, relabel)
-    assert reference == order[0]
-    np.testing.assert_allclose(scale, 0.3, rtol=0.15)  # within-cluster SD, not the spread between groups
-    out = name_clusters(effects, catalog).set_index("cluster")
+    found = subtype_effects(values, relabel)
+    assert found.nearest == order[0]
+    np.testing.assert_allclose(found.scale, 0.3, rtol=0.15)  # within-cluster SD, not the spread between groups
+    np.testing.assert_allclose(found.level, values[relabel == order[0]].median(), atol=0.1)
+    out = name_clusters(found.effects, catalog).set_index("cluster")
     assert out.loc[order[0], "subtype"] == "balanced"
     assert out.loc[order[1], "subtype"] == "nk-high"
     assert out.loc[order[2], "subtype"] == "th1-high"
     assert out.loc[order[3], "subtype"] == "endometrial-under" and out.loc[order[3], "profile"] == "hypoactive"
 
 
+def test_mild_subtypes_without_a_balanced_cluster_are_all_named(catalog):
+    """Balanced panels spread over the subtype clusters (mild shifts): no cluster is the reference,
+    the level the other clusters share on each marker is."""
+    values, labels = _star_cohort(catalog, shift=0.42)  # 1.4 SD per marker: under the one-marker bar
+    keep = labels != 0
+    found = subtype_effects(values[keep], labels[keep] - 1)
+    np.testing.assert_allclose(found.level, 0.0, atol=0.1)  # the balanced state (3+ SEs of a median)
+    out = name_clusters(found.effects, catalog, min_effect=1.5)
+    assert list(out["subtype"]) == ["nk-high", "th1-high", "endometrial-under"]
+    assert list(out["profile"]) == ["hyperactive", "hyperactive", "hypoactive"]
+
+
 def test_an_assay_offset_for_everybody_names_nothing(catalog):
     """A marker read 2 log units high in every panel (a lab's calibration) moves the reference too."""
     nk = _markers(catalog, "nk", "blood", "above", "hyperactive")
-    plain = name_clusters(subtype_effects(*_star_cohort(catalog))[0], catalog)
-    offset = name_clusters(subtype_effects(*_star_cohort(catalog, nk[0], 2.0))[0], catalog)
+    plain = name_clusters(subtype_effects(*_star_cohort(catalog)).effects, catalog)
+    offset = name_clusters(subtype_effects(*_star_cohort(catalog, nk[0], 2.0)).effects, catalog)
     assert list(plain["subtype"]) == list(offset["subtype"])
 
 
 def test_signatures_make_mixed_from_two_subtypes(catalog):
     values, labels = _star_cohort(catalog)
-    effects, reference, scale = subtype_effects(values, labels)
-    table = name_clusters(effects, catalog)
-    z = (values - values[labels == reference].median()) / scale
-    signatures = subtype_signatures(table, effects, z, labels, catalog)
+    found = subtype_effects(values, labels)
+    table = name_clusters(found.effects, catalog)
+    z = found.deviations(values)
+    signatures = subtype_signatures(table, found.effects, z, labels, catalog)
     assert sorted(s.signal for s in signatures) == ["hyperactive", "hyperactive", "hypoactive"]
     profiles = profiles_from_signatures(z, signatures)
     truth = np.array(["balanced", "hyperactive", "hyperactive", "hypoactive"], dtype=object)[labels]

@@ -19,6 +19,11 @@ Compartment = Literal["blood", "endometrium"]
 Kind = Literal["percent", "ratio", "concentration", "count", "categorical"]
 Direction = Literal["above", "below"]
 Profile = Literal["balanced", "hyperactive", "hypoactive", "mixed"]
+# The profiles by name, for code that must single one out (the label set is the catalog's).
+BALANCED: Profile = "balanced"
+HYPERACTIVE: Profile = "hyperactive"
+HYPOACTIVE: Profile = "hypoactive"
+MIXED: Profile = "mixed"
 
 
 def spelling_key(name: str) -> str:

@@ -300,6 +300,10 @@ def train(
     layout: LayoutOption = None,
 ) -> None:
     """Learn subtypes and the calibrated profile call; log everything to MLflow and register the model."""
+    from rifml.config import load_train_config
+
+    settings = load_train_config(config)  # first: a bad setting is one line before any data or model stack loads
+
     import hashlib
 
     import pandas as pd
@@ -307,9 +311,8 @@ def train(
     from rifml.catalog import load_catalog
     from rifml.tracking import (check_experiment_name, connect, log_training, registered_model_name, require_store,
                                 resolve_tracking_uri)
-    from rifml.training import load_train_config, train as fit
+    from rifml.training import train as fit
 
-    settings = load_train_config(config)
     experiment_name = check_experiment_name(experiment or settings.get("experiment", "rifml"))
     require_store(resolve_tracking_uri(tracking_uri), create=True)  # a bad store location fails before training
     cat = load_catalog(catalog)
@@ -333,7 +336,7 @@ def train(
     err.print(
         f"training on {len(panel):,} panels ({'labels from ' + label_column if labels is not None else 'no labels: profiles from named subtypes'}) ..."
     )
-    result = fit(panel, labels, settings)
+    result = fit(panel, labels, settings, catalog_path=catalog)
     uri = connect(tracking_uri)
     digest = hashlib.sha256(Path(data).read_bytes()).hexdigest()[:16]
     logged = log_training(

@@ -1,20 +1,49 @@
 """Training figures: cross-validated metrics, the rule baseline, and the plots logged with a run.
 
 Pure functions over arrays and frames; matplotlib figures are returned, never saved here.
+Figures are bare ``matplotlib.figure.Figure`` objects on an Agg canvas: no pyplot, so no
+global backend is chosen at import and nothing needs closing.
 """
 
 from __future__ import annotations
 
-import matplotlib
+from typing import TYPE_CHECKING
 
-matplotlib.use("Agg")
+import numpy as np
+import pandas as pd
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-from rifml.model import expected_calibration_error  # noqa: E402
+
+def _new_figure(width: float, height: float) -> tuple["Figure", object]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
+
+
+def calibration_bins(proba: np.ndarray, correct: np.ndarray, bins: int = 10) -> pd.DataFrame:
+    """The called class's probability in equal-width bins: per non-empty bin, the mean
+    probability (``confidence``), the share of right calls (``accuracy``) and the count (``n``)."""
+    confidence = np.asarray(proba).max(axis=1)
+    correct = np.asarray(correct, dtype=float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    frame = pd.DataFrame({"bin": which, "confidence": confidence, "accuracy": correct})
+    grouped = frame.groupby("bin", sort=True)
+    return grouped.mean().assign(n=grouped.size())
+
+
+def expected_calibration_error(proba: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
+    """ECE of the called class's probability: weighted |accuracy - confidence| over equal-width bins."""
+    table = calibration_bins(proba, correct, bins)
+    if table.empty:
+        return 0.0
+    return float((table["n"] / table["n"].sum() * (table["accuracy"] - table["confidence"]).abs()).sum())
 
 
 def classification_metrics(truth: np.ndarray, proba: np.ndarray, classes: list[str], prefix: str = "") -> dict[str, float]:
@@ -41,9 +70,9 @@ def rule_metrics(truth: np.ndarray, rule_calls: np.ndarray, classes: list[str]) 
     }
 
 
-def plot_confusion(truth: np.ndarray, called: np.ndarray, classes: list[str], title: str) -> plt.Figure:
+def plot_confusion(truth: np.ndarray, called: np.ndarray, classes: list[str], title: str) -> Figure:
     matrix = confusion_matrix(truth, called, labels=classes)
-    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    fig, ax = _new_figure(5.2, 4.4)
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
     ax.set_yticks(range(len(classes)), classes)
@@ -57,20 +86,12 @@ def plot_confusion(truth: np.ndarray, called: np.ndarray, classes: list[str], ti
     return fig
 
 
-def plot_calibration(truth: np.ndarray, proba: np.ndarray, classes: list[str], bins: int = 10) -> plt.Figure:
+def plot_calibration(truth: np.ndarray, proba: np.ndarray, classes: list[str], bins: int = 10) -> Figure:
     """Reliability of the called class's probability (cross-validated)."""
-    confidence = proba.max(axis=1)
     correct = np.asarray(classes, dtype=object)[proba.argmax(axis=1)] == np.asarray(truth, dtype=object)
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    xs, ys, ns = [], [], []
-    for b in range(bins):
-        hit = which == b
-        if hit.any():
-            xs.append(confidence[hit].mean())
-            ys.append(correct[hit].mean())
-            ns.append(hit.sum())
-    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    table = calibration_bins(proba, correct, bins)
+    xs, ys, ns = table["confidence"], table["accuracy"], table["n"]
+    fig, ax = _new_figure(4.8, 4.4)
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
     ax.plot(xs, ys, marker="o", label="rifml (cross-validated)")
     for x, y, n in zip(xs, ys, ns):
@@ -85,12 +106,12 @@ def plot_calibration(truth: np.ndarray, proba: np.ndarray, classes: list[str], b
     return fig
 
 
-def plot_shap_summary(contributions: pd.DataFrame, values: pd.DataFrame, called: np.ndarray, title: str) -> plt.Figure:
+def plot_shap_summary(contributions: pd.DataFrame, values: pd.DataFrame, title: str) -> Figure:
     """Beeswarm-style summary: per marker, each patient's contribution toward the called profile,
     coloured by the marker's value rank (blue low, red high); markers ordered by mean |contribution|."""
     markers = [m for m in contributions.columns if m in values.columns]
     order = contributions[markers].abs().mean().sort_values().index.tolist()
-    fig, ax = plt.subplots(figsize=(7, 0.32 * len(order) + 1.5))
+    fig, ax = _new_figure(7, 0.32 * len(order) + 1.5)
     rng = np.random.default_rng(0)
     for row, marker in enumerate(order):
         x = contributions[marker].to_numpy()

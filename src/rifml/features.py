@@ -10,12 +10,14 @@ Nothing here opens a file except through :func:`rifml.catalog.load_catalog`.
 from __future__ import annotations
 
 import copy
+import os
 from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 
 from rifml.catalog import Catalog, Marker, load_catalog
@@ -72,12 +74,13 @@ class FlooredLog(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     array([0.   , 0.693, 1.386])
     """
 
+    _parameter_constraints: dict = {"floor_fraction": [Interval(Real, 0, 1, closed="right")]}
+
     def __init__(self, floor_fraction: float = ZERO_FLOOR_FRACTION):
         self.floor_fraction = floor_fraction
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X: Any, y: Any = None) -> "FlooredLog":
-        if not (isinstance(self.floor_fraction, Real) and 0 < self.floor_fraction <= 1):
-            raise ValueError(f"floor_fraction must be in (0, 1], got {self.floor_fraction!r}")
         X = validate_data(self, X, dtype=np.float64, ensure_all_finite="allow-nan")
         check_non_negative(X, "FlooredLog.fit")
         positive = np.where(X > 0, X, np.nan)
@@ -328,6 +331,14 @@ class PanelFeatures(TransformerMixin, BaseEstimator):
     2.303
     """
 
+    _parameter_constraints: dict = {
+        "catalog_path": [str, os.PathLike, None],
+        "lab_min_count": [Interval(Integral, 1, None, closed="left")],
+        # strictly below 1, so an imputed value sits below the limit of detection
+        "censor_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "normalize_labs": ["boolean"],
+    }
+
     def __init__(
         self,
         catalog_path: str | None = None,
@@ -342,19 +353,9 @@ class PanelFeatures(TransformerMixin, BaseEstimator):
 
     # -- fit ---------------------------------------------------------------------------
 
-    def _check_params(self) -> None:
-        """The one place parameters are validated."""
-        if not (isinstance(self.lab_min_count, Integral) and self.lab_min_count >= 1):
-            raise ValueError(f"lab_min_count must be an integer >= 1, got {self.lab_min_count!r}")
-        if not (isinstance(self.censor_fraction, Real) and 0 < self.censor_fraction < 1):
-            raise ValueError(f"censor_fraction must be in (0, 1) so imputed values sit below the limit, "
-                             f"got {self.censor_fraction!r}")
-        if not isinstance(self.normalize_labs, (bool, np.bool_)):
-            raise ValueError(f"normalize_labs must be a bool, got {self.normalize_labs!r}")
-
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X: pd.DataFrame, y: Any = None) -> "PanelFeatures":
         """Learn zero floors, lab shifts and training ranges from a clean panel."""
-        self._check_params()
         panel = _require_frame(X)
         self.catalog_ = load_catalog(self.catalog_path)
         numeric = self.catalog_.numeric_markers

@@ -10,13 +10,19 @@ training reports.
 
 from __future__ import annotations
 
+from numbers import Integral, Real
+
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+from rifml.config import MAX_NUM_LEAVES
 
 
 class CalibratedBoostedClassifier(ClassifierMixin, BaseEstimator):
@@ -25,25 +31,49 @@ class CalibratedBoostedClassifier(ClassifierMixin, BaseEstimator):
     Parameters
     ----------
     n_estimators, num_leaves, learning_rate, min_child_samples, reg_lambda :
-        LightGBM settings (small trees keep explanations exact and fast).
+        LightGBM settings (small trees keep explanations fast; any size stays exact).
     calibration_folds : int
-        Folds for the out-of-fold margins the temperature is fitted on.
-    classes : list of str, optional
-        Fix the class order (e.g. the four profiles even if one is absent).
+        Folds for the out-of-fold margins the temperature is fitted on (fewer when the
+        rarest class has fewer rows).
+    classes : list, optional
+        Fix the class order (e.g. the four profiles even if one is absent from ``y``).
     random_state : int
     n_jobs : int
         LightGBM threads; one level of parallelism only on small machines.
 
     Attributes
     ----------
-    classes_ : ndarray of str
+    classes_ : ndarray
+        ``classes``, or the sorted labels of ``y`` (with ``y``'s dtype).
+    n_features_in_ : int
     booster_ : lightgbm.Booster
     booster_classes_ : ndarray of int
         Indices into ``classes_`` of the booster's outputs (classes seen in training).
     temperature_ : float
     oof_proba_ : ndarray (n_samples, n_classes)
         Calibrated out-of-fold probabilities of the training rows.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.random.default_rng(0).normal(size=(200, 3))
+    >>> y = np.where(X[:, 0] > 0, "high", "low")
+    >>> model = CalibratedBoostedClassifier(n_estimators=20).fit(X, y)
+    >>> model.predict(X[:3]).tolist()
+    ['high', 'low', 'high']
     """
+
+    _parameter_constraints: dict = {
+        "n_estimators": [Interval(Integral, 1, None, closed="left")],
+        "num_leaves": [Interval(Integral, 2, MAX_NUM_LEAVES, closed="both")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "min_child_samples": [Interval(Integral, 1, None, closed="left")],
+        "reg_lambda": [Interval(Real, 0, None, closed="left")],
+        "calibration_folds": [Interval(Integral, 2, None, closed="left")],
+        "classes": ["array-like", None],
+        "random_state": ["random_state"],
+        "n_jobs": [Integral, None],
+    }
 
     def __init__(
         self,
@@ -67,6 +97,11 @@ class CalibratedBoostedClassifier(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.n_jobs = n_jobs
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # a marker not measured: LightGBM routes it down the learned default branch
+        return tags
+
     def _booster_model(self, n_classes: int):
         from lightgbm import LGBMClassifier
 
@@ -82,18 +117,23 @@ class CalibratedBoostedClassifier(ClassifierMixin, BaseEstimator):
             verbose=-1,
         )
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, sample_weight=None, groups=None) -> "CalibratedBoostedClassifier":
         """Fit; ``groups`` keeps copies of one patient in the same calibration fold."""
-        X = np.asarray(X, dtype=float)
-        y = np.asarray(y, dtype=object)
-        self.classes_ = np.array(self.classes if self.classes is not None else sorted(set(y)), dtype=object)
+        X, y = validate_data(self, X, y, dtype=np.float64, ensure_all_finite="allow-nan")
+        check_classification_targets(y)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, ensure_non_negative=True)
+        if self.classes is None:
+            self.classes_ = np.unique(y)
+        else:
+            self.classes_ = np.asarray(self.classes, dtype=object if y.dtype == object else None)
         unknown = set(y) - set(self.classes_)
         if unknown:
             raise ValueError(f"labels outside classes: {sorted(map(str, unknown))}")
         codes = pd.Categorical(y, categories=self.classes_).codes
         if len(np.unique(codes)) < 2:
-            raise ValueError(f"need at least two classes among the labels, got {sorted(map(str, set(y)))}")
-        self.n_features_in_ = X.shape[1]
+            raise ValueError(f"need at least two classes among the labels, got one class: {sorted(map(str, set(y)))}")
 
         oof_margin = np.zeros((len(X), len(self.classes_)))
         folds = min(self.calibration_folds, int(np.bincount(codes).min(initial=0) or 2))
@@ -139,16 +179,23 @@ class CalibratedBoostedClassifier(ClassifierMixin, BaseEstimator):
         """Calibrated probabilities from margins over ``classes_``."""
         return softmax(margins / self.temperature_, axis=1)
 
-    def decision_function(self, X) -> np.ndarray:
+    def _margins(self, X) -> np.ndarray:
         """Raw margins (n, n_classes); -inf for classes never seen in training."""
         check_is_fitted(self, "booster_")
-        return self._margins_of((self.booster_, self.booster_classes_), np.asarray(X, dtype=float))
+        X = validate_data(self, X, dtype=np.float64, ensure_all_finite="allow-nan", reset=False)
+        return self._margins_of((self.booster_, self.booster_classes_), X)
+
+    def decision_function(self, X) -> np.ndarray:
+        """Raw margins: (n, n_classes), -inf for classes never seen in training; for two classes,
+        scikit-learn's shape (n,): the second class's margin over the first's."""
+        margins = self._margins(X)
+        return margins[:, 1] - margins[:, 0] if len(self.classes_) == 2 else margins
 
     def predict_proba(self, X) -> np.ndarray:
-        return self.proba_from_margins(self.decision_function(X))
+        return self.proba_from_margins(self._margins(X))
 
     def predict(self, X) -> np.ndarray:
-        margins = self.decision_function(X)
+        margins = self._margins(X)  # first: an unfitted model has no classes_ either
         return self.classes_[margins.argmax(axis=1)]
 
 
@@ -161,16 +208,3 @@ def _fit_temperature(margins: np.ndarray, codes: np.ndarray) -> float:
 
     result = minimize_scalar(loss, bounds=(-3.0, 3.0), method="bounded")
     return float(np.exp(result.x))
-
-
-def expected_calibration_error(proba: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
-    """ECE of the called class's probability: weighted |accuracy - confidence| over equal-width bins."""
-    confidence = proba.max(axis=1)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    error = 0.0
-    for b in range(bins):
-        in_bin = which == b
-        if in_bin.any():
-            error += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(error)

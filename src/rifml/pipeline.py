@@ -7,13 +7,16 @@ Pure core: no file, network or MLflow access here.
 
 from __future__ import annotations
 
+from numbers import Integral, Real
+
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator
-from threadpoolctl import threadpool_limits
+from sklearn.base import BaseEstimator, _fit_context, clone
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import threadpool_limits
 
-from rifml.catalog import Catalog
+from rifml.catalog import BALANCED, HYPERACTIVE, HYPOACTIVE, MIXED, Catalog
 from rifml.errors import RifmlInputError
 from rifml.explain import InterventionalExplainer, check_tree_settings, marker_contributions, top_drivers
 from rifml.features import PanelFeatures, compartment_names, lab_ids, measured_markers
@@ -64,6 +67,17 @@ def _check_additivity(raw: np.ndarray, phi: np.ndarray, expected: np.ndarray) ->
         )
 
 
+def _sized_classifier(template: CalibratedBoostedClassifier, classes: list[str],
+                      n_estimators: int | None = None) -> CalibratedBoostedClassifier:
+    """A clone of the classifier template for ``classes``; with fewer trees, a proportionally higher rate."""
+    trees = template.n_estimators if n_estimators is None else n_estimators
+    return clone(template).set_params(
+        classes=classes,
+        n_estimators=trees,
+        learning_rate=min(template.learning_rate * template.n_estimators / trees, 0.5),
+    )
+
+
 def profile_columns(catalog: Catalog) -> list[str]:
     return [f"prob_{p}" for p in catalog.profiles]
 
@@ -92,17 +106,26 @@ def calls_columns(catalog: Catalog) -> list[str]:
 class ImmuneProfiler(BaseEstimator):
     """Learn immune subtypes and profile calls from clean panels; call and explain new ones.
 
+    Its parts are estimators given as parameters, as in scikit-learn's ``Pipeline``: ``fit``
+    clones them, so every setting is one parameter (``get_params(deep=True)`` lists them all,
+    e.g. ``classifier__num_leaves``) and the templates stay unfitted.
+
     Parameters
     ----------
-    catalog_path : str, optional
-        Marker catalog (default configs/markers.yaml); the fitted model carries it.
-    n_estimators, num_leaves, learning_rate, min_child_samples :
-        Settings of both boosted classifiers.
+    features : PanelFeatures, optional
+        Turns panels into model features; its ``catalog_path`` names the marker catalog the
+        fitted model carries. Default ``PanelFeatures(lab_min_count=lab_min_panels)``.
+    clustering : ConsensusClustering, optional
+        Subtype discovery on complete panels. Default ``ConsensusClustering(n_resamples=30,
+        random_state=random_state)``.
+    classifier : CalibratedBoostedClassifier, optional
+        Template of both boosted classifiers: the profile call as given, the subtype model
+        with ``subtype_trees`` trees. Its ``classes`` are set here (profiles, subtypes).
+        Default ``CalibratedBoostedClassifier(random_state=random_state)``.
     subtype_trees : int
         Trees per class of the subtype-assignment model (it only picks the nearest named
-        subtype, and scoring routes every row through all of its trees).
-    k_min, k_max, n_resamples, subsample :
-        Consensus clustering settings for subtype discovery.
+        subtype, and scoring routes every row through all of its trees); it learns at the
+        classifier's rate scaled by ``classifier.n_estimators / subtype_trees`` (at most 0.5).
     min_effect : float
         Effect size (within-cluster SDs against the cohort's reference cluster) from
         which a marker names a subtype (see :func:`rifml.subtypes.name_clusters`).
@@ -112,7 +135,7 @@ class ImmuneProfiler(BaseEstimator):
     background_size : int
         Reference rows for explanations (typical panels of the balanced group).
     random_state : int
-    n_jobs : int
+        Draws the explanation background, and seeds the default parts.
 
     Attributes
     ----------
@@ -120,9 +143,12 @@ class ImmuneProfiler(BaseEstimator):
     clustering_ : ConsensusClustering
     subtype_table_ : DataFrame
         Per cluster: subtype name, profile, abnormal markers, the effect sizes behind
-        the name (``evidence``), whether it is the reference cluster, size.
+        the name (``evidence``), whether it is the cluster nearest the reference level, size.
+    reference_ : SubtypeEffects
+        The cohort's own reference level per marker and the within-cluster scale that
+        effect sizes and signatures are measured in.
     subtype_effects_ : DataFrame
-        Effect size of every cluster on every clustering marker against the reference.
+        Effect size of every cluster on every clustering marker against the reference level.
     cluster_medians_ : DataFrame
         Per cluster, the median of every numeric marker (log, lab-normalized): what lab
         offsets are measured against.
@@ -139,72 +165,71 @@ class ImmuneProfiler(BaseEstimator):
         Labels the profile model was trained on (aligned with ``training_rows_``).
     """
 
+    _parameter_constraints: dict = {
+        "features": [PanelFeatures, None],
+        "clustering": [ConsensusClustering, None],
+        "classifier": [CalibratedBoostedClassifier, None],
+        "subtype_trees": [Interval(Integral, 1, None, closed="left")],
+        "min_effect": [Interval(Real, 0, None, closed="neither")],
+        "lab_min_panels": [Interval(Integral, 1, None, closed="left")],
+        "background_size": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+    }
+
     def __init__(
         self,
-        catalog_path: str | None = None,
-        n_estimators: int = 100,
-        num_leaves: int = 8,
-        learning_rate: float = 0.08,
-        min_child_samples: int = 20,
+        features: PanelFeatures | None = None,
+        clustering: ConsensusClustering | None = None,
+        classifier: CalibratedBoostedClassifier | None = None,
         subtype_trees: int = 40,
-        k_min: int = 2,
-        k_max: int = 8,
-        n_resamples: int = 30,
-        subsample: float = 0.8,
         min_effect: float = 1.5,
         lab_min_panels: int = 30,
         background_size: int = 200,
         random_state: int = 0,
-        n_jobs: int = 1,
     ):
-        self.catalog_path = catalog_path
-        self.n_estimators = n_estimators
-        self.num_leaves = num_leaves
-        self.learning_rate = learning_rate
-        self.min_child_samples = min_child_samples
+        self.features = features
+        self.clustering = clustering
+        self.classifier = classifier
         self.subtype_trees = subtype_trees
-        self.k_min = k_min
-        self.k_max = k_max
-        self.n_resamples = n_resamples
-        self.subsample = subsample
         self.min_effect = min_effect
         self.lab_min_panels = lab_min_panels
         self.background_size = background_size
         self.random_state = random_state
-        self.n_jobs = n_jobs
 
     # -- fit -----------------------------------------------------------------------
-    def _classifier(self, classes: list[str] | None = None, n_estimators: int | None = None) -> CalibratedBoostedClassifier:
-        n_estimators = n_estimators or self.n_estimators
-        return CalibratedBoostedClassifier(
-            n_estimators=n_estimators,
-            num_leaves=self.num_leaves,
-            # fewer trees learn at a proportionally higher rate
-            learning_rate=min(self.learning_rate * self.n_estimators / n_estimators, 0.5),
-            min_child_samples=self.min_child_samples,
-            classes=classes,
-            random_state=self.random_state,
-            n_jobs=self.n_jobs,
+    def _parts(self) -> tuple[PanelFeatures, ConsensusClustering, CalibratedBoostedClassifier]:
+        """Unfitted clones of the parts (defaults where a part is None)."""
+        return (
+            clone(self.features) if self.features is not None else PanelFeatures(lab_min_count=self.lab_min_panels),
+            clone(self.clustering) if self.clustering is not None else ConsensusClustering(
+                n_resamples=30, random_state=self.random_state),
+            clone(self.classifier) if self.classifier is not None else CalibratedBoostedClassifier(
+                random_state=self.random_state),
         )
 
+    @_fit_context(prefer_skip_nested_validation=False)  # the parts validate their own parameters as they fit
     def fit(self, panel: pd.DataFrame, y: pd.Series | None = None) -> "ImmuneProfiler":
         """Fit on a clean panel; ``y`` (profile labels, NaN for unlabeled rows) is optional."""
-        self.features_ = PanelFeatures(catalog_path=self.catalog_path, lab_min_count=self.lab_min_panels).fit(panel)
-        check_tree_settings(self.num_leaves, len(self.features_.get_feature_names_out()))  # before any booster fit
+        features, clustering, classifier = self._parts()
+        self.features_ = features.fit(panel)
+        # before any booster fit: a tree setting the explainer cannot take fails in a second, not after training
+        check_tree_settings(classifier.num_leaves, len(self.features_.get_feature_names_out()))
+        for part in (clustering, classifier):  # their fits validate too, but only after minutes of work
+            part._validate_params()
         catalog = self.catalog_
         coverage = self.features_.compartments(panel)
         complete = panel.loc[(coverage == BOTH).to_numpy()]
         if len(complete) < 30:
             raise RifmlInputError(f"subtype discovery needs at least 30 complete panels (blood and biopsy), got {len(complete)}")
 
-        self._discover_subtypes(complete)
+        self._discover_subtypes(complete, clustering)
         subtypes = self.subtype_table_.set_index("cluster")
         cluster_subtype = subtypes["subtype"].to_numpy(dtype=object)[self.clustering_.labels_]
 
         augmented, groups = self._with_partial_copies(complete)
         X_aug = self.features_.transform(augmented)
         repeat = len(augmented) // len(complete)
-        self.subtype_model_ = self._classifier(list(subtypes["subtype"]), self.subtype_trees).fit(
+        self.subtype_model_ = _sized_classifier(classifier, list(subtypes["subtype"]), self.subtype_trees).fit(
             X_aug, np.tile(cluster_subtype, repeat), groups=groups
         )
 
@@ -215,8 +240,8 @@ class ImmuneProfiler(BaseEstimator):
             X_train = self.features_.transform(panel.loc[labeled])
             self.training_labels_ = labels[labeled].to_numpy(dtype=object)
             self.training_coverage_ = coverage[labeled].to_numpy(dtype=object)
-            self.profile_model_ = self._classifier(list(catalog.profiles)).fit(X_train, self.training_labels_)
-            background_pool = panel.loc[labeled & (labels == "balanced").to_numpy() & (coverage == BOTH).to_numpy()]
+            self.profile_model_ = _sized_classifier(classifier, list(catalog.profiles)).fit(X_train, self.training_labels_)
+            background_pool = panel.loc[labeled & (labels == BALANCED).to_numpy() & (coverage == BOTH).to_numpy()]
         else:
             found = sorted(set(self.signature_profiles_))
             if len(found) < 2:
@@ -228,8 +253,8 @@ class ImmuneProfiler(BaseEstimator):
             X_train = X_aug
             self.training_labels_ = np.tile(self.signature_profiles_, repeat)
             self.training_coverage_ = self.features_.compartments(augmented).to_numpy(dtype=object)
-            self.profile_model_ = self._classifier(list(catalog.profiles)).fit(X_train, self.training_labels_, groups=groups)
-            background_pool = complete.loc[self.clustering_.labels_ == self.reference_cluster_]
+            self.profile_model_ = _sized_classifier(classifier, list(catalog.profiles)).fit(X_train, self.training_labels_, groups=groups)
+            background_pool = complete.loc[self.signature_profiles_ == BALANCED]
 
         self.background_ = self._background(background_pool, complete)
         self.explainer_ = InterventionalExplainer(self.profile_model_.booster_, self.background_)
@@ -246,18 +271,11 @@ class ImmuneProfiler(BaseEstimator):
         """Markers whose out-of-band values signal a profile: what subtypes are made of."""
         return [m.name for m in self.catalog_.numeric_markers if m.signals]
 
-    def _discover_subtypes(self, complete: pd.DataFrame) -> None:
+    def _discover_subtypes(self, complete: pd.DataFrame, clustering: ConsensusClustering) -> None:
         """Cluster complete panels, align the training labs on the clusters, name the clusters."""
         markers = self._clustering_markers()
         matrix = self.features_.marker_matrix(complete)
         self.cluster_fill_ = matrix[markers].median()
-        clustering = ConsensusClustering(
-            k_min=self.k_min,
-            k_max=self.k_max,
-            n_resamples=self.n_resamples,
-            subsample=self.subsample,
-            random_state=self.random_state,
-        )
         # Hundreds of small KMeans fits: OpenMP threads on 2 shared cores make each ~30x slower.
         with threadpool_limits(limits=1):
             self.clustering_ = clustering.fit(matrix[markers].fillna(self.cluster_fill_).to_numpy())
@@ -280,16 +298,16 @@ class ImmuneProfiler(BaseEstimator):
         self.cluster_medians_ = matrix.groupby(labels).median()
 
         filled = matrix[markers].fillna(self.cluster_fill_)
-        effects, self.reference_cluster_, self.effect_scale_ = subtype_effects(filled, labels)
-        self.subtype_effects_ = effects
-        self.reference_median_ = filled[labels == self.reference_cluster_].median()
-        table = name_clusters(effects, self.catalog_, min_effect=self.min_effect)
-        self.signatures_ = subtype_signatures(table, effects, self._deviations(filled), labels, self.catalog_)
+        self.reference_ = subtype_effects(filled, labels)
+        self.subtype_effects_ = self.reference_.effects
+        table = name_clusters(self.subtype_effects_, self.catalog_, min_effect=self.min_effect)
+        deviations = self.reference_.deviations(filled)
+        self.signatures_ = subtype_signatures(table, self.subtype_effects_, deviations, labels, self.catalog_)
         # Label-free training reads each panel's profile from the signatures it shows.
-        self.signature_profiles_ = profiles_from_signatures(self._deviations(filled), self.signatures_)
+        self.signature_profiles_ = profiles_from_signatures(deviations, self.signatures_)
         sizes = pd.Series(labels).value_counts()
         self.subtype_table_ = table.assign(
-            reference=table["cluster"] == self.reference_cluster_,
+            reference=table["cluster"] == self.reference_.nearest,
             size=table["cluster"].map(sizes).astype(int),
         )
 
@@ -310,10 +328,6 @@ class ImmuneProfiler(BaseEstimator):
             residuals = matrix - medians(aligned).loc[which].to_numpy()
             offsets = shrunk_median_offsets(residuals, labs, usable, self.lab_min_panels)
         return offsets
-
-    def _deviations(self, values: pd.DataFrame) -> pd.DataFrame:
-        """Log values as deviations from the reference cluster's median, in within-cluster SDs."""
-        return (values - self.reference_median_) / self.effect_scale_
 
     def lab_adaptation(self, panel: pd.DataFrame) -> LabAdaptation:
         """Offsets for labs never seen in training, estimated from their complete panels in ``panel``.
@@ -444,34 +458,46 @@ class ImmuneProfiler(BaseEstimator):
         """(hyperactive class, hypoactive class) pairs that name a mixed call when no mixed subtype was found."""
         codes = self._subtype_profile_codes()
         profiles = list(self.catalog_.profiles)
-        if (codes == profiles.index("mixed")).any():
+        if (codes == profiles.index(MIXED)).any():
             return []
-        hyper = np.flatnonzero(codes == profiles.index("hyperactive"))
-        hypo = np.flatnonzero(codes == profiles.index("hypoactive"))
+        hyper = np.flatnonzero(codes == profiles.index(HYPERACTIVE))
+        hypo = np.flatnonzero(codes == profiles.index(HYPOACTIVE))
         return [(h, o) for h in hyper for o in hypo]
 
+    def _reference_stand_in(self) -> bool:
+        """Whether balanced calls need the reference as their subtype: training found no balanced subtype."""
+        return not (self._subtype_profile_codes() == list(self.catalog_.profiles).index(BALANCED)).any()
+
     def subtype_names(self) -> tuple[list[str], np.ndarray]:
-        """Every subtype a call can carry and its profile's index: the learned subtypes, then composites.
+        """Every subtype a call can carry and its profile's index: the learned subtypes, then stand-ins.
 
         A composite ("nk-high+endometrial-under") names a mixed call by its most likely
-        hyperactive and hypoactive subtypes when training found no mixed subtype.
+        hyperactive and hypoactive subtypes when training found no mixed subtype. When
+        every cluster departs from the reference level (mild shifts spread the balanced
+        panels over the subtype clusters), a balanced call's subtype is ``balanced``: the
+        reference itself, from which no axis departs.
         """
         classes = list(self.subtype_model_.classes_)
         codes = self._subtype_profile_codes()
         pairs = self._composite_pairs()
+        profiles = list(self.catalog_.profiles)
         names = classes + [f"{classes[h]}+{classes[o]}" for h, o in pairs]
-        mixed = list(self.catalog_.profiles).index("mixed")
-        return names, np.concatenate([codes, np.full(len(pairs), mixed, dtype=codes.dtype)])
+        extra = [profiles.index(MIXED)] * len(pairs)
+        if self._reference_stand_in():
+            names.append(BALANCED)
+            extra.append(profiles.index(BALANCED))
+        return names, np.concatenate([codes, np.asarray(extra, dtype=codes.dtype)])
 
     def _subtypes_within(self, called: np.ndarray, subtype_margins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The most likely subtype among those of the called profile (coherent by construction).
 
         Returns an index into :meth:`subtype_names` per row and whether it belongs to the
         called profile: it does unless training found no subtype of that profile and no
-        composite can stand in, when the most likely subtype overall is given (and the
-        call says so in ``subtype_matches_profile``).
+        stand-in (see :meth:`subtype_names`) applies, when the most likely subtype overall
+        is given (and the call says so in ``subtype_matches_profile``).
         """
         codes = self._subtype_profile_codes()
+        profiles = list(self.catalog_.profiles)
         allowed = codes[None, :] == called[:, None]
         within = np.where(allowed, subtype_margins, -np.inf).argmax(axis=1)
         index = np.where(allowed.any(axis=1), within, subtype_margins.argmax(axis=1))
@@ -482,9 +508,13 @@ class ImmuneProfiler(BaseEstimator):
             best_hyper = hyper[subtype_margins[:, hyper].argmax(axis=1)]
             best_hypo = hypo[subtype_margins[:, hypo].argmax(axis=1)]
             composite = np.array([pairs.index((h, o)) for h, o in zip(best_hyper, best_hypo)], dtype=np.int64)
-            mixed = called == list(self.catalog_.profiles).index("mixed")
+            mixed = called == profiles.index(MIXED)
             index = np.where(mixed, len(codes) + composite, index)
             matches |= mixed
+        if self._reference_stand_in():
+            balanced = called == profiles.index(BALANCED)
+            index = np.where(balanced, len(codes) + len(pairs), index)
+            matches |= balanced
         return index, matches
 
     def contributions(self, X: pd.DataFrame | np.ndarray, called: np.ndarray) -> pd.DataFrame:

@@ -485,7 +485,7 @@ def plot_profile_shap(data: CohortData, profile: str):
     contributions = data.contributions.iloc[rows].reset_index(drop=True)
     values = data.panel.iloc[rows].reset_index(drop=True)
     title = f"{profile}: what pushed {len(rows):,} patients toward it"
-    return plot_shap_summary(contributions, values, np.full(len(rows), profile, dtype=object), title)
+    return plot_shap_summary(contributions, values, title)
 
 
 def lab_drift(panel: pd.DataFrame, profiler: ImmuneProfiler) -> pd.DataFrame:

@@ -18,12 +18,11 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import adjusted_rand_score, f1_score
 
-from rifml.catalog import Catalog, load_catalog
-from rifml.model import expected_calibration_error
+from rifml.catalog import BALANCED, Catalog, load_catalog
+from rifml.evaluation import expected_calibration_error
 from rifml.simulate import SimulationConfig, simulate_cohort
 from rifml.validate import repeated_ids, validate_chunk
 
-BALANCED = "balanced"  # the profile whose calls have no abnormal driver to check
 COMPLETE = "complete"  # the simulator's panel kind with both compartments
 
 
@@ -181,7 +180,7 @@ def bar_results(metrics: dict[str, float], bars: tuple[Bar, ...] = BARS) -> dict
 # ---------------------------------------------------------------------------
 
 
-def _clean_batch(catalog: Catalog, config: SimulationConfig, n: int, seed: int, batch: str, bad_share: float):
+def clean_batch(catalog: Catalog, config: SimulationConfig, n: int, seed: int, batch: str, bad_share: float):
     """Simulate a batch, validate it as `rifml score` would; clean panel, its truth, rejected rows, full truth."""
     cohort, truth = simulate_cohort(n, seed=seed, bad_share=bad_share, config=config, catalog=catalog, batch=batch)
     rows = truth["row"].to_numpy()
@@ -218,8 +217,8 @@ def evaluate_scenario(
     started = time.perf_counter()
     catalog = catalog if catalog is not None else load_catalog()
     label = catalog.label_column
-    train, _, _, _ = _clean_batch(catalog, config, n_train, train_seed, "train", 0.0)
-    test, test_truth, rejected, full_truth = _clean_batch(catalog, config, n_test, test_seed, "score", bad_share)
+    train, _, _, _ = clean_batch(catalog, config, n_train, train_seed, "train", 0.0)
+    test, test_truth, rejected, full_truth = clean_batch(catalog, config, n_test, test_seed, "score", bad_share)
     test = test.drop(columns=label)
     supervised = profiler_from_config(train_config).fit(train, train[label]).call(test)
     label_free = profiler_from_config(train_config).fit(train.drop(columns=label)).call(test)

@@ -5,9 +5,9 @@ Three pieces, all pure (no file I/O):
 * :class:`ConsensusClustering` finds how many stable groups the (log-transformed,
   complete) marker matrix holds and who belongs to which, following the
   ConsensusClusterPlus idea (Monti et al. 2003; Wilkerson & Hayes 2010).
-* :func:`subtype_effects` finds the cohort's own reference (the cluster closest to
-  all others: the balanced hub the subtypes depart from) and each cluster's effect
-  sizes against it; :func:`name_clusters` turns those into readable subtype names
+* :func:`subtype_effects` finds the cohort's own reference (per marker, the level
+  most clusters share: the balanced state the subtypes depart from) and each
+  cluster's effect sizes against it; :func:`name_clusters` turns those into readable subtype names
   ("th1-high", "endometrial-under+nk-high", "balanced") and one immune profile per
   subtype, using the signals and axes of ``configs/markers.yaml`` for direction and
   meaning, never its absolute reference bands (labs and assays differ).
@@ -23,16 +23,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 import numpy as np
 import pandas as pd
 from typing import TYPE_CHECKING
-from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.base import BaseEstimator, ClusterMixin, _fit_context
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
-from rifml.catalog import Catalog, Marker
+from rifml.catalog import BALANCED, HYPERACTIVE, HYPOACTIVE, MIXED, Catalog, Marker
 
 if TYPE_CHECKING:  # matplotlib loads only when a plot is drawn: scoring never needs it
     from matplotlib.figure import Figure
@@ -41,6 +43,7 @@ __all__ = [
     "ConsensusClustering",
     "name_clusters",
     "subtype_effects",
+    "SubtypeEffects",
     "subtype_signatures",
     "profiles_from_signatures",
     "rule_profile",
@@ -160,6 +163,17 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
     3
     """
 
+    _parameter_constraints: dict = {
+        "k_min": [Interval(Integral, 2, None, closed="left")],
+        "k_max": [Interval(Integral, 2, None, closed="left")],
+        "n_resamples": [Interval(Integral, 2, None, closed="left")],
+        "subsample": [Interval(Real, 0, 1, closed="right")],
+        "max_items": [Interval(Integral, 3, None, closed="left"), None],
+        "pac_tolerance": [Interval(Real, 0, 1, closed="left")],
+        "scaling": [StrOptions({"within", "robust"})],
+        "random_state": ["random_state"],
+    }
+
     def __init__(
         self,
         k_min: int = 2,
@@ -180,24 +194,12 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
         self.scaling = scaling
         self.random_state = random_state
 
-    # -- parameter checks in one place ------------------------------------------------
+    # -- rules across parameters (each one alone is checked by _parameter_constraints) --
     def _check_params(self, n_samples: int) -> None:
-        if not (isinstance(self.k_min, (int, np.integer)) and self.k_min >= 2):
-            raise ValueError(f"k_min must be an integer >= 2, got {self.k_min!r}")
-        if not (isinstance(self.k_max, (int, np.integer)) and self.k_max >= self.k_min):
-            raise ValueError(f"k_max must be an integer >= k_min, got {self.k_max!r}")
-        if not (isinstance(self.n_resamples, (int, np.integer)) and self.n_resamples >= 2):
-            raise ValueError(f"n_resamples must be an integer >= 2, got {self.n_resamples!r}")
-        if not 0.0 < float(self.subsample) <= 1.0:
-            raise ValueError(f"subsample must be in (0, 1], got {self.subsample!r}")
-        if self.max_items is not None and not (
-            isinstance(self.max_items, (int, np.integer)) and self.max_items > self.k_max
-        ):
+        if self.k_max < self.k_min:
+            raise ValueError(f"k_max must be >= k_min, got {self.k_max!r}")
+        if self.max_items is not None and self.max_items <= self.k_max:
             raise ValueError(f"max_items must be None or an integer > k_max, got {self.max_items!r}")
-        if not 0.0 <= float(self.pac_tolerance) < 1.0:
-            raise ValueError(f"pac_tolerance must be in [0, 1), got {self.pac_tolerance!r}")
-        if self.scaling not in ("within", "robust"):
-            raise ValueError(f"scaling must be 'within' or 'robust', got {self.scaling!r}")
         n_items = n_samples if self.max_items is None else min(n_samples, self.max_items)
         if round(self.subsample * n_items) <= self.k_max:
             raise ValueError(
@@ -205,6 +207,7 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
             )
 
     # -- fitting ----------------------------------------------------------------------
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None) -> "ConsensusClustering":
         """Choose k by consensus stability and label every row.
 
@@ -435,40 +438,92 @@ def _relabel_by_size(labels: np.ndarray) -> np.ndarray:
 def _profile(signals: Iterable[str]) -> str:
     """Immune profile implied by a set of signals (hyperactive / hypoactive)."""
     found = set(signals)
-    hyper, hypo = "hyperactive" in found, "hypoactive" in found
+    hyper, hypo = HYPERACTIVE in found, HYPOACTIVE in found
     if hyper and hypo:
-        return "mixed"
+        return MIXED
     if hyper:
-        return "hyperactive"
+        return HYPERACTIVE
     if hypo:
-        return "hypoactive"
-    return "balanced"
+        return HYPOACTIVE
+    return BALANCED
 
 
-# A cluster median further than this from the reference, in within-cluster SDs, is not
-# "the same as the reference" in the L1-medoid cost: one extreme cluster must not pull
-# the choice of the reference toward itself.
+# A cluster median further than this from another, in within-cluster SDs, counts as
+# this far in the medoid cost: one extreme cluster must not pull the choice toward itself.
 REFERENCE_COST_CAP = 3.0
+# Cluster medians of one marker within this width (within-cluster SDs) read as one level.
+# Halves of one homogeneous group cut by KMeans sit 2 x 0.674 = 1.35 SD apart, so a split
+# of the balanced group stays one level, while subtype shifts (several SDs) do not.
+LEVEL_WIDTH = 1.5
 # Ratio under which a pooled MAD is degenerate (most values tied, e.g. at a detection
 # limit) and the pooled SD of the within-cluster deviations is used instead.
 _TIED_MAD_RATIO = 0.25
 
 
-def subtype_effects(values: pd.DataFrame, labels: np.ndarray) -> tuple[pd.DataFrame, int, pd.Series]:
-    """Each cluster's effect size on each marker against the cohort's own reference cluster.
+@dataclass(frozen=True)
+class SubtypeEffects:
+    """Clusters measured against the cohort's own reference (see :func:`subtype_effects`).
 
-    The reference is the cluster *closest to all the others* (the L1 medoid of the
-    cluster medians in within-cluster SD units, each distance capped at
-    ``REFERENCE_COST_CAP``). Immune subtypes depart from the balanced state in
-    different directions (Th1 up, NK up, endometrium up or down), so the balanced
-    group is the hub of that star: every other group differs from it on a few markers,
-    while from any abnormal group the rest differ on its markers too. Nothing here is
-    absolute: a marker that an assay reads high for everybody moves every cluster and
-    the reference alike, so it names nothing; a consistent group shift inside a wide
-    reference band is still a shift.
+    Attributes
+    ----------
+    effects : DataFrame
+        (cluster median - reference level) / within-cluster SD, one row per cluster.
+    level : Series
+        The reference level of every marker (log scale, like the values).
+    scale : Series
+        Pooled within-cluster SD per marker (robust: MAD based, the pooled SD where ties
+        make the MAD degenerate).
+    nearest : int
+        The cluster closest to the reference level (the report marks it).
+    """
 
-    Ties (two clusters are always symmetric) go to the lower cluster id, which
-    :class:`ConsensusClustering` gives to the larger cluster.
+    effects: pd.DataFrame
+    level: pd.Series
+    scale: pd.Series
+    nearest: int
+
+    def deviations(self, values: pd.DataFrame) -> pd.DataFrame:
+        """Panels' deviations from the reference level, in within-cluster SDs."""
+        return (values - self.level) / self.scale
+
+
+def _medoid(standardized: np.ndarray) -> int:
+    """Row whose capped L1 distance to all other rows is smallest (ties: lowest row)."""
+    distance = np.minimum(np.abs(standardized[:, None, :] - standardized[None, :, :]), REFERENCE_COST_CAP)
+    cost = distance.sum(axis=(1, 2))
+    return int(np.flatnonzero(np.isclose(cost, cost.min()))[0])
+
+
+def _shared_level(column: np.ndarray, sizes: np.ndarray, medoid: int) -> float:
+    """The level most clusters share on one marker: median of the fullest ``LEVEL_WIDTH`` window.
+
+    Windows are ranked by how many clusters they hold, then by whether they hold the
+    medoid cluster (two clusters far apart: the medoid's side), then by panels.
+    """
+    best_key, best_members = None, None
+    for low in column:
+        members = (column >= low) & (column <= low + LEVEL_WIDTH)
+        key = (int(members.sum()), bool(members[medoid]), int(sizes[members].sum()))
+        if best_key is None or key > best_key:
+            best_key, best_members = key, members
+    return float(np.median(column[best_members]))
+
+
+def subtype_effects(values: pd.DataFrame, labels: np.ndarray) -> SubtypeEffects:
+    """Each cluster's effect size on each marker against the cohort's own reference level.
+
+    Immune subtypes depart from the balanced state in different directions (Th1 up, NK
+    up, endometrium up or down), each on a few markers: on any one marker, most
+    clusters sit at the balanced level and a few depart from it. The reference level
+    of a marker is therefore the level *most clusters share* (the median of the cluster
+    medians inside the fullest window of width ``LEVEL_WIDTH`` within-cluster SDs). It
+    needs no balanced cluster: when shifts are mild and balanced panels are spread over
+    the subtype clusters, the markers each cluster does not shift still agree. With two
+    clusters far apart on a marker, the side of the medoid cluster (the L1 medoid of
+    the cluster medians, distances capped at ``REFERENCE_COST_CAP``; ties to the lower
+    id, the larger cluster) is the reference. Nothing here is absolute: a marker an
+    assay reads high for everybody moves every cluster and the level alike, so it names
+    nothing; a consistent group shift inside a wide reference band is still a shift.
 
     Parameters
     ----------
@@ -480,13 +535,7 @@ def subtype_effects(values: pd.DataFrame, labels: np.ndarray) -> tuple[pd.DataFr
 
     Returns
     -------
-    effects : DataFrame
-        (cluster median - reference median) / within-cluster SD, one row per cluster.
-    reference : int
-        The reference cluster.
-    scale : Series
-        Pooled within-cluster SD per marker (robust: MAD based, the pooled SD where ties
-        make the MAD degenerate).
+    SubtypeEffects
     """
     labels = np.asarray(labels)
     medians = values.groupby(labels).median()
@@ -496,11 +545,12 @@ def subtype_effects(values: pd.DataFrame, labels: np.ndarray) -> tuple[pd.DataFr
     scale = np.where(mad < _TIED_MAD_RATIO * sd, sd, mad)
     scale = pd.Series(np.where(scale > 0, scale, 1.0), index=values.columns)
     standardized = medians.to_numpy() / scale.to_numpy()
-    distance = np.minimum(np.abs(standardized[:, None, :] - standardized[None, :, :]), REFERENCE_COST_CAP)
-    cost = distance.sum(axis=(1, 2))
-    reference = int(medians.index[np.flatnonzero(np.isclose(cost, cost.min()))[0]])
-    effects = (medians - medians.loc[reference]) / scale
-    return effects, reference, scale
+    medoid = _medoid(standardized)
+    sizes = pd.Series(labels).value_counts().reindex(medians.index).to_numpy()
+    level = np.array([_shared_level(standardized[:, j], sizes, medoid) for j in range(standardized.shape[1])])
+    effects = pd.DataFrame(standardized - level, index=medians.index, columns=values.columns)
+    nearest = int(medians.index[np.argmin(np.minimum(effects.abs().to_numpy(), REFERENCE_COST_CAP).sum(axis=1))])
+    return SubtypeEffects(effects, pd.Series(level, index=values.columns) * scale, scale, nearest)
 
 
 def _axis_part(marker: Marker, direction: str, signal: str) -> tuple[str, str, str]:
@@ -517,30 +567,34 @@ def _axis_part(marker: Marker, direction: str, signal: str) -> tuple[str, str, s
     return marker.axis, marker.compartment, suffix
 
 
+# A marker below this effect (within-cluster SDs) adds nothing to its axis part: the
+# noise of many unshifted markers must not add up to a subtype.
+PART_FLOOR = 0.5
+
+
 def name_clusters(effects: pd.DataFrame, catalog: Catalog, min_effect: float = 1.5) -> pd.DataFrame:
     """Name each cluster by the immune axes on which it departs from the reference.
 
-    A marker is *abnormal* in a cluster when its effect size against the reference
-    (see :func:`subtype_effects`) is at least ``min_effect`` within-cluster SDs in a
-    direction that has a ``signals`` entry in the catalog. The default 1.5 is more than
-    k-means can make by cutting one homogeneous group in two (the halves' medians sit
-    2 x 0.674 = 1.35 SD apart on the cut marker), so a split of the balanced group does
-    not read as a subtype, while the shifts that define immune subtypes (several SDs
-    on log-normal markers) do.
-
-    An axis part (an axis in a compartment, in one direction) is *abnormal* when any of
-    its markers is: a whole group departing from the reference by ``min_effect`` SDs on
-    one marker is a real difference, and some subtypes are defined by one marker per
-    direction (a Ledee-style endometrium with uNK over-activated and IL-18/TWEAK low
-    names both its endometrial parts, hence mixed). Markers with NaN effects (not
-    measured) name nothing.
+    An *axis part* is an axis in a compartment in one direction (NK high in blood, the
+    endometrium under-activated, ...). Its effect in a cluster is the Euclidean norm of
+    the effects (see :func:`subtype_effects`) of its markers toward the direction the
+    catalog signals, counting markers at least ``PART_FLOOR`` SDs that way: the
+    cluster's distance from the reference in that part's markers, in within-cluster
+    SDs. A part is *abnormal* when its effect reaches ``min_effect``. So one marker
+    must move ``min_effect`` SDs on its own, while an axis whose markers move together
+    (three Th1 markers 1.0 SD each: 1.7) is named from milder, consistent shifts: immune
+    subtypes shift the markers of an axis together, and KMeans cutting one homogeneous
+    group in two moves one direction, not an axis (the halves' medians sit
+    2 x 0.674 = 1.35 SD apart on the cut marker, under the default 1.5). A Ledee-style
+    endometrium with uNK over-activated and IL-18/TWEAK low names both of its parts.
+    Markers with NaN effects (not measured) name nothing.
 
     Parts are named ``f"{axis}-high"`` / ``f"{axis}-low"`` in blood and
     ``f"{axis}-over"`` (signal hyperactive) / ``f"{axis}-under"`` (signal hypoactive) in
-    the endometrium, joined with "+" by decreasing effect of their strongest marker.
-    No abnormal part gives "balanced". The profile comes from the signals of the
-    abnormal parts only, so a subtype maps to exactly one profile and "balanced" always
-    means profile balanced. Repeated names get "-2", "-3", ... in row order.
+    the endometrium, joined with "+" by decreasing effect. No abnormal part gives
+    "balanced". The profile comes from the signals of the abnormal parts only, so a
+    subtype maps to exactly one profile and "balanced" always means profile balanced.
+    Repeated names get "-2", "-3", ... in row order.
 
     Parameters
     ----------
@@ -554,44 +608,45 @@ def name_clusters(effects: pd.DataFrame, catalog: Catalog, min_effect: float = 1
     -------
     DataFrame
         Columns ``cluster``, ``subtype``, ``profile``, ``abnormal_markers`` (";"-joined,
-        every abnormal marker, strongest first) and ``evidence`` (the effect behind each abnormal marker, e.g.
-        ``pb_nk_pct +2.6 SD``), ";"-joined in the same order; ``signature`` (the markers of
-        the named parts, ";"-joined, sorted: what :func:`subtype_signatures` reads).
+        the markers of the abnormal parts, strongest first), ``evidence`` (per abnormal
+        part its effect and its markers', e.g. ``nk-high 1.7 SD (pb_nk_pct +1.1,
+        pb_nk_cytotox_pct +1.3)``, ";"-joined, strongest part first) and ``signature``
+        (the markers of the named parts, ";"-joined, sorted: what
+        :func:`subtype_signatures` reads).
     """
     if not min_effect > 0:
         raise ValueError(f"min_effect must be positive, got {min_effect!r}")
     markers = [m for m in catalog.numeric_markers if m.name in effects.columns and m.signals]
     rows = []
     for cluster, row in effects.iterrows():
-        hits: dict[tuple[str, str, str], list[tuple[float, str, str]]] = {}
-        abnormal: list[tuple[float, str, float]] = []
+        hits: dict[tuple[str, str, str], list[tuple[float, str, str, float]]] = {}
         for marker in markers:
             effect = row[marker.name]
             if pd.isna(effect):
                 continue
             effect = float(effect)
             for direction, signal in marker.signals.items():
-                part = _axis_part(marker, direction, signal)
                 toward = effect if direction == "above" else -effect
-                if toward >= min_effect:
-                    hits.setdefault(part, []).append((toward, marker.name, signal))
-                    abnormal.append((toward, marker.name, effect))
-        parts = [
-            (max(d for d, _, _ in found), part, {s for _, _, s in found}, [m for _, m, _ in found])
-            for part, found in hits.items()
-        ]
+                if toward >= PART_FLOOR:
+                    hits.setdefault(_axis_part(marker, direction, signal), []).append((toward, marker.name, signal, effect))
+        parts = []
+        for part, found in hits.items():
+            strength = float(np.sqrt(sum(toward**2 for toward, *_ in found)))
+            if strength >= min_effect:
+                parts.append((strength, part, sorted(found, key=lambda hit: (-hit[0], hit[1]))))
         parts.sort(key=lambda item: (-item[0], item[1]))
-        name = "+".join(f"{axis}-{suffix}" for _, (axis, _, suffix), _, _ in parts) or "balanced"
-        profile = _profile(s for _, _, signals, _ in parts for s in signals)
-        abnormal.sort(key=lambda item: (-item[0], item[1]))
+        names = [f"{axis}-{suffix}" for _, (axis, _, suffix), _ in parts]
         rows.append(
             {
                 "cluster": cluster,
-                "subtype": name,
-                "profile": profile,
-                "abnormal_markers": ";".join(marker_name for _, marker_name, _ in abnormal),
-                "evidence": ";".join(f"{marker_name} {effect:+.1f} SD" for _, marker_name, effect in abnormal),
-                "signature": ";".join(sorted(m for *_, found in parts for m in found)),
+                "subtype": "+".join(names) or BALANCED,
+                "profile": _profile(signal for *_, found in parts for _, _, signal, _ in found),
+                "abnormal_markers": ";".join(name for *_, found in parts for _, name, _, _ in found),
+                "evidence": ";".join(
+                    f"{label} {strength:.1f} SD ({', '.join(f'{name} {effect:+.1f}' for _, name, _, effect in found)})"
+                    for label, (strength, _, found) in zip(names, parts)
+                ),
+                "signature": ";".join(sorted(name for *_, found in parts for _, name, _, _ in found)),
             }
         )
     out = pd.DataFrame(rows, columns=["cluster", "subtype", "profile", "abnormal_markers", "evidence", "signature"])
@@ -669,7 +724,7 @@ def profiles_from_signatures(z: pd.DataFrame, signatures: list[Signature]) -> np
             hyper |= shown
         else:
             hypo |= shown
-    return np.select([hyper & hypo, hyper, hypo], ["mixed", "hyperactive", "hypoactive"], "balanced").astype(object)
+    return np.select([hyper & hypo, hyper, hypo], [MIXED, HYPERACTIVE, HYPOACTIVE], BALANCED).astype(object)
 
 
 def _disambiguate(names: list[str]) -> list[str]:
@@ -732,7 +787,7 @@ def rule_profile(band_positions: pd.DataFrame, catalog: Catalog) -> pd.Series:
                 hyper |= outside
             else:
                 hypo |= outside
-    profile = np.select([hyper & hypo, hyper, hypo], ["mixed", "hyperactive", "hypoactive"], "balanced")
+    profile = np.select([hyper & hypo, hyper, hypo], [MIXED, HYPERACTIVE, HYPOACTIVE], BALANCED)
     return pd.Series(profile, index=band_positions.index, name="rule_profile", dtype=object)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from rifml.config import load_yaml
+from rifml.config import TrainConfig, load_train_config, validate_mapping
 from rifml.evaluation import (
     classification_metrics,
     mean_abs_contributions,
@@ -22,9 +22,12 @@ from rifml.evaluation import (
     plot_shap_summary,
     rule_metrics,
 )
-from rifml.features import band_position
+from rifml.features import PanelFeatures, band_position
+from rifml.model import CalibratedBoostedClassifier
 from rifml.pipeline import BOTH, ImmuneProfiler
-from rifml.subtypes import plot_consensus, plot_k_selection, rule_profile
+from rifml.subtypes import ConsensusClustering, plot_consensus, plot_k_selection, rule_profile
+
+__all__ = ["TrainingResult", "check_floors", "load_train_config", "profiler_from_config", "train"]
 
 
 @dataclass
@@ -38,17 +41,30 @@ class TrainingResult:
     floor_failures: list[str] = field(default_factory=list)
 
 
-def load_train_config(path=None) -> dict:
-    return load_yaml(path, "train.yaml")
+def training_config(config: dict | TrainConfig) -> TrainConfig:
+    """Training settings as validated :class:`TrainConfig` (a mapping, e.g. edited in code, is checked)."""
+    if isinstance(config, TrainConfig):
+        return config
+    return validate_mapping(TrainConfig, config, "(given as a mapping)", "training config")
 
 
-def profiler_from_config(config: dict) -> ImmuneProfiler:
+def profiler_from_config(config: dict | TrainConfig, catalog_path: str | None = None) -> ImmuneProfiler:
+    """The unfitted pipeline train.yaml describes: each section sets one part, the seed and threads all of them."""
+    settings = training_config(config)
+    subtypes = settings.subtypes.model_dump()
+    clustering_keys = ConsensusClustering().get_params().keys() - {"random_state"}
+    features = settings.features.model_dump()
+    if features["lab_min_count"] is None:  # one threshold for "enough of a lab's data" unless set apart
+        features["lab_min_count"] = settings.subtypes.lab_min_panels
     return ImmuneProfiler(
-        **config.get("model", {}),
-        **config.get("subtypes", {}),
-        **config.get("explain", {}),
-        random_state=config.get("random_state", 0),
-        n_jobs=config.get("n_jobs", 1),
+        features=PanelFeatures(catalog_path=None if catalog_path is None else str(catalog_path), **features),
+        clustering=ConsensusClustering(**{k: v for k, v in subtypes.items() if k in clustering_keys},
+                                       random_state=settings.random_state),
+        classifier=CalibratedBoostedClassifier(**settings.model.model_dump(), random_state=settings.random_state,
+                                               n_jobs=settings.n_jobs),
+        **{k: v for k, v in subtypes.items() if k not in clustering_keys},
+        background_size=settings.explain.background_size,
+        random_state=settings.random_state,
     )
 
 
@@ -74,10 +90,16 @@ def check_floors(metrics: dict[str, float], floors: dict[str, float]) -> list[st
     return failures
 
 
-def train(panel: pd.DataFrame, labels: pd.Series | None, config: dict) -> TrainingResult:
-    """Fit the whole pipeline on a clean panel and compute metrics, plots and tables."""
+def train(panel: pd.DataFrame, labels: pd.Series | None, config: dict | TrainConfig,
+          catalog_path: str | None = None) -> TrainingResult:
+    """Fit the whole pipeline on a clean panel and compute metrics, plots and tables.
+
+    ``catalog_path`` names the marker catalog the panel was validated with (default
+    configs/markers.yaml); the fitted model carries that catalog.
+    """
+    settings = training_config(config)
     started = time.perf_counter()
-    profiler = profiler_from_config(config).fit(panel, labels)
+    profiler = profiler_from_config(settings, catalog_path).fit(panel, labels)
     seconds = time.perf_counter() - started
     catalog = profiler.catalog_
     profiles = list(catalog.profiles)
@@ -117,22 +139,23 @@ def train(panel: pd.DataFrame, labels: pd.Series | None, config: dict) -> Traini
         "calibration_curve": plot_calibration(truth, oof, profiles),
         "k_selection": plot_k_selection(profiler.clustering_),
         "consensus_matrix": plot_consensus(profiler.clustering_),
-        "shap_summary": plot_shap_summary(contributions, panel.reset_index(drop=True), called_names,
+        "shap_summary": plot_shap_summary(contributions, panel.reset_index(drop=True),
                                           "What drove each call (toward the called profile)"),
     }
     tables = {
         "subtypes": profiler.subtype_table_.set_index("cluster"),
         "mean_abs_shap_by_profile": mean_abs_contributions(contributions, called_names),
     }
-    floors = config.get("floors", {}) if profiler.supervised_ else config.get("label_free_floors", {})
+    floors = (settings.floors if profiler.supervised_ else settings.label_free_floors).model_dump(exclude_none=True)
     failures = check_floors(metrics, floors)
     params = {
         "supervised": profiler.supervised_,
         "catalog_version": catalog.catalog_version,
-        **{f"model.{k}": v for k, v in config.get("model", {}).items()},
-        **{f"subtypes.{k}": v for k, v in config.get("subtypes", {}).items()},
-        **{f"explain.{k}": v for k, v in config.get("explain", {}).items()},
+        **{f"{section}.{k}": v for section in ("model", "subtypes", "features", "explain")
+           for k, v in getattr(settings, section).model_dump().items()},
         **{f"floor.{k}": v for k, v in floors.items()},
-        "random_state": config.get("random_state", 0),
+        "random_state": settings.random_state,
+        "n_jobs": settings.n_jobs,
+        "features.lab_min_count": profiler.features_.lab_min_count,  # as used (null in train.yaml: lab_min_panels)
     }
     return TrainingResult(profiler, metrics, params, figures, tables, not failures, failures)

@@ -17,6 +17,7 @@ from rifml.explain.kernel import ARGMAX, BLOCK_ROWS, LEAVES, PATTERN, score_kern
 from rifml.explain.leaves import LeafTable, bitset_sizes, group_bitsets, leaf_table, starts, table_rows
 from rifml.explain import patterns
 from rifml.explain.patterns import TreeTable, pattern_table
+from rifml.config import MAX_NUM_LEAVES
 from rifml.errors import RifmlInputError
 from rifml.explain.shapley import FOR_A, FOR_B, MAX_PATH_FEATURES
 from rifml.explain.trees import parse_tree, stand_in
@@ -219,8 +220,8 @@ def check_tree_settings(num_leaves: object, n_features: int) -> None:
     LightGBM's own range for num_leaves and the leaf masks' width: a path can test at most
     MAX_PATH_FEATURES distinct features, which only many leaves over many features could exceed.
     """
-    if isinstance(num_leaves, bool) or not isinstance(num_leaves, (int, np.integer)) or not 2 <= num_leaves <= 131072:
-        raise RifmlInputError(f"model.num_leaves must be a whole number from 2 to 131072, got {num_leaves!r}")
+    if isinstance(num_leaves, bool) or not isinstance(num_leaves, (int, np.integer)) or not 2 <= num_leaves <= MAX_NUM_LEAVES:
+        raise RifmlInputError(f"model.num_leaves must be a whole number from 2 to {MAX_NUM_LEAVES}, got {num_leaves!r}")
     if num_leaves - 1 > MAX_PATH_FEATURES and n_features > MAX_PATH_FEATURES:
         raise RifmlInputError(
             f"model.num_leaves {num_leaves} with {n_features} model features could grow paths testing more than "

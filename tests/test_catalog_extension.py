@@ -1,0 +1,97 @@
+"""A new marker is a catalog entry, not a code change: train and score with an extended catalog."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from cli_support import refused, rifml
+from mlflow_support import quick_train_config
+from rifml.config import config_dir
+
+NEW = "pb_cd69_nk_pct"
+ENTRY = {
+    "name": NEW,
+    "axis": "nk",
+    "description": "CD69+ (activated) NK cells among peripheral NK cells",
+    "compartment": "blood",
+    "kind": "percent",
+    "unit": "%",
+    "valid_range": [0, 100],
+    "concern": "high",
+    "reference_band": [2.0, 10.0],
+    "signals": {"above": "hyperactive"},
+    "transform": "log",
+}
+
+
+def with_new_marker(path, profiles, seed):
+    """Add the new marker's column to a simulated file: high in hyperactive and mixed patients, as
+    measured in blood (missing where the panel has no blood markers)."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    rng = np.random.default_rng(seed)
+    high = profiles.isin(["hyperactive", "mixed"]).to_numpy()
+    values = np.exp(rng.normal(np.where(high, np.log(30.0), np.log(4.0)), 0.25))
+    frame[NEW] = np.where(frame["pb_nk_pct"] == "", "", np.round(values, 2).astype(str))
+    frame.to_csv(path, index=False)
+
+
+@pytest.fixture(scope="module")
+def extended(tmp_path_factory):
+    work = tmp_path_factory.mktemp("extended")
+    catalog = yaml.safe_load((config_dir() / "markers.yaml").read_text())
+    catalog["catalog_version"] = "1.0.1"
+    catalog["markers"].append(ENTRY)
+    (work / "extended.yaml").write_text(yaml.safe_dump(catalog, sort_keys=False))
+    (work / "train.yaml").write_text(quick_train_config("extended"))
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    for name, n, seed in [("cohort", 900, 21), ("batch", 300, 22)]:
+        done = rifml("simulate", "--n", n, "--seed", seed, "--output", f"{name}.csv", "--truth", f"{name}_truth.csv", cwd=work)
+        assert done.returncode == 0, done.stderr
+        truth = pd.read_csv(work / f"{name}_truth.csv", dtype=str, keep_default_na=False)
+        with_new_marker(work / f"{name}.csv", truth["immune_profile"], seed)
+    trained = rifml("train", "--data", "cohort.csv", "--catalog", "extended.yaml", "--config", "train.yaml",
+                    "--tracking-uri", uri, cwd=work)
+    assert trained.returncode == 0, trained.stderr
+    scored = rifml("score", "--input", "batch.csv", "--output", "calls.csv", "--rejects", "rejects.csv",
+                   "--catalog", "extended.yaml", "--model", "models:/rifml-immune-profile/1", "--tracking-uri", uri, cwd=work)
+    return work, uri, scored
+
+
+def test_the_model_records_the_catalog_it_was_trained_with(extended):
+    work, uri, _ = extended
+    import mlflow
+    from mlflow import MlflowClient
+
+    from mlflow_support import mlflow_store
+
+    with mlflow_store(uri):
+        client = MlflowClient()
+        version = client.get_model_version("rifml-immune-profile", "1")
+        params = client.get_run(version.run_id).data.params
+        assert params["catalog_version"] == "1.0.1"
+        # every setting is logged, the ones train.yaml left out included, as the fit used them
+        assert {"model.reg_lambda", "model.calibration_folds", "subtypes.pac_tolerance", "subtypes.scaling",
+                "features.censor_fraction"} <= params.keys()
+        assert params["features.lab_min_count"] == "30"
+        profiler = mlflow.pyfunc.load_model("models:/rifml-immune-profile/1").unwrap_python_model().profiler
+    assert profiler.catalog_.catalog_version == "1.0.1"
+    assert NEW in profiler.feature_names_
+
+
+def test_scoring_with_the_extended_catalog_calls_with_the_new_marker(extended):
+    work, _, scored = extended
+    assert scored.returncode == 0, scored.stderr
+    calls = pd.read_csv(work / "calls.csv", dtype=str, keep_default_na=False)
+    drivers = calls[["driver_1", "driver_2", "driver_3"]]
+    hyper = calls["immune_profile"] == "hyperactive"
+    # it separates hyperactive patients by construction: it must push many such calls
+    assert (drivers[hyper] == NEW).any(axis=1).mean() > 0.3
+    assert "rows in 300 = scored" in scored.stdout
+
+
+def test_the_installed_catalog_refuses_the_extended_model(extended):
+    work, uri, _ = extended
+    result = rifml("score", "--input", "batch.csv", "--output", "calls_default.csv", "--rejects", "rejects_default.csv",
+                   "--model", "models:/rifml-immune-profile/1", "--tracking-uri", uri, cwd=work)
+    refused(result, "trained with marker catalog 1.0.1", "this installation has 1.0")
