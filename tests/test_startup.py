@@ -32,8 +32,8 @@ def store(tmp_path_factory):
     done = rifml("train", "--data", "cohort.csv", "--config", "quick.yaml", "--tracking-uri", uri, cwd=work)
     assert done.returncode == 0, done.stderr
     # Version 2 (champion): the same profiler logged again, into its own folder (seconds, not a training).
-    profiler, _ = _load_with_mlflow(f"models:/{NAME}/1", uri)
-    with mlflow_store(uri):
+    with mlflow_store(uri):  # MLflow's URIs are process-wide: restored for the tests that follow
+        profiler, _ = _load_with_mlflow(f"models:/{NAME}/1", uri)
         logged = log_training(profiler, experiment="rifml-startup-test", uri=uri, params={}, metrics={}, figures={},
                               tables={}, floors_met=True, tags={})
     assert logged.version == "2" and logged.champion
@@ -84,7 +84,8 @@ def test_what_cannot_be_told_from_the_files_is_left_to_mlflow(store, tmp_path):
 def test_the_profiler_read_from_files_calls_exactly_as_the_one_mlflow_loads(store):
     work, uri = store
     fast, fast_metadata = load_profiler(f"models:/{NAME}@champion", uri)
-    slow, slow_metadata = _load_with_mlflow(f"models:/{NAME}@champion", uri)
+    with mlflow_store(uri):
+        slow, slow_metadata = _load_with_mlflow(f"models:/{NAME}@champion", uri)
     assert fast_metadata == slow_metadata and fast_metadata["catalog_version"]
     panel = pd.concat(chunk.panel for chunk in validated_chunks(PanelFile(work / "batch.csv", fast.catalog_)))
     pd.testing.assert_frame_equal(fast.call(panel), slow.call(panel))

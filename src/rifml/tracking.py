@@ -10,6 +10,7 @@ import os
 import pickle
 import re
 import sqlite3
+import sys
 import tempfile
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -297,9 +298,13 @@ def load_profiler(model_uri: str, tracking_uri: str | None = None):
     model_uri : str
         ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, a model folder, or any MLflow model URI.
     tracking_uri : str, optional
-        The store (default: :func:`resolve_tracking_uri`).
+        The store. Default: the one MLflow is connected to when a caller imported and
+        connected it (:func:`connect`), else :func:`resolve_tracking_uri`.
     """
-    uri = resolve_tracking_uri(tracking_uri)
+    if tracking_uri is None and "mlflow" in sys.modules:
+        uri = sys.modules["mlflow"].get_tracking_uri()
+    else:
+        uri = resolve_tracking_uri(tracking_uri)
     folder = local_model_folder(model_uri, uri)
     loaded = _read_model_folder(folder) if folder is not None else None
     return loaded if loaded is not None else _load_with_mlflow(model_uri, uri)
