@@ -184,6 +184,19 @@ def test_one_pass_explains_the_highest_margin_class(num_leaves):
     np.testing.assert_array_equal(phi, explainer.shap_values(X, margins.argmax(axis=1)))
 
 
+def test_a_few_rows_run_on_as_many_threads_as_blocks_with_the_same_answer():
+    import numba
+
+    model, X, _ = random_model(7, n_estimators=15)
+    explainer = InterventionalExplainer(model.booster_, X[:50])
+    threads = numba.get_num_threads()
+    small = explainer.margins_and_shap(X[:3])  # one block: one thread
+    assert numba.get_num_threads() == threads  # the caller's setting is restored
+    whole = explainer.margins_and_shap(X)  # 1,500 rows: six blocks over every thread
+    for got, expected in zip(small, whole):
+        np.testing.assert_array_equal(got, expected[:3])
+
+
 @pytest.mark.parametrize("num_leaves", [8, 63])
 def test_pickles_without_kernel_arrays_and_rebuilds_them(num_leaves):
     model, X, _ = random_model(6, num_leaves=num_leaves, n_estimators=15)

@@ -120,14 +120,40 @@ def test_repeated_ids_strip_and_ignore_blanks():
     assert v.repeated_ids(pd.Series([], dtype=object)) == frozenset()
 
 
-def test_range_prefilter_sends_exactly_the_rows_beyond_a_bound_to_pandera():
+def test_range_rules_give_the_reasons_a_pandera_schema_of_the_same_bounds_gives(catalog):
+    """The rules run with numpy (no schema library to import when scoring); pandera, given the
+    same bounds, is the reference: same failing cells, same first reason per cell."""
     import pandera.pandas as pandera
 
-    numbers = pd.DataFrame({"a": [1.0, -2.0, np.nan, 5.0], "b": [0.5, 0.5, 120.0, np.nan]})
-    bounded = pandera.DataFrameSchema(
-        {"a": pandera.Column(float, checks=[pandera.Check.ge(0)], nullable=True),
-         "b": pandera.Column(float, checks=[pandera.Check.le(100)], nullable=True)}
-    )
-    assert v._rows_past_bounds(numbers, bounded).tolist() == [False, True, True, False]
-    custom = pandera.DataFrameSchema({"a": pandera.Column(float, checks=[pandera.Check(lambda s: s != 5.0)], nullable=True)})
-    assert v._rows_past_bounds(numbers, custom).all()  # no plain bound to read: pandera sees every row
+    rules = v.range_rules(catalog)
+    columns = list(dict.fromkeys(rule.column for rule in rules))
+    rng = np.random.default_rng(5)
+    cells = np.array([-3.0, -0.0, 0.0, 0.5, 7.0, 99.9, 100.0, 100.5, 150.0, 1e6, np.nan])
+    numbers = {c: rng.choice(cells, 400) for c in columns}
+    schema = pandera.DataFrameSchema({
+        c: pandera.Column(float, nullable=True, checks=[
+            pandera.Check.ge(r.minimum, error=r.reason, ignore_na=True) if r.minimum is not None
+            else pandera.Check.le(r.maximum, error=r.reason, ignore_na=True)
+            for r in rules if r.column == c])
+        for c in columns
+    })
+    expected: dict[tuple[int, str], str] = {}
+    try:
+        schema.validate(pd.DataFrame(numbers), lazy=True)
+    except pandera.errors.SchemaErrors as errors:
+        cases = errors.failure_cases
+        cases = cases[cases["index"].notna()]
+        order = {(r.column, r.reason): i for i, r in enumerate(rules)}
+        for case in sorted(cases.itertuples(), key=lambda c: order[(c.column, c.check)]):
+            expected.setdefault((int(case.index), case.column), case.check)
+    found = {(i, column): reason for column, reasons in v._range_problems(numbers, catalog).items()
+             for i, reason in enumerate(reasons) if reason is not None}
+    assert len(expected) > 100 and {v.NEGATIVE, v.PERCENT_ABOVE_100} <= set(expected.values())
+    assert found == expected
+
+
+def test_range_rules_come_from_the_catalog(catalog):
+    rules = {(r.column, r.reason) for r in v.range_rules(catalog)}
+    percent = next(m for m in catalog.numeric_markers if m.kind == "percent" and m.valid_range[1] == 100)
+    assert (percent.name, v.PERCENT_ABOVE_100) in rules and (percent.name, v.NEGATIVE) in rules
+    assert {column for column, _ in rules} >= {m.name for m in catalog.numeric_markers if m.valid_range[0] is not None}

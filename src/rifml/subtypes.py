@@ -27,12 +27,7 @@ from numbers import Integral, Real
 
 import numpy as np
 import pandas as pd
-from scipy.cluster.hierarchy import fcluster, linkage
-from scipy.spatial.distance import squareform
 from sklearn.base import BaseEstimator, ClusterMixin, _fit_context
-from sklearn.cluster import KMeans
-from sklearn.metrics import adjusted_rand_score
-from sklearn.neighbors import NearestNeighbors
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -230,6 +225,10 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
             return self._fit(X)
 
     def _fit(self, X: np.ndarray) -> "ConsensusClustering":
+        # Fitting only: scoring unpickles this class and never pays for importing these.
+        from sklearn.cluster import KMeans
+        from sklearn.metrics import adjusted_rand_score
+
         rng = check_random_state(self.random_state)
 
         # Rows entering the consensus matrices (a random subset when n is large).
@@ -298,6 +297,10 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
 
     def _final_labels(self, Z: np.ndarray, Zi: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
         """KMeans on all rows: best of k-means++ restarts and a consensus-seeded start."""
+        from scipy.cluster.hierarchy import fcluster, linkage
+        from scipy.spatial.distance import squareform
+        from sklearn.cluster import KMeans
+
         k = self.k_
         distance = 1.0 - self.consensus_.astype(np.float64)
         np.fill_diagonal(distance, 0.0)
@@ -351,6 +354,8 @@ def select_k(pac: Mapping[int, float], tolerance: float = 0.05) -> int:
 
 def _fit_scaling(X: np.ndarray, scaling: str) -> tuple[np.ndarray, np.ndarray]:
     """Median centring and a robust scale per column (see ConsensusClustering, Scaling)."""
+    from sklearn.neighbors import NearestNeighbors
+
     center = np.median(X, axis=0)
     q75, q25 = np.percentile(X, [75, 25], axis=0)
     # IQR / 1.349 is the normal-consistent SD; constant columns keep scale 1.

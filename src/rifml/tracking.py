@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import sqlite3
+import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -17,6 +20,7 @@ from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from rifml import __version__
 from rifml.catalog import Catalog
@@ -30,6 +34,8 @@ QUIET_ENV = {
     "MLFLOW_LOGGING_LEVEL": "ERROR",
 }
 CHAMPION = "champion"
+# The logged model's artifact holding the pickled ImmuneProfiler (serving.RifmlModel loads it too).
+PROFILER_ARTIFACT = "profiler"
 SQLITE_PREFIX = "sqlite:///"
 
 
@@ -240,7 +246,7 @@ def _log_training(profiler, *, experiment, uri, params, metrics, figures, tables
 
     from mlflow.types.schema import ParamSchema, ParamSpec
 
-    from rifml.serving import LAB_OFFSETS_PARAM, PROFILER_ARTIFACT, score_frame
+    from rifml.serving import LAB_OFFSETS_PARAM, score_frame
 
     experiment_id = ensure_experiment(experiment, uri)
     catalog = profiler.catalog_
@@ -277,10 +283,106 @@ def _log_training(profiler, *, experiment, uri, params, metrics, figures, tables
     return LoggedModel(run.info.run_id, info.model_uri, str(version.version), floors_met, experiment_id)
 
 
-def load_profiler(model_uri: str):
-    """The fitted ImmuneProfiler inside a logged rifml model, plus the model's metadata."""
+def load_profiler(model_uri: str, tracking_uri: str | None = None):
+    """The fitted ImmuneProfiler inside a logged rifml model, plus the model's metadata.
+
+    A registered model in a SQLite store whose artifacts are local files, or a model given
+    as a folder, is read straight from its files (:func:`local_model_folder`): importing
+    MLflow and its store would take longer than scoring a daily batch. It is the same
+    pickled profiler that MLflow's pyfunc loader unpickles for REST and Spark. Anything
+    else (another kind of store, an unknown model or alias) goes through MLflow, which
+    also words the errors.
+
+    Parameters
+    ----------
+    model_uri : str
+        ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, a model folder, or any MLflow model URI.
+    tracking_uri : str, optional
+        The store. Default: the one MLflow is connected to when a caller imported and
+        connected it (:func:`connect`), else :func:`resolve_tracking_uri`.
+    """
+    if tracking_uri is None and "mlflow" in sys.modules:
+        uri = sys.modules["mlflow"].get_tracking_uri()
+    else:
+        uri = resolve_tracking_uri(tracking_uri)
+    folder = local_model_folder(model_uri, uri)
+    loaded = _read_model_folder(folder) if folder is not None else None
+    return loaded if loaded is not None else _load_with_mlflow(model_uri, uri)
+
+
+# models:/NAME@ALIAS or models:/NAME/VERSION (a registered model); other forms are left to MLflow.
+_REGISTERED = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?")
+# MLflow's registry tables (SQLAlchemy store, mlflow 3.17): one query from an alias or version to its files.
+_VERSION_QUERY = (
+    "SELECT v.storage_location FROM model_versions v {join} WHERE v.name = ? AND {where}"
+)
+
+
+def local_model_folder(model_uri: str, tracking_uri: str) -> Path | None:
+    """The local folder holding a model's files, found without MLflow; None when it cannot be told here.
+
+    A registered model in a SQLite store is resolved with one read-only query of the
+    registry (the alias or version, to the version's storage location); a ``file:`` URI or
+    a path is the folder itself. A missing alias, several matching rows (workspaces), a
+    remote artifact store or an unreadable store all give None.
+    """
+    match = _REGISTERED.fullmatch(model_uri)
+    if match is None:
+        if "://" in model_uri and not model_uri.startswith("file://") or model_uri.startswith(("models:", "runs:")):
+            return None
+        folder = _file_path(model_uri)
+        return folder if (folder / "MLmodel").is_file() else None
+    db = sqlite_path(tracking_uri)
+    if db is None or not db.is_file():
+        return None
+    if match["alias"] is not None:
+        query = _VERSION_QUERY.format(
+            join="JOIN registered_model_aliases a ON a.name = v.name AND a.version = v.version AND a.workspace = v.workspace",
+            where="a.alias = ?",
+        )
+        key = match["alias"]
+    else:
+        query, key = _VERSION_QUERY.format(join="", where="v.version = ?"), int(match["version"])
+    try:
+        with closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as store:
+            found = store.execute(query, (match["name"], key)).fetchall()
+    except sqlite3.Error:
+        return None
+    if len(found) != 1 or not found[0][0] or not str(found[0][0]).startswith("file:"):
+        return None
+    folder = _file_path(found[0][0])
+    return folder if (folder / "MLmodel").is_file() else None
+
+
+def _file_path(location: str) -> Path:
+    from urllib.parse import unquote, urlparse
+
+    if location.startswith("file:"):
+        return Path(unquote(urlparse(location).path))
+    return Path(location)
+
+
+def _read_model_folder(folder: Path):
+    """(profiler, metadata) from a logged rifml model's files; None for a model that is not laid out as rifml logs it."""
+    try:
+        spec = yaml.load((folder / "MLmodel").read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        artifact = spec["flavors"]["python_function"]["artifacts"][PROFILER_ARTIFACT]["path"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    path = folder / artifact
+    if not path.is_file():
+        return None
+    with path.open("rb") as handle:
+        profiler = pickle.load(handle)
+    if not hasattr(profiler, "call"):
+        return None
+    return profiler, dict(spec.get("metadata") or {})
+
+
+def _load_with_mlflow(model_uri: str, tracking_uri: str):
     import mlflow
 
+    connect(tracking_uri)
     try:
         # suppress_warnings skips MLflow's requirements check, which scans every installed
         # distribution (~0.6 s per load); scikit-learn still warns when it unpickles an
@@ -322,8 +424,6 @@ def log_outcomes(
 
 def _missing_alias_message(model_uri: str) -> str | None:
     """For ``models:/NAME@ALIAS`` whose alias is unset: what is registered, and the --model to use."""
-    import re
-
     import mlflow
     from mlflow import MlflowClient
 

@@ -5,8 +5,8 @@ Parquet) and returns the clean panel of the accepted rows plus one reject record
 per refused row. No file access here; see :mod:`rifml.io.reader` for that.
 
 A cell is empty (missing), a number, or ``<x`` (below the limit of detection x,
-a valid left-censored value). Parsing is vectorized per column; range rules are a
-pandera schema built from the catalog, so each failed check names its reason.
+a valid left-censored value). Parsing is vectorized per column; range rules are plain
+bounds declared once from the catalog (:func:`range_rules`), each named by its reason.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import pandera.pandas as pandera
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyarrow import types as pa_types
@@ -214,85 +213,69 @@ def parse_category(column: pd.Series, lookup: dict[str, str]) -> tuple[pd.Catego
     return pd.Categorical.from_codes(codes, categories=categories), present, problem
 
 
-def _range_checks(low: float | None, high: float | None, percent: bool) -> list[pandera.Check]:
-    checks = []
+@dataclass(frozen=True)
+class RangeRule:
+    """One range rule of a numeric column: values below ``minimum`` or above ``maximum`` fail with ``reason``.
+
+    Missing values (NaN) never fail. A column's rules are tried in order; the first that
+    fails names the cell's reason.
+    """
+
+    column: str
+    reason: str
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def fails(self, values: np.ndarray) -> np.ndarray:
+        return values < self.minimum if self.minimum is not None else values > self.maximum
+
+
+def _column_rules(name: str, low: float | None, high: float | None, percent: bool) -> list[RangeRule]:
+    # "negative value" first: a negative cell also fails a positive lower bound, and is clearer.
+    rules = []
     if low is not None and low >= 0:
-        checks.append(pandera.Check.ge(0, error=NEGATIVE, ignore_na=True))
+        rules.append(RangeRule(name, NEGATIVE, minimum=0))
     if low is not None and low != 0:
-        checks.append(pandera.Check.ge(low, error=BELOW_RANGE.format(limit=low), ignore_na=True))
+        rules.append(RangeRule(name, BELOW_RANGE.format(limit=low), minimum=low))
     if high is not None:
         # "percentage above 100" is the contract's reason for the 100 limit; a catalog that narrows a
         # percentage (max 20) says so instead, or the reason would name a limit the value is under.
         reason = PERCENT_ABOVE_100 if percent and high == 100 else ABOVE_RANGE.format(limit=high)
-        checks.append(pandera.Check.le(high, error=reason, ignore_na=True))
-    return checks
+        rules.append(RangeRule(name, reason, maximum=high))
+    return rules
 
 
-_SCHEMAS: dict[int, tuple[Catalog, pandera.DataFrameSchema]] = {}
+def range_rules(catalog: Catalog) -> list[RangeRule]:
+    """Every numeric column's range rules, from the catalog's valid ranges (the one declaration of them).
 
-
-def range_schema(catalog: Catalog) -> pandera.DataFrameSchema:
-    """A pandera schema with every numeric column's range rules, each check named by its reason."""
-    cached = _SCHEMAS.get(id(catalog))
-    if cached is not None and cached[0] is catalog:
-        return cached[1]
-    columns: dict[str, pandera.Column] = {}
+    Plain bounds, applied with numpy by :func:`validate_chunk` for every command (validate,
+    score, REST, Spark): no schema library on the scoring path, which a small batch would
+    wait seconds to import.
+    """
+    rules: list[RangeRule] = []
     for marker in catalog.numeric_markers:
         low, high = marker.valid_range
-        columns[marker.name] = pandera.Column(
-            float, checks=_range_checks(low, high, marker.kind == "percent"), nullable=True, required=False
-        )
+        rules += _column_rules(marker.name, low, high, marker.kind == "percent")
     for ctx in catalog.context:
         if ctx.kind == "number" and ctx.valid_range is not None:
             low, high = ctx.valid_range
-            columns[ctx.name] = pandera.Column(float, checks=_range_checks(low, high, False), nullable=True, required=False)
-    schema = pandera.DataFrameSchema(columns, strict=False, coerce=False)
-    _SCHEMAS[id(catalog)] = (catalog, schema)
-    return schema
+            rules += _column_rules(ctx.name, low, high, False)
+    return rules
 
 
-def _rows_past_bounds(numbers: pd.DataFrame, schema: pandera.DataFrameSchema) -> np.ndarray:
-    """Rows with a value beyond a bound of the schema's own checks (NaN never is).
-
-    A prefilter: most chunks are clean, and pandera, which names the reasons, then only
-    sees the suspect rows. A check without a plain bound sends every row to pandera.
-    """
-    suspect = np.zeros(len(numbers), dtype=bool)
-    for name, column in schema.columns.items():
-        if name not in numbers:
+def _range_problems(numbers: dict[str, np.ndarray], catalog: Catalog) -> dict[str, np.ndarray]:
+    """Column -> reason or None per row, the first failing rule per cell (columns without a failure left out)."""
+    problems: dict[str, np.ndarray] = {}
+    for rule in range_rules(catalog):
+        values = numbers.get(rule.column)
+        if values is None:
             continue
-        values = numbers[name].to_numpy(dtype=np.float64)
-        for check in column.checks:
-            if "min_value" in check.statistics:
-                suspect |= values < check.statistics["min_value"]
-            elif "max_value" in check.statistics:
-                suspect |= values > check.statistics["max_value"]
-            else:
-                return np.ones(len(numbers), dtype=bool)
-    return suspect
-
-
-def _range_problems(numbers: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
-    """(position, column, reason) for every range failure, first failing check per cell."""
-    schema = range_schema(catalog)
-    suspect = _rows_past_bounds(numbers, schema)
-    try:
-        if suspect.any():  # numbers has a positional index, so failure positions stay positions
-            schema.validate(numbers.loc[suspect], lazy=True)
-    except pandera.errors.SchemaErrors as errors:
-        cases = errors.failure_cases
-        cases = cases[cases["index"].notna()].copy()
-        # A negative value also fails a positive lower bound; "negative value" is the clearer reason.
-        cases["rank"] = (cases["check"] != NEGATIVE).astype(int)
-        cases = cases.sort_values("rank", kind="stable")
-        return pd.DataFrame(
-            {
-                "position": cases["index"].astype("int64").to_numpy(),
-                "column": cases["column"].to_numpy(),
-                "reason": cases["check"].to_numpy(),
-            }
-        )
-    return pd.DataFrame({"position": [], "column": [], "reason": []})
+        failed = rule.fails(values)
+        if not failed.any():
+            continue
+        reasons = problems.setdefault(rule.column, np.full(len(values), None, dtype=object))
+        reasons[failed & pd.isna(reasons)] = rule.reason
+    return problems
 
 
 def repeated_ids(*parts: pd.Series) -> frozenset[str]:
@@ -405,9 +388,9 @@ def validate_chunk(
         found = pd.notna(reasons)
         problems[column] = np.where(found, reasons, problems.get(column, np.full(n, None, dtype=object)))
 
-    for position, column, reason in _range_problems(pd.DataFrame(numbers), catalog).itertuples(index=False):
-        if problems[column][position] is None:
-            problems[column][position] = reason
+    for column, reasons in _range_problems(numbers, catalog).items():
+        fresh = pd.notna(reasons) & pd.isna(problems[column])  # a parse or unit problem comes first
+        problems[column] = np.where(fresh, reasons, problems[column])
 
     no_markers = np.where(~any_marker, NO_MARKERS, None)
     reject_mask, first_column, first_reason, summary = _first_problems(problems, no_markers)

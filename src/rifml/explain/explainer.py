@@ -10,9 +10,10 @@ bitwise equal to LightGBM's raw scores.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
-from rifml.explain.kernel import ARGMAX, LEAVES, PATTERN, score_kernel
+from rifml.explain.kernel import ARGMAX, BLOCK_ROWS, LEAVES, PATTERN, score_kernel
 from rifml.explain.leaves import LeafTable, bitset_sizes, group_bitsets, leaf_table, starts, table_rows
 from rifml.explain import patterns
 from rifml.explain.patterns import TreeTable, pattern_table
@@ -167,6 +168,19 @@ class InterventionalExplainer:
 
     def _run(self, X: np.ndarray, classes: np.ndarray, explain: bool) -> tuple[np.ndarray, np.ndarray]:
         Xt = np.ascontiguousarray(np.asarray(X, dtype=np.float64).T)  # feature-major for the kernel
+        # A block of rows is the unit of parallel work: threads beyond the blocks only wait, and waking
+        # them costs a small request (one panel over REST) more than its scoring.
+        threads = numba.get_num_threads()
+        blocks = -(-Xt.shape[1] // BLOCK_ROWS)
+        if blocks >= threads:
+            return self._kernel(Xt, classes, explain)
+        numba.set_num_threads(max(blocks, 1))
+        try:
+            return self._kernel(Xt, classes, explain)
+        finally:
+            numba.set_num_threads(threads)
+
+    def _kernel(self, Xt: np.ndarray, classes: np.ndarray, explain: bool) -> tuple[np.ndarray, np.ndarray]:
         return score_kernel(
             Xt, classes, explain, self.n_classes_, self.n_features_, self._copy_feature, self._copy_value,
             self._copy_zeros, self._tree_class, self._tree_kind, self._node_start, self._n_nodes, self._node_column,
@@ -176,6 +190,10 @@ class InterventionalExplainer:
             self._group_masks, self._group_weights, self._group_union, self._table_start, self._full_table, self._tables,
             self._bitset_start, self._bitsets, FOR_A, FOR_B,
         )
+
+    def warm_up(self) -> None:
+        """Load the compiled kernel (numba's on-disk cache) now, with one row, rather than on the first request."""
+        self.margins(np.zeros((1, self.n_features_)))
 
     def margins(self, X: np.ndarray) -> np.ndarray:
         """Raw margins (n, n_classes), summed tree by tree in LightGBM's order (bitwise equal)."""

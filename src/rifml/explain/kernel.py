@@ -179,3 +179,13 @@ def score_kernel(Xt, classes, explain, n_classes, n_features, copy_feature, copy
                     for s in range(d):
                         phi[row, leaf_features[f0 + s]] += tables[at + s]
     return margins, phi
+
+
+def warm_up() -> None:
+    """Load numba's compiled runtime now, from the on-disk cache, by one trivial cached call.
+
+    The first cached dispatch of a process imports and registers numba's whole CPU target
+    (about a fifth of a small batch's start-up); scoring starts this in a thread while it
+    checks paths, reads the catalog and unpickles the model, and the kernels then load at once.
+    """
+    lowest_bit(np.int64(1))
