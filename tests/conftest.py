@@ -9,6 +9,11 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist already runs one test per core: one level of parallelism, so BLAS, LightGBM (OpenMP) and the
+    # numba kernels stay single-threaded here and in the rifml processes the tests start.
+    for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(_variable, "1")
 
 from rifml.catalog import load_catalog  # noqa: E402
 
