@@ -26,11 +26,11 @@ def mlflow_store(uri: str):
                 os.environ.pop(name, None)
 
 
-def quick_train_config(experiment: str) -> str:
+def quick_train_config(experiment: str, n_estimators: int = 40, k_max: int = 5, n_resamples: int = 5) -> str:
     """Small, fast training settings; floors at zero so the new version always becomes champion."""
     return f"""
-model: {{n_estimators: 40, num_leaves: 8, learning_rate: 0.15, min_child_samples: 20}}
-subtypes: {{k_min: 2, k_max: 5, n_resamples: 5, subsample: 0.8}}
+model: {{n_estimators: {n_estimators}, num_leaves: 8, learning_rate: 0.15, min_child_samples: 20}}
+subtypes: {{k_min: 2, k_max: {k_max}, n_resamples: {n_resamples}, subsample: 0.8}}
 explain: {{background_size: 100}}
 random_state: 0
 n_jobs: 1
