@@ -43,11 +43,11 @@ def test_train_logs_registers_and_crowns(trained):
     work, result = trained
     assert (work / "mlflow.db").exists()  # default store: sqlite in the working directory
     assert "version 1 (alias champion now points here)" in result.stdout
-    import mlflow
     from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(f"sqlite:///{work / 'mlflow.db'}")
-    client = MlflowClient()
+    # both URIs named: an earlier test in this process may have pointed MLflow's registry at another store
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     version = client.get_model_version_by_alias("rifml-immune-profile", "champion")
     run = client.get_run(version.run_id)
     for metric in ["cv_macro_f1", "cv_balanced_accuracy", "cv_ece", "rule_macro_f1", "subtype_stability", "cv_f1_mixed"]:

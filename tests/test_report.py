@@ -191,11 +191,9 @@ def test_index_summarizes_rejects_and_describes_the_registered_model(scored, pag
     assert len(rejects) > 0
     for reason, count in rejects["reason"].value_counts().items():
         assert re.search(rf"<td>{re.escape(html.escape(reason))}</td><td class=\"num\">{count}</td>", index)
-    import mlflow
     from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(uri)
-    version = MlflowClient().get_model_version("rifml-immune-profile", "1")
+    version = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version("rifml-immune-profile", "1")
     assert "rifml-immune-profile version 1" in index
     assert version.run_id in index
     assert "macro-F1 (cross-validated)" in index
