@@ -21,8 +21,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/rifml demo --workdir rifml-demo
 
+# One worker per core (pytest-xdist); each test file runs whole on one worker, so module fixtures run once.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests --nbmake notebooks
+	$(BIN)/python -m pytest -q -n auto --dist loadfile tests --nbmake notebooks
 
 N ?= 100000
 REPEATS ?= 3

@@ -210,7 +210,7 @@ def test_pickles_without_kernel_arrays_and_rebuilds_them(num_leaves):
 def test_single_leaf_trees_and_bad_background():
     X = np.zeros((100, 3))
     y = np.r_[np.zeros(50), np.ones(50)]
-    model = lgb.LGBMClassifier(n_estimators=3, verbose=-1, min_child_samples=60).fit(X, y)
+    model = lgb.LGBMClassifier(n_estimators=3, verbose=-1, min_child_samples=60, n_jobs=1).fit(X, y)
     explainer = InterventionalExplainer(model.booster_, X[:5])
     assert np.all(explainer.shap_values(X[:3], 0) == 0)
     with pytest.raises(ValueError):

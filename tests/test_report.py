@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from rifml.errors import RifmlInputError
 from rifml.report import (
@@ -32,7 +31,7 @@ from rifml.report import (
     waterfall,
     write_report,
 )
-from rifml.training import load_train_config
+from mlflow_support import SHARED_PANELS, copy_store
 
 RIFML = str(Path(sys.executable).parent / "rifml")
 ODD_IDS = [
@@ -58,16 +57,11 @@ def rifml(*args, cwd):
 
 
 @pytest.fixture(scope="module")
-def scored(tmp_path_factory):
-    """Train with the CLI, score a batch holding odd ids and an unknown lab, then write the report."""
-    work = tmp_path_factory.mktemp("report")
-    uri = f"sqlite:///{work / 'mlflow.db'}"
-    settings = load_train_config()
-    settings["model"]["n_estimators"], settings["subtypes"]["n_resamples"] = 60, 10  # a faster model is enough here
-    (work / "train.yaml").write_text(yaml.safe_dump(settings))
-    rifml("simulate", "--n", 900, "--seed", 11, "--output", "cohort.csv", cwd=work)
-    rifml("train", "--data", "cohort.csv", "--experiment", "report-test", "--tracking-uri", uri, "--config", "train.yaml",
-          cwd=work)
+def scored(trained_store, tmp_path_factory):
+    """Score a batch holding odd ids and an unknown lab with the session's model (in a copy of its store, which
+    the test searches for patient ids), then write the report with the CLI."""
+    store = copy_store(trained_store, tmp_path_factory.mktemp("report"))
+    work, uri = store.folder, store.uri
     rifml("simulate", "--n", 300, "--seed", 12, "--bad-share", 0.03, "--output", "batch.csv", "--truth", "truth.csv", cwd=work)
     batch = pd.read_csv(work / "batch.csv", dtype=str, keep_default_na=False)
     truth = pd.read_csv(work / "truth.csv", dtype=str, keep_default_na=False)
@@ -197,15 +191,13 @@ def test_index_summarizes_rejects_and_describes_the_registered_model(scored, pag
     assert len(rejects) > 0
     for reason, count in rejects["reason"].value_counts().items():
         assert re.search(rf"<td>{re.escape(html.escape(reason))}</td><td class=\"num\">{count}</td>", index)
-    import mlflow
     from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(uri)
-    version = MlflowClient().get_model_version("rifml-immune-profile", "1")
+    version = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version("rifml-immune-profile", "1")
     assert "rifml-immune-profile version 1" in index
     assert version.run_id in index
     assert "macro-F1 (cross-validated)" in index
-    assert "trained on</dt><dd>900 panels" in index
+    assert f"trained on</dt><dd>{SHARED_PANELS:,} panels" in index
 
 
 def test_patient_ids_never_reach_mlflow(scored):

@@ -15,18 +15,15 @@ import pytest
 import yaml
 
 from cli_support import refused, rifml
-from mlflow_support import quick_train_config
+from mlflow_support import copy_store
 from rifml.config import config_dir
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A quick model in a SQLite store (version 1, champion), a batch to score, its calls and rejects."""
-    work = tmp_path_factory.mktemp("safety")
-    (work / "quick.yaml").write_text(quick_train_config("safety"))
-    assert rifml("simulate", "--n", 500, "--seed", 21, "--output", "cohort.csv", cwd=work).returncode == 0
-    trained = rifml("train", "--data", "cohort.csv", "--config", "quick.yaml", cwd=work)
-    assert trained.returncode == 0, trained.stderr
+def store(trained_store, tmp_path_factory):
+    """A quick model in the default SQLite store of the folder (version 1, champion), a batch to score, its calls
+    and rejects."""
+    work = copy_store(trained_store, tmp_path_factory.mktemp("safety")).folder
     assert rifml("simulate", "--n", 120, "--seed", 22, "--bad-share", 0.05, "--output", "batch.csv", cwd=work).returncode == 0
     scored = rifml("score", "--input", "batch.csv", "--output", "calls.csv", "--rejects", "rejects.csv", cwd=work)
     assert scored.returncode == 0, scored.stderr

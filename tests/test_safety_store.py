@@ -15,7 +15,8 @@ from mlflow_support import quick_train_config
 def cohort(tmp_path_factory):
     """A small cohort and fast training settings, copied into each test's own folder."""
     work = tmp_path_factory.mktemp("store")
-    (work / "quick.yaml").write_text(quick_train_config("store-test"))
+    # what is tested is the store, not the model: the smallest settings that still train every part
+    (work / "quick.yaml").write_text(quick_train_config("store-test", n_estimators=10, k_max=3, n_resamples=2))
     assert rifml("simulate", "--n", 300, "--seed", 31, "--output", "cohort.csv", cwd=work).returncode == 0
     return work
 

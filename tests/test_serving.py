@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow_support import mlflow_store, quick_train_config
+from mlflow_support import mlflow_store
 
 from rifml.pipeline import calls_columns, profile_columns
 from rifml.serving import score_frame
@@ -65,14 +65,11 @@ def stop_group(server: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(trained_store, tmp_path_factory):
+    """The session's trained store (read only: serving loads the champion) and a 40-panel batch."""
     work = tmp_path_factory.mktemp("serving")
-    (work / "quick.yaml").write_text(quick_train_config("rifml-serving-test"))
-    run("rifml", "simulate", "--n", 1200, "--seed", 11, "--output", "cohort.csv", cwd=work)
     run("rifml", "simulate", "--n", 40, "--seed", 12, "--output", "batch.csv", cwd=work)
-    uri = f"sqlite:///{(work / 'mlflow.db').resolve()}"  # absolute path: four slashes
-    run("rifml", "train", "--data", "cohort.csv", "--config", "quick.yaml", "--tracking-uri", uri, cwd=work)
-    return work, uri
+    return work, trained_store.uri
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow_support import mlflow_store, quick_train_config
+from mlflow_support import mlflow_store
 from typer.testing import CliRunner
 
 pytest.importorskip("pyspark", reason="pyspark is not installed (pip install -e '.[spark]')")
@@ -44,31 +44,11 @@ def run(*args, cwd):
 
 
 @pytest.fixture(scope="module")
-def training(tmp_path_factory):
-    """Start `rifml train` in the background, so the Spark session starts while it runs."""
+def work(trained_store, spark, tmp_path_factory):
+    """The session's trained store (read only), and a 300-row batch with corrupt rows, duplicates far apart,
+    a short row, an extra column."""
     work = tmp_path_factory.mktemp("spark")
-    (work / "quick.yaml").write_text(quick_train_config("rifml-spark-test"))
-    run("simulate", "--n", 1200, "--seed", 21, "--output", "cohort.csv", cwd=work)
     run("simulate", "--n", N_SIMULATED, "--seed", 22, "--bad-share", 0.1, "--output", "sim.csv", cwd=work)
-    uri = f"sqlite:///{(work / 'mlflow.db').resolve()}"
-    process = subprocess.Popen(
-        [str(BIN / "rifml"), "train", "--data", "cohort.csv", "--config", "quick.yaml", "--tracking-uri", uri],
-        cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        yield work, uri, process
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-
-
-@pytest.fixture(scope="module")
-def work(training, spark):
-    """A trained store, and a 300-row batch with corrupt rows, duplicates far apart, a short row, an extra column."""
-    work, uri, process = training
-    _, stderr = process.communicate(timeout=600)
-    assert process.returncode == 0, stderr
     batch = pd.read_csv(work / "sim.csv", dtype=str, keep_default_na=False)
     batch["site_note"] = [f'note {i}, "quoted"' if i % 7 == 0 else "" for i in range(len(batch))]
     first, middle = batch.iloc[[0]], batch.iloc[[150]]
@@ -76,7 +56,7 @@ def work(training, spark):
     batch.to_csv(work / "batch.csv", index=False)
     with (work / "batch.csv").open("a") as handle:
         handle.write("SHORT-1,lab_A,2025-01-01\n")  # wrong number of fields
-    return work, uri
+    return work, trained_store.uri
 
 
 def score(work, uri, engine):

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mlflow_support import quick_train_config
+from mlflow_support import SHARED_EXPERIMENT, copy_store
 from rifml.ui import server_command
 
 RIFML = str(Path(sys.executable).parent / "rifml")
@@ -43,18 +43,10 @@ def fetch_json(url, body=None):
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A store with one training run (1200 panels, seed 5, floors at zero, so it is champion)."""
-    work = tmp_path_factory.mktemp("ui")
-    assert rifml("simulate", "--n", 1200, "--seed", 5, "--output", "cohort.csv", cwd=work).returncode == 0
-    uri = f"sqlite:///{work / 'mlflow.db'}"  # four slashes: absolute path
-    (work / "train.yaml").write_text(quick_train_config("ui-test"))  # floors at zero: the UI needs a champion
-    trained = rifml("train", "--data", "cohort.csv", "--experiment", "ui-test", "--tracking-uri", uri,
-                    "--config", "train.yaml", cwd=work)
-    assert trained.returncode == 0, trained.stderr
-    assert "alias champion now points here" in trained.stdout
-    run_id = re.search(r"^run ([0-9a-f]{32}) in ", trained.stdout, re.M).group(1)
-    return work, uri, run_id
+def store(trained_store, tmp_path_factory):
+    """A copy of the session's store: one training run (champion), which the UI server may write beside."""
+    store = copy_store(trained_store, tmp_path_factory.mktemp("ui"))
+    return store.folder, store.uri, store.run_id
 
 
 @pytest.fixture(scope="module")
@@ -127,14 +119,14 @@ def test_ui_serves_the_page_and_the_training_experiment(ui):
     assert status == 200 and content_type.startswith("text/html")
     assert b"<html" in body.lower()
     experiments = fetch_json(f"{ui['base']}/ajax-api/2.0/mlflow/experiments/search", {"max_results": 100})
-    assert "ui-test" in {e["name"] for e in experiments["experiments"]}
+    assert SHARED_EXPERIMENT in {e["name"] for e in experiments["experiments"]}
 
 
 @pytest.mark.slow
 def test_ui_finds_the_training_run_and_serves_its_plots(ui, store):
     work, _, run_id = store
     experiments = fetch_json(f"{ui['base']}/api/2.0/mlflow/experiments/search", {"max_results": 100})["experiments"]
-    experiment_id = next(e["experiment_id"] for e in experiments if e["name"] == "ui-test")
+    experiment_id = next(e["experiment_id"] for e in experiments if e["name"] == SHARED_EXPERIMENT)
     runs = fetch_json(f"{ui['base']}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment_id]})["runs"]
     assert [r["info"]["run_id"] for r in runs] == [run_id]
     listed = fetch_json(f"{ui['base']}/ajax-api/2.0/mlflow/artifacts/list?run_uuid={run_id}&path=plots")
