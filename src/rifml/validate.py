@@ -87,11 +87,18 @@ class _Parsed:
 
 def _as_text(column: pd.Series) -> pd.Series:
     """Stripped text, "" where missing, Arrow-backed: strip, match and compare run in C++."""
-    is_arrow_text = isinstance(column.dtype, pd.ArrowDtype) and pa_types.is_string(column.dtype.pyarrow_dtype)
-    if not (is_arrow_text or column.dtype == "string[pyarrow]"):
+    if not (_is_arrow_text(column) or column.dtype == "string[pyarrow]"):
         column = column.astype("string[pyarrow]")
     text = pc.utf8_trim_whitespace(pc.fill_null(column.array._pa_array, ""))
     return pd.Series(pd.arrays.ArrowStringArray(text), index=column.index)
+
+
+def _is_arrow_text(column: pd.Series) -> bool:
+    """Arrow-backed text, in either of Arrow's string layouts (the decimal-comma swap makes large_string)."""
+    if not isinstance(column.dtype, pd.ArrowDtype):
+        return False
+    kind = column.dtype.pyarrow_dtype
+    return pa_types.is_string(kind) or pa_types.is_large_string(kind)
 
 
 def parse_numeric(column: pd.Series, censorable: bool, decimal: str = ".") -> _Parsed:
@@ -113,7 +120,7 @@ def parse_numeric(column: pd.Series, censorable: bool, decimal: str = ".") -> _P
         values = np.where(np.isinf(values), np.nan, values)
         return _Parsed(values, np.zeros(n, dtype=bool), present, problem)
 
-    if isinstance(column.dtype, pd.ArrowDtype) and pa_types.is_string(column.dtype.pyarrow_dtype):
+    if _is_arrow_text(column):
         parsed = _parse_arrow_numeric(column)
         if parsed is not None:
             return _censor_rules(parsed, censorable)
