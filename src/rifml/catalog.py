@@ -9,7 +9,7 @@ import re
 import unicodedata
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
@@ -135,8 +135,8 @@ class Catalog(_Versioned):
     @field_validator("profiles")
     @classmethod
     def _profiles_complete(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if sorted(value) != sorted(["balanced", "hyperactive", "hypoactive", "mixed"]):
-            raise ValueError("profiles must be exactly balanced, hyperactive, hypoactive, mixed")
+        if sorted(value) != sorted(get_args(Profile)):
+            raise ValueError(f"profiles must be exactly {', '.join(get_args(Profile))}")
         return value
 
     @model_validator(mode="after")

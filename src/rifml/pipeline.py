@@ -127,8 +127,9 @@ class ImmuneProfiler(BaseEstimator):
         subtype, and scoring routes every row through all of its trees); it learns at the
         classifier's rate scaled by ``classifier.n_estimators / subtype_trees`` (at most 0.5).
     min_effect : float
-        Effect size (within-cluster SDs against the cohort's reference cluster) from
-        which a marker names a subtype (see :func:`rifml.subtypes.name_clusters`).
+        Effect (within-cluster SDs against the cohort's reference level; the norm of an
+        axis's markers' effects) from which an axis names a subtype (see
+        :func:`rifml.subtypes.name_clusters`).
     lab_min_panels : int
         Complete panels a lab needs, in training or in a scored batch, before its assay
         offsets are estimated from the data (fewer: flagged, not normalized).

@@ -481,10 +481,14 @@ class SubtypeEffects:
         return (values - self.level) / self.scale
 
 
+def _capped_l1(difference: np.ndarray) -> np.ndarray:
+    """L1 norm over the last axis with each term capped at ``REFERENCE_COST_CAP``."""
+    return np.minimum(np.abs(difference), REFERENCE_COST_CAP).sum(axis=-1)
+
+
 def _medoid(standardized: np.ndarray) -> int:
     """Row whose capped L1 distance to all other rows is smallest (ties: lowest row)."""
-    distance = np.minimum(np.abs(standardized[:, None, :] - standardized[None, :, :]), REFERENCE_COST_CAP)
-    cost = distance.sum(axis=(1, 2))
+    cost = _capped_l1(standardized[:, None, :] - standardized[None, :, :]).sum(axis=1)
     return int(np.flatnonzero(np.isclose(cost, cost.min()))[0])
 
 
@@ -543,7 +547,7 @@ def subtype_effects(values: pd.DataFrame, labels: np.ndarray) -> SubtypeEffects:
     sizes = pd.Series(labels).value_counts().reindex(medians.index).to_numpy()
     level = np.array([_shared_level(standardized[:, j], sizes, medoid) for j in range(standardized.shape[1])])
     effects = pd.DataFrame(standardized - level, index=medians.index, columns=values.columns)
-    nearest = int(medians.index[np.argmin(np.minimum(effects.abs().to_numpy(), REFERENCE_COST_CAP).sum(axis=1))])
+    nearest = int(medians.index[np.argmin(_capped_l1(effects.to_numpy()))])
     return SubtypeEffects(effects, pd.Series(level, index=values.columns) * scale, scale, nearest)
 
 
