@@ -22,7 +22,14 @@ from rifml.explain import InterventionalExplainer, check_tree_settings, marker_c
 from rifml.features import PanelFeatures, compartment_names, lab_ids, measured_markers
 from rifml.labs import LabAdaptation, shrunk_median_offsets
 from rifml.model import CalibratedBoostedClassifier
-from rifml.subtypes import ConsensusClustering, name_clusters, profiles_from_signatures, subtype_effects, subtype_signatures
+from rifml.subtypes import (
+    ConsensusClustering,
+    name_clusters,
+    profiles_from_signatures,
+    split_by_profile,
+    subtype_effects,
+    subtype_signatures,
+)
 
 N_DRIVERS = 3
 # Probabilities and contributions are reported to 6 decimals: calibration and SHAP carry no
@@ -225,7 +232,7 @@ class ImmuneProfiler(BaseEstimator):
 
         self._discover_subtypes(complete, clustering)
         subtypes = self.subtype_table_.set_index("cluster")
-        cluster_subtype = subtypes["subtype"].to_numpy(dtype=object)[self.clustering_.labels_]
+        cluster_subtype = subtypes["subtype"].to_numpy(dtype=object)[self.subtype_labels_]
 
         augmented, groups = self._with_partial_copies(complete)
         X_aug = self.features_.transform(augmented)
@@ -296,10 +303,23 @@ class ImmuneProfiler(BaseEstimator):
         self.features_.lab_shifts_ = shifts
         matrix = self.features_.marker_matrix(complete)
         self.cluster_fill_ = matrix[markers].median()
+        filled = matrix[markers].fillna(self.cluster_fill_)
+        scaled = self._scaled(filled)
+
+        # Cuts are judged, and the refined clusters named, against the consensus partition's reference.
+        consensus_reference = subtype_effects(filled, labels)
+
+        def profiles_of(candidate: np.ndarray) -> np.ndarray:
+            effects = consensus_reference.against(filled, candidate).effects
+            return name_clusters(effects, self.catalog_, min_effect=self.min_effect)["profile"].to_numpy()
+
+        with threadpool_limits(limits=1):
+            labels = split_by_profile(scaled, labels, profiles_of, self.clustering_.k_max, self.random_state)
+        self.subtype_labels_ = labels
+        self.subtype_centers_ = np.vstack([scaled[labels == c].mean(axis=0) for c in range(labels.max() + 1)])
         self.cluster_medians_ = matrix.groupby(labels).median()
 
-        filled = matrix[markers].fillna(self.cluster_fill_)
-        self.reference_ = subtype_effects(filled, labels)
+        self.reference_ = consensus_reference.against(filled, labels)
         self.subtype_effects_ = self.reference_.effects
         table = name_clusters(self.subtype_effects_, self.catalog_, min_effect=self.min_effect)
         deviations = self.reference_.deviations(filled)
@@ -311,6 +331,15 @@ class ImmuneProfiler(BaseEstimator):
             reference=table["cluster"] == self.reference_.nearest,
             size=table["cluster"].map(sizes).astype(int),
         )
+
+    def _scaled(self, filled: pd.DataFrame) -> np.ndarray:
+        """Clustering markers in the space the consensus clustering measured distances in."""
+        return (filled.to_numpy(dtype=float) - self.clustering_.center_) / self.clustering_.scale_
+
+    def _nearest_subtype(self, filled: pd.DataFrame) -> np.ndarray:
+        """The training cluster whose centre is nearest (what KMeans would assign)."""
+        scaled = self._scaled(filled)
+        return ((scaled[:, None, :] - self.subtype_centers_[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
 
     def _lab_offsets(self, matrix, labs, usable, assign, medians) -> dict[str, dict[str, float]]:
         """Offsets per lab and marker: median residual of its panels against their subtype's median.
@@ -352,7 +381,7 @@ class ImmuneProfiler(BaseEstimator):
         markers = self._clustering_markers()
         shifts = self._lab_offsets(
             self.features_.marker_matrix(rows), lab_ids(rows), measured_markers(rows, self.catalog_)[list(self.cluster_medians_.columns)],
-            lambda aligned: self.clustering_.predict(aligned[markers].fillna(self.cluster_fill_).to_numpy()),
+            lambda aligned: self._nearest_subtype(aligned[markers].fillna(self.cluster_fill_)),
             lambda aligned: self.cluster_medians_,
         )
         return LabAdaptation({lab: shifts.get(str(lab), {}) for lab in chosen.index},

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rifml.catalog import Catalog, Kind, Marker, Profile, load_catalog
 from rifml.config import load_validated, load_yaml, validate_mapping
-from rifml.scenarios import merge_patch, scenario_overlay, scenario_path
+from rifml.scenarios import merge_patch, random_seed, scenario_overlay, scenario_path
 from rifml.errors import RifmlInputError
 from rifml.outcomes.simulate import OutcomesSpec
 
@@ -267,8 +267,10 @@ def load_simulation_config(path=None, scenario=None) -> SimulationConfig:
     """
     if scenario is None:
         return load_validated(SimulationConfig, path, "simulate.yaml", "simulation config")
-    merged = merge_patch(load_yaml(path, "simulate.yaml"), scenario_overlay(scenario))
-    source = f"{path or 'configs/simulate.yaml'} + {scenario_path(scenario)}"
+    base = load_yaml(path, "simulate.yaml")
+    merged = merge_patch(base, scenario_overlay(scenario, base))
+    drawn = random_seed(scenario) is not None
+    source = f"{path or 'configs/simulate.yaml'} + {scenario if drawn else scenario_path(scenario)}"
     return validate_mapping(SimulationConfig, merged, source, "simulation config")
 
 

@@ -109,7 +109,7 @@ def train(panel: pd.DataFrame, labels: pd.Series | None, config: dict | TrainCon
             "train_seconds": seconds,
             "n_panels": float(len(panel)),
             "n_training_rows": float(len(truth)),
-            "n_subtypes": float(profiler.clustering_.k_),
+            "n_subtypes": float(len(profiler.subtype_table_)),
             "subtype_stability": float(profiler.clustering_.stability_),
             "subtype_pac": float(profiler.clustering_.pac_[profiler.clustering_.k_]),
             "temperature": float(model.temperature_),
