@@ -180,7 +180,7 @@ def test_a_model_below_the_floors_is_registered_but_the_champion_stays(trained):
     assert found, result.stdout
     assert float(found.group(2)) > 0
     client = _client(work)
-    assert client.get_model_version_by_alias("rifml-immune-profile", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("rifml-immune-profile", "champion").version) == "1"
     assert client.get_model_version("rifml-immune-profile", found.group(1)).run_id == _run_id(result)
 
 

@@ -224,6 +224,25 @@ def test_kir_hla_truth_table(fitted, kir, hla, expected):
     np.testing.assert_equal(out[f"{HLA}__{HLA_RISK}"], np.nan if hla is None else float(hla == HLA_RISK))
 
 
+def test_interactions_are_the_catalogs_none_spelled_in_code(tmp_path, panel):
+    import yaml
+
+    from rifml.config import config_dir
+
+    data = yaml.safe_load((config_dir() / "markers.yaml").read_text())
+    data["interactions"] = [
+        {"name": "protective", "description": "the other categories together", "when": {KIR: KIR_OTHER, HLA: HLA_OTHER}},
+    ]
+    (tmp_path / "markers.yaml").write_text(yaml.safe_dump(data))
+    features = PanelFeatures(catalog_path=str(tmp_path / "markers.yaml")).fit(panel)
+    out = features.transform(panel)
+    assert INCOMPATIBILITY_FEATURE not in out  # the shipped interaction is gone with its entry
+    expected = ((panel[KIR] == KIR_OTHER) & (panel[HLA] == HLA_OTHER)).astype(float).to_numpy()
+    np.testing.assert_array_equal(out["protective"].to_numpy(), expected)
+    assert 0 < expected.sum() < len(expected)
+    assert features.feature_markers_["protective"] == (KIR, HLA)  # its SHAP credit goes to both markers
+
+
 @pytest.mark.parametrize("dtype", [object, "string", "string[pyarrow]", "category"])
 def test_raw_spellings_of_categories_read_like_canonical_ones(fitted, dtype):
     canonical = pd.DataFrame({"patient_id": ["p", "q", "r"], KIR: [KIR_RISK, KIR_OTHER, None], HLA: [HLA_RISK, HLA_OTHER, None]})
