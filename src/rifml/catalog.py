@@ -183,7 +183,7 @@ class Catalog(_Versioned):
             if interaction.name in seen:
                 raise ValueError(f"interaction {interaction.name!r} has the name of a column")
             for name, category in interaction.when.items():
-                marker = next((m for m in self.markers if m.name == name), None)
+                marker = self.by_name.get(name)
                 if marker is None or marker.is_numeric:
                     raise ValueError(f"interaction {interaction.name}: {name} is not a categorical marker")
                 if category not in marker.categories:
