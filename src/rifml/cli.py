@@ -653,7 +653,7 @@ def _simulate_outcomes(cohort, truth_table, settings, cat, seed: int, path: Path
 
     if settings.outcomes is None:
         raise RifmlInputError("--outcomes needs an `outcomes:` section in the simulation config")
-    registry = simulate_outcomes(cohort, truth_table, settings.outcomes, cat.id_column, seed=seed)
+    registry = simulate_outcomes(cohort, truth_table, settings.outcomes, cat.id_column, seed=seed, label_column=cat.label_column)
     write_table(registry, path)
     treated = int((registry[TREATMENT] != NO_TREATMENT).sum())
     out.print(f"wrote outcomes of {len(registry):,} patients to {path} ({treated:,} with an add-on)")
