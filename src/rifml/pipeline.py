@@ -16,8 +16,8 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
-from rifml.catalog import BALANCED, HYPERACTIVE, HYPOACTIVE, MIXED, Catalog
 from rifml import contract
+from rifml.catalog import BALANCED, HYPERACTIVE, HYPOACTIVE, MIXED, Catalog
 from rifml.contract import N_DRIVERS, REPORTED_DECIMALS, calls_columns, censored_column, profile_columns
 from rifml.errors import RifmlInputError
 from rifml.explain import InterventionalExplainer, check_tree_settings, marker_contributions, top_drivers

@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 
 from rifml.catalog import Catalog
+from rifml.contract import MISSING_ID, REJECT_COLUMNS, WRONG_FIELD_COUNT
 from rifml.errors import RifmlInputError
 from rifml.io.columns import ColumnMap, match_name, takes_unit
 from rifml.io.units import conversion, scale_column
-from rifml.contract import MISSING_ID, REJECT_COLUMNS, WRONG_FIELD_COUNT
 from rifml.validate import (
     ValidatedChunk,
     _as_text,
