@@ -24,8 +24,8 @@ from rifml.validate import ValidatedChunk
 HELD_ROWS = 200_000
 
 
-def _unknown_lab_rows(panel: pd.DataFrame, known: set[str]) -> pd.Series:
-    labs = lab_ids(panel)
+def _unknown_lab_rows(panel: pd.DataFrame, known: set[str], catalog) -> pd.Series:
+    labs = lab_ids(panel, catalog)
     return labs.notna() & ~labs.isin(known)
 
 
@@ -54,7 +54,7 @@ def scored_chunks(
     held_count = 0
     unknown_rows: list[pd.DataFrame] = []
     for chunk in chunks:
-        unknown = _unknown_lab_rows(chunk.panel, known)
+        unknown = _unknown_lab_rows(chunk.panel, known, profiler.catalog_)
         if not unknown_rows and not unknown.any():
             yield chunk, (profiler.call(chunk.panel, compact=True, labs=none) if len(chunk.panel) else None)
             yielded += 1

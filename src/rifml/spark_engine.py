@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rifml.contract import REJECT_COLUMNS, REJECT_REASON, REJECTED, STATUS, calls_columns
 from rifml.errors import RifmlInputError
-from rifml.pipeline import calls_columns
 from rifml.io.dialects import JAVA_CHARSETS
 from rifml.io.reader import PanelFile
 from rifml.serving import BATCH_FLAGS, DUPLICATE_FLAG, FIELD_COUNT_FLAG, LAB_OFFSETS_PARAM, REJECT_DETAILS
-from rifml.validate import REJECT_COLUMNS, validate_chunk
+from rifml.validate import validate_chunk
 from rifml.io.writer import AtomicCsvWriter
 
 # Working columns; the prefix keeps them apart from whatever a panel file carries.
@@ -224,11 +224,10 @@ def unseen_lab_offsets(frame, panel_file: PanelFile, profiler) -> str:
     """
     from pyspark.sql import functions as F
 
-    from rifml.features import LAB_COLUMN
-
-    if LAB_COLUMN not in panel_file.columns:
+    lab_column = panel_file.catalog.lab_column
+    if lab_column not in panel_file.columns:
         return ""
-    lab = F.trim(F.col(LAB_COLUMN))
+    lab = F.trim(F.col(lab_column))
     known = list(profiler.features_.known_labs_)
     unseen = frame.where(lab.isNotNull() & (lab != "") & ~lab.isin(known) & ~F.col(DUPLICATE_FLAG) & ~F.col(FIELD_COUNT_FLAG))
     rows = unseen.select(*panel_file.columns).toPandas()
@@ -264,7 +263,7 @@ def scored_frame(spark, panel_file: PanelFile, model_uri: str, profiler=None):
     extras = [name for name in panel_file.columns if name not in set(catalog.known_columns)]
     calls = calls_columns(catalog)
     answer = [F.col(f"{PREDICTION}.{name}").alias(name) for name in calls[1:]]
-    answer += [F.col(f"{PREDICTION}.{name}").alias(name) for name in ["status", "reject_reason", *REJECT_DETAILS.values()]]
+    answer += [F.col(f"{PREDICTION}.{name}").alias(name) for name in [STATUS, REJECT_REASON, *REJECT_DETAILS.values()]]
     result = frame.select(ROW, CLEAN_ID, *answer, *extras)
     # MLflow casts a missing boolean to True: a flag whose marker the file lacks is unknown, not raised.
     for marker in catalog.markers:
@@ -286,7 +285,7 @@ def local_chunks(frame, size: int) -> Iterator[pd.DataFrame]:
 
 
 def _rejects_records(chunk: pd.DataFrame) -> pd.DataFrame:
-    fields = {"row": ROW, "patient_id": CLEAN_ID, "reason": "reject_reason", **REJECT_DETAILS}
+    fields = {"row": ROW, "patient_id": CLEAN_ID, "reason": REJECT_REASON, **REJECT_DETAILS}
     return pd.DataFrame({column: chunk[fields[column]].to_numpy() for column in REJECT_COLUMNS})
 
 
@@ -329,12 +328,12 @@ def score_with_spark(panel_file: PanelFile, model_uri: str, calls_path: Path, re
             if rows[0] <= last_row or (rows[1:] <= rows[:-1]).any():
                 raise RuntimeError("Spark returned rows out of input order")
             last_row = rows[-1]
-            rejected = chunk["status"] == "rejected"
+            rejected = chunk[STATUS] == REJECTED
             reject_writer.write(_rejects_records(chunk[rejected]))
-            reasons.update(chunk.loc[rejected, "reject_reason"])
+            reasons.update(chunk.loc[rejected, REJECT_REASON])
             calls = chunk[~rejected].rename(columns={CLEAN_ID: id_column})
             calls_writer.write(calls)
-            profiles.update(calls["immune_profile"])
+            profiles.update(calls[panel_file.catalog.label_column])
             scored += len(calls)
         result.unpersist()
     return SparkScoring(scored, reasons, profiles)

@@ -33,7 +33,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
-from rifml.catalog import BALANCED, HYPERACTIVE, HYPOACTIVE, MIXED, Catalog, Marker
+from rifml.catalog import BALANCED, ENDOMETRIUM, HYPERACTIVE, HYPOACTIVE, MIXED, Catalog, Marker
 
 __all__ = [
     "ConsensusClustering",
@@ -566,7 +566,7 @@ def _axis_part(marker: Marker, direction: str, signal: str) -> tuple[str, str, s
     signal they point to ("-over" for hyperactive, "-under" for hypoactive),
     because in the endometrium a low value can mean over-activation (few Tregs).
     """
-    if marker.compartment == "endometrium":
+    if marker.compartment == ENDOMETRIUM:
         suffix = "over" if signal == "hyperactive" else "under"
     else:
         suffix = "high" if direction == "above" else "low"
