@@ -41,6 +41,25 @@ LAB_OFFSET_ROUNDS = 3
 TYPICAL_SD = 2.0
 
 
+# Without labels, the profile model learns the signature readings of complete panels. A rare
+# reading (mixed: a hyperactive and a hypoactive signature together, 2% of a Ledee-2016-like
+# cohort) is an interaction of many markers that 8-leaf trees barely learn from a few dozen
+# panels: out of fold they gave such panels P(mixed) ~0.01. Complete panels are weighted by
+# their reading's frequency to this power (inverse square root: the rare readings are learned,
+# the common ones still dominate); the masked copies keep weight 1, so partial panels keep
+# the cohort's proportions, and the temperature is fitted on the weighted model's margins.
+# Measured (label-free, train 2,000 / score 2,500, complete panels): Ledee-2016 prevalences
+# macro-F1 0.731 -> 0.773, ECE 0.039 -> 0.022; the default world 0.856 -> 0.862.
+RARE_READING_POWER = 0.5
+
+
+def _rare_reading_weights(readings: np.ndarray) -> np.ndarray:
+    """Per row, its reading's frequency to the power -RARE_READING_POWER, mean 1."""
+    counts = pd.Series(readings).map(pd.Series(readings).value_counts()).to_numpy(dtype=float)
+    weights = (len(readings) / counts) ** RARE_READING_POWER
+    return weights / weights.mean()
+
+
 def mask_compartment(panel: pd.DataFrame, catalog: Catalog, compartment: str) -> pd.DataFrame:
     """A copy of the panel as if one compartment had not been measured (for partial-panel training)."""
     masked = panel.copy()
@@ -232,7 +251,11 @@ class ImmuneProfiler(BaseEstimator):
             X_train = X_aug
             self.training_labels_ = np.tile(self.signature_profiles_, repeat)
             self.training_coverage_ = self.features_.compartments(augmented).to_numpy(dtype=object)
-            self.profile_model_ = _sized_classifier(classifier, list(catalog.profiles)).fit(X_train, self.training_labels_, groups=groups)
+            weights = np.ones(len(X_train))
+            weights[: len(complete)] = _rare_reading_weights(self.signature_profiles_)
+            self.profile_model_ = _sized_classifier(classifier, list(catalog.profiles)).fit(
+                X_train, self.training_labels_, sample_weight=weights, groups=groups
+            )
             background_pool = complete.loc[self.signature_profiles_ == BALANCED]
 
         self.background_ = self._background(background_pool, complete)
