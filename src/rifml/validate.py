@@ -171,20 +171,19 @@ def _censor_rules(parsed: _Parsed, censorable: bool) -> _Parsed:
 
 def _parse_arrow_numeric(column: pd.Series) -> _Parsed | None:
     """The same parse in Arrow compute, for Arrow-backed text from the fast reader (None: use pandas)."""
-    cells = pa.chunked_array(column.array._pa_array).combine_chunks() if hasattr(column.array, "_pa_array") else None
-    if cells is None:
+    if not hasattr(column.array, "_pa_array"):
         return None
-    cells = pc.fill_null(cells, "")
-    empty = pc.equal(cells, "")
-    try:  # most columns hold only plain numbers and empties: one cast settles them
-        values = np.array(pc.cast(pc.if_else(empty, None, cells), pa.float64()).to_numpy(zero_copy_only=False))
-    except pa.ArrowInvalid:
-        values = None
-    if values is not None and np.isfinite(values[~np.isnan(values)]).all():
-        present = ~empty.to_numpy(zero_copy_only=False)
-        problem = np.full(len(values), None, dtype=object)
-        problem[present & np.isnan(values)] = NOT_A_NUMBER  # "nan" spelled out is not a measurement
-        return _Parsed(values, np.zeros(len(values), dtype=bool), present, problem)
+    chunks = pa.chunked_array(column.array._pa_array)
+    if chunks.null_count == 0:
+        try:  # most columns hold only plain numbers and empties: one cast settles them
+            values, present = _cast_plain_numbers(chunks)
+        except pa.ArrowInvalid:
+            values = None
+        if values is not None and np.isfinite(values[~np.isnan(values)]).all():
+            problem = np.full(len(values), None, dtype=object)
+            problem[present & np.isnan(values)] = NOT_A_NUMBER  # "nan" spelled out is not a measurement
+            return _Parsed(values, np.zeros(len(values), dtype=bool), present, problem)
+    cells = pc.fill_null(chunks.combine_chunks(), "")
     text = pc.utf8_trim_whitespace(cells)
     present = pc.not_equal(text, "").to_numpy(zero_copy_only=False)
     is_censor = pc.starts_with(text, "<")
@@ -200,6 +199,28 @@ def _parse_arrow_numeric(column: pd.Series) -> _Parsed | None:
     values[~np.isfinite(values)] = np.nan
     censored = is_censor.to_numpy(zero_copy_only=False) & numeric
     return _Parsed(values, censored, present, problem)
+
+
+def _cast_plain_numbers(chunks: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Text cells (no nulls) cast to float64, empty cells as NaN; and which cells were not empty.
+
+    Empty cells become nulls through a validity bitmap laid over the same buffers (read from
+    the offsets), chunk by chunk: no copy of the text, unlike replacing them before the cast.
+    Raises ``pa.ArrowInvalid`` when a cell is not a number Arrow can read.
+    """
+    nullable, present = [], []
+    for chunk in chunks.chunks:
+        offsets_type = np.int64 if pa_types.is_large_string(chunk.type) else np.int32
+        offsets = np.frombuffer(chunk.buffers()[1], dtype=offsets_type)[chunk.offset : chunk.offset + len(chunk) + 1]
+        filled = offsets[1:] > offsets[:-1]
+        bits = np.packbits(np.r_[np.ones(chunk.offset, dtype=bool), filled], bitorder="little")
+        nullable.append(pa.Array.from_buffers(
+            chunk.type, len(chunk), [pa.py_buffer(bits), *chunk.buffers()[1:]], int((~filled).sum()), chunk.offset
+        ))
+        present.append(filled)
+    values = pc.cast(pa.chunked_array(nullable, type=chunks.type), pa.float64())
+    empty = np.zeros(0, dtype=bool)
+    return np.array(values.to_numpy(), dtype="float64"), np.concatenate(present) if present else empty
 
 
 def parse_category(column: pd.Series, lookup: dict[str, str]) -> tuple[pd.Categorical, np.ndarray, np.ndarray]:
