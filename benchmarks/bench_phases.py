@@ -87,6 +87,9 @@ def phases(input_path: Path, uri: str, model: str, chunk_rows: int, output: Path
     timed(reader, "validate_chunk", "validate")
     timed(units, "convert_columns", "validate")
     timed(PanelFile, "duplicate_ids", "id pass (duplicate rule)")
+    if hasattr(AtomicCsvWriter, "_write_now"):  # here the writer works in the calling thread: one phase at a time
+        AtomicCsvWriter.write = lambda self, frame: self._write_now(
+            frame if self.columns is None else frame.reindex(columns=self.columns))
     timed(AtomicCsvWriter, "write", "write")
     call = type(profiler).call
     timed(type(profiler), "call", "call (all)")

@@ -60,6 +60,10 @@ class Survey:
     undecodable_sample : bytes
         Empty when the bytes decode in the expected encoding; else lines that do not
         (for choosing a single-byte code page).
+    column_cells : list of pyarrow arrays, or None
+        The cells of one column (``survey(..., column=k)``) of every non-blank data line,
+        as UTF-8 text, read from the bytes as they are (no quote handling): right for a
+        ``plain`` UTF-8 file, where they spare the reader a parse of the whole file.
     """
 
     lines: int = 0
@@ -71,6 +75,7 @@ class Survey:
     lone_cr: bool = False
     ragged: bool = False
     undecodable_sample: bytes = b""
+    column_cells: list | None = None
 
     @property
     def data_lines(self) -> int:
@@ -126,10 +131,16 @@ def utf8_blocks(stream: BinaryIO, encoding: str) -> Iterator[bytes]:
         yield decoder.decode(b"", final=True).encode("utf-8")
 
 
-def survey(stream: BinaryIO, encoding: str, sep: str, width: int) -> Survey:
-    """Count the lines of a text stream and note what a fast parser could not handle."""
+def survey(stream: BinaryIO, encoding: str, sep: str, width: int, column: int | None = None) -> Survey:
+    """Count the lines of a text stream and note what a fast parser could not handle.
+
+    With ``column`` (a field position) and a UTF-8 stream, also gathers that column's
+    cells (:attr:`Survey.column_cells`).
+    """
     result = Survey()
     check_utf8 = codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
+    if column is not None and check_utf8:
+        result.column_cells = []
     decoder = codecs.getincrementaldecoder("utf-8")() if check_utf8 else None
     blanks, odds, narrows, sample = [], [], [], []
     carry = b""
@@ -146,9 +157,9 @@ def survey(stream: BinaryIO, encoding: str, sep: str, width: int) -> Survey:
             carry = block
             continue
         carry = block[cut + 1 :]
-        _scan(block[: cut + 1], result, sep, width, (blanks, odds, narrows), sample)
+        _scan(block[: cut + 1], result, sep, width, (blanks, odds, narrows), sample, column)
     if carry:
-        _scan(carry + b"\n", result, sep, width, (blanks, odds, narrows), sample)  # a last line without a line end
+        _scan(carry + b"\n", result, sep, width, (blanks, odds, narrows), sample, column)  # a last line without a line end
     if decoder is not None:
         try:
             decoder.decode(b"", final=True)
@@ -161,7 +172,9 @@ def survey(stream: BinaryIO, encoding: str, sep: str, width: int) -> Survey:
     return result
 
 
-def _scan(block: bytes, result: Survey, sep: str, width: int, found: tuple[list, list, list], sample: list) -> None:
+def _scan(
+    block: bytes, result: Survey, sep: str, width: int, found: tuple[list, list, list], sample: list, column: int | None = None
+) -> None:
     """One block of whole lines (ending in LF, or a bare CR before the block's end).
 
     Works on positions of the few bytes that matter (line ends, quotes, separators), so
@@ -190,7 +203,11 @@ def _scan(block: bytes, result: Survey, sep: str, width: int, found: tuple[list,
         result.header_line = int(numbers[nonblank[0]])
     data_line = numbers > result.header_line
     quotes = _per_line(np.flatnonzero(data == QUOTE), starts, ends)
-    separators = _per_line(np.flatnonzero(data == ord(sep)), starts, ends)
+    separator_at = np.flatnonzero(data == ord(sep))
+    separators = _per_line(separator_at, starts, ends)
+    if result.column_cells is not None:
+        keep = data_line & ~blank
+        result.column_cells.append(_cells(data, separator_at, starts[keep], content_end[keep], column, width))
     blanks, odds, narrows = found
     narrow = data_line & (separators != width - 1)
     blanks.append(numbers[data_line & blank])
@@ -202,6 +219,27 @@ def _scan(block: bytes, result: Survey, sep: str, width: int, found: tuple[list,
         high = _per_line(np.flatnonzero(data >= 0x80), starts, ends) > 0
         for i in np.flatnonzero(high)[:200]:
             sample.append(block[starts[i] : ends[i] + 1])
+
+
+def _cells(data: np.ndarray, separator_at: np.ndarray, starts: np.ndarray, ends: np.ndarray, column: int, width: int):
+    """Field ``column`` of each line [start, end) as a pyarrow string array (lines of ``width`` fields).
+
+    Lines with fewer fields give some span of their bytes; such a file is not ``plain``,
+    and its cells are never used.
+    """
+    import pyarrow as pa
+
+    first = np.searchsorted(separator_at, starts)  # index of each line's first separator
+    last = max(len(separator_at) - 1, 0)
+    padded = separator_at if len(separator_at) else np.zeros(1, dtype=np.int64)
+    begin = starts if column == 0 else padded[np.minimum(first + column - 1, last)] + 1
+    end = ends if column == width - 1 else padded[np.minimum(first + column, last)]
+    begin = np.minimum(begin, ends)
+    lengths = np.clip(end - begin, 0, None)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    picked = data[np.repeat(begin - offsets[:-1], lengths) + np.arange(offsets[-1])]
+    return pa.StringArray.from_buffers(len(lengths), pa.py_buffer(offsets), pa.py_buffer(picked))
 
 
 def _per_line(positions: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
