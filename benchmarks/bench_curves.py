@@ -69,7 +69,6 @@ def lab_batch(work: Path, n: int) -> Path:
 class Table:
     def __init__(self) -> None:
         self.rows: list[str] = []
-        self.stamp = f"| {dt.date.today()} | {commit()} |"
 
     def add(self, step: str, panels: int, seconds: float | None, peak: float | None = None, note: str = "") -> None:
         load = os.getloadavg()[0]
@@ -78,7 +77,7 @@ class Table:
             cells += ["-", "-", "-"]
         else:
             cells += [f"{seconds:.2f}", f"{panels / seconds:,.0f}", "-" if peak is None else f"{peak:,.0f}"]
-        row = f"{self.stamp} {' | '.join(cells)} | {note} |"
+        row = f"| {dt.date.today()} | {commit()} | {' | '.join(cells)} | {note} |"  # the code the row ran
         self.rows.append(row)
         print(row, flush=True)
 
