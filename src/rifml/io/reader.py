@@ -24,7 +24,7 @@ import pandas as pd
 from rifml.catalog import Catalog
 from rifml.errors import RifmlInputError
 from rifml.io.columns import HeaderMatch, match_header
-from rifml.io.accounting import AccountingError, Survey, survey
+from rifml.io.accounting import AccountingError, Survey, Tiling, survey
 from rifml.io.dialects import Dialect, ReadOptions, detect_dialect, guess_single_byte, open_bytes, text_stream
 from rifml.io.excel import XLSX_MAGIC, Sheet, read_sheet
 from rifml.io.records import Record, records
@@ -406,11 +406,12 @@ def validated_chunks(panel_file: PanelFile) -> Iterator[ValidatedChunk]:
     """
     from rifml.io.units import convert_columns
 
-    starts, ends = [], []
+    tiling = None
 
     def read(raw: RawChunk) -> RawChunk:
-        starts.append(raw.rows)
-        ends.append(raw.rows if raw.last_rows is None else raw.last_rows)
+        nonlocal tiling
+        tiling = tiling or Tiling(panel_file.survey)
+        tiling.add(raw.rows, raw.rows if raw.last_rows is None else raw.last_rows)
         return raw
 
     if panel_file.layout == "long":
@@ -435,10 +436,7 @@ def validated_chunks(panel_file: PanelFile) -> Iterator[ValidatedChunk]:
             if len(checked.panel) + len(checked.rejects) != len(raw.rows):
                 raise AccountingError(f"{len(raw.rows):,} rows validated into {len(checked.panel) + len(checked.rejects):,}")
             yield checked
-    empty = np.zeros(0, dtype=np.int64)
-    panel_file.row_count = panel_file.survey.check(
-        np.concatenate(starts) if starts else empty, np.concatenate(ends) if ends else empty
-    )
+    panel_file.row_count = (tiling or Tiling(panel_file.survey)).finish()
 
 
 class Prefetcher:
