@@ -311,12 +311,17 @@ def repeated_ids(*parts: pd.Series) -> frozenset[str]:
 
     Counted in Arrow, so a million ids stay compact (no Python string per row).
     """
-    # the same reading of an id as validate_chunk's: _as_text (stripped, "" where missing)
-    chunks = [chunk.cast(pa.large_string()) for ids in parts for chunk in _as_text(ids).array._pa_array.chunks]
+    # the same reading of an id as validate_chunk's: _as_text (stripped, "" where missing). Counted over
+    # the chunks as they are (no combined copy, no wider layout): a whole file's ids are held a few
+    # times over here, and at 10M panels each copy is ~150 MB.
+    chunks = []
+    for ids in parts:
+        for chunk in _as_text(ids).array._pa_array.chunks:
+            chunks.append(chunk.filter(pc.not_equal(chunk, "")))
     if not sum(len(c) for c in chunks):
         return frozenset()
-    ids = pa.chunked_array(chunks, type=pa.large_string()).combine_chunks()
-    counts = pc.value_counts(pc.filter(ids, pc.not_equal(ids, "")))
+    kind = pa.large_string() if any(pa_types.is_large_string(c.type) for c in chunks) else pa.string()
+    counts = pc.value_counts(pa.chunked_array([c.cast(kind) for c in chunks], type=kind))
     return frozenset(pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1)).to_pylist())
 
 
