@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: install demo test bench robustness clean
+.PHONY: install demo test bench bench-reference robustness clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,10 +25,18 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto --dist loadfile tests --nbmake notebooks
 
-N ?= 100000
-REPEATS ?= 3
+# Cost curves: score 1k/100k/1M (+ N, e.g. N=10000000), explanation step vs shap, training 2k/20k/100k,
+# Spark at 1M; one table, kept in benchmarks/RESULTS.md. BENCH_ARGS=--quick skips the slow rows.
+N ?=
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_score.py --n $(N) --repeats $(REPEATS)
+	$(BIN)/python benchmarks/bench_curves.py $(if $(N),--n $(N)) $(BENCH_ARGS)
+
+# rifml against a naive LightGBM + shap scorer on the same file, and the lab dialects side by side.
+REFERENCE_N ?= 100000
+REPEATS ?= 3
+bench-reference: $(STAMP)
+	$(BIN)/python benchmarks/bench_score.py --n $(REFERENCE_N) --repeats $(REPEATS)
 
 # rifml trained and called on every scenario in configs/scenarios (plus the default world):
 # one table row per scenario, saved with the commit to benchmarks/robustness.csv.

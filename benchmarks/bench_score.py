@@ -1,7 +1,7 @@
 """Benchmark: `rifml score` end to end against a naive shap.TreeExplainer scorer, same trees, same file.
 
-    make bench              # N=100000
-    make bench N=1000000    # the large run
+    make bench-reference                    # REFERENCE_N=100000
+    make bench-reference REFERENCE_N=1000000 # the large run
 
 Simulates N panels, trains once (2,000 panels) into a SQLite MLflow store, then
 times both scorers as separate processes (process start included), REPEATS times

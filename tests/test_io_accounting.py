@@ -149,3 +149,48 @@ def test_fuzzed_quotes_separators_and_line_ends_never_lose_a_row(tmp_path, catal
     # a record only spans lines through a quoted cell: without one, every non-blank line is a record
     if '"' not in body:
         assert panel_file.row_count == nonblank
+
+
+@pytest.mark.parametrize("crlf", [False, True])
+@pytest.mark.parametrize("position", [0, 2, 4])
+@pytest.mark.parametrize("final_end", [False, True])
+def test_the_survey_gathers_a_column_as_arrow_parses_it(tmp_path, position, crlf, final_end):
+    """The id column is read from the line scan (no second parse): the same cells Arrow reads."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from rifml.io.accounting import SCAN_BLOCK, survey
+
+    end = "\r\n" if crlf else "\n"
+    rows = [",".join([f"P{i}", "lab_A", f" {i} ", "", "Jos\u00e9" if i % 5 == 0 else f"x{i % 7}"]) for i in range(3000)]
+    text = "patient_id,lab_id,pb_nk_pct,em_cd68_pct,note" + end + end.join(rows) + (end if final_end else "")
+    path = tmp_path / "plain.csv"
+    path.write_bytes(text.encode())
+    with path.open("rb") as handle:
+        found = survey(handle, "utf-8", ",", 5, column=position)
+    expected = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+        column_types={c: pa.string() for c in ["patient_id", "lab_id", "pb_nk_pct", "em_cd68_pct", "note"]},
+        strings_can_be_null=False)).column(position).combine_chunks()
+    assert found.plain
+    assert pa.chunked_array(found.column_cells, type=pa.string()).combine_chunks().equals(expected)
+    assert len(text) < SCAN_BLOCK or len(found.column_cells) > 1
+
+
+def test_duplicate_ids_from_the_survey_equal_those_of_the_id_pass(tmp_path, catalog):
+    lines = lab_file(400)
+    lines[7] = lines[7].replace("P0006", "P0100")  # P0100 twice
+    lines[9] = lines[9].replace("P0008", "Jose\u0301")  # NFD, and NFC below: one patient
+    lines[11] = lines[11].replace("P0010", "Jos\u00e9")
+    path = tmp_path / "dups.csv"
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    panel_file = PanelFile(path, catalog)
+    assert panel_file.simple and panel_file.survey.column_cells is not None
+    from_survey = panel_file.duplicate_ids()
+    assert from_survey == frozenset({"P0100", "Jos\u00e9"})
+    assert repeated_ids_of(panel_file) == from_survey
+
+
+def repeated_ids_of(panel_file):
+    from rifml.validate import repeated_ids
+
+    return repeated_ids(*panel_file.patient_ids())

@@ -177,3 +177,20 @@ def test_decimal_comma_cells_stay_on_the_arrow_parse(monkeypatch):
     assert parsed.censored.tolist() == [False, True, False, False, False, False]
     assert parsed.present.tolist() == [True, True, False, True, True, True]
     assert [p is not None for p in parsed.problem] == [False, False, False, True, True, False]
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_the_arrow_parse_of_sliced_chunks_matches_the_pandas_parse(large):
+    """Empty cells become nulls over the text's own buffers, chunk by chunk (offsets of slices included)."""
+    import pyarrow as pa
+
+    kind = pa.large_string() if large else pa.string()
+    cells = ["1.5", "", "2", "nan", "3e2", "", "-0", "7.25", "", "1e-3"]
+    chunks = pa.chunked_array([pa.array(cells[:4], kind), pa.array(cells[4:], kind).slice(1)])
+    arrow = pd.Series(pd.arrays.ArrowExtensionArray(chunks)).iloc[1:]
+    plain = pd.Series(cells[1:4] + cells[5:], dtype=object)
+    got, expected = v.parse_numeric(arrow, censorable=True), v.parse_numeric(plain, censorable=True)
+    np.testing.assert_array_equal(got.values, expected.values)
+    assert got.present.tolist() == expected.present.tolist() == [False, True, True, False, True, True, False, True]
+    assert got.problem.tolist() == expected.problem.tolist()
+    assert got.censored.tolist() == expected.censored.tolist()

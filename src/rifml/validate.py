@@ -164,20 +164,19 @@ def _censor_rules(parsed: _Parsed, censorable: bool) -> _Parsed:
 
 def _parse_arrow_numeric(column: pd.Series) -> _Parsed | None:
     """The same parse in Arrow compute, for Arrow-backed text from the fast reader (None: use pandas)."""
-    cells = pa.chunked_array(column.array._pa_array).combine_chunks() if hasattr(column.array, "_pa_array") else None
-    if cells is None:
+    if not hasattr(column.array, "_pa_array"):
         return None
-    cells = pc.fill_null(cells, "")
-    empty = pc.equal(cells, "")
-    try:  # most columns hold only plain numbers and empties: one cast settles them
-        values = np.array(pc.cast(pc.if_else(empty, None, cells), pa.float64()).to_numpy(zero_copy_only=False))
-    except pa.ArrowInvalid:
-        values = None
-    if values is not None and np.isfinite(values[~np.isnan(values)]).all():
-        present = ~empty.to_numpy(zero_copy_only=False)
-        problem = np.full(len(values), None, dtype=object)
-        problem[present & np.isnan(values)] = NOT_A_NUMBER  # "nan" spelled out is not a measurement
-        return _Parsed(values, np.zeros(len(values), dtype=bool), present, problem)
+    chunks = pa.chunked_array(column.array._pa_array)
+    if chunks.null_count == 0:
+        try:  # most columns hold only plain numbers and empties: one cast settles them
+            values, present = _cast_plain_numbers(chunks)
+        except pa.ArrowInvalid:
+            values = None
+        if values is not None and np.isfinite(values[~np.isnan(values)]).all():
+            problem = np.full(len(values), None, dtype=object)
+            problem[present & np.isnan(values)] = NOT_A_NUMBER  # "nan" spelled out is not a measurement
+            return _Parsed(values, np.zeros(len(values), dtype=bool), present, problem)
+    cells = pc.fill_null(chunks.combine_chunks(), "")
     text = pc.utf8_trim_whitespace(cells)
     present = pc.not_equal(text, "").to_numpy(zero_copy_only=False)
     is_censor = pc.starts_with(text, "<")
@@ -193,6 +192,28 @@ def _parse_arrow_numeric(column: pd.Series) -> _Parsed | None:
     values[~np.isfinite(values)] = np.nan
     censored = is_censor.to_numpy(zero_copy_only=False) & numeric
     return _Parsed(values, censored, present, problem)
+
+
+def _cast_plain_numbers(chunks: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Text cells (no nulls) cast to float64, empty cells as NaN; and which cells were not empty.
+
+    Empty cells become nulls through a validity bitmap laid over the same buffers (read from
+    the offsets), chunk by chunk: no copy of the text, unlike replacing them before the cast.
+    Raises ``pa.ArrowInvalid`` when a cell is not a number Arrow can read.
+    """
+    nullable, present = [], []
+    for chunk in chunks.chunks:
+        offsets_type = np.int64 if pa_types.is_large_string(chunk.type) else np.int32
+        offsets = np.frombuffer(chunk.buffers()[1], dtype=offsets_type)[chunk.offset : chunk.offset + len(chunk) + 1]
+        filled = offsets[1:] > offsets[:-1]
+        bits = np.packbits(np.r_[np.ones(chunk.offset, dtype=bool), filled], bitorder="little")
+        nullable.append(pa.Array.from_buffers(
+            chunk.type, len(chunk), [pa.py_buffer(bits), *chunk.buffers()[1:]], int((~filled).sum()), chunk.offset
+        ))
+        present.append(filled)
+    values = pc.cast(pa.chunked_array(nullable, type=chunks.type), pa.float64())
+    empty = np.zeros(0, dtype=bool)
+    return np.array(values.to_numpy(), dtype="float64"), np.concatenate(present) if present else empty
 
 
 def parse_category(column: pd.Series, lookup: dict[str, str]) -> tuple[pd.Categorical, np.ndarray, np.ndarray]:
@@ -283,12 +304,17 @@ def repeated_ids(*parts: pd.Series) -> frozenset[str]:
 
     Counted in Arrow, so a million ids stay compact (no Python string per row).
     """
-    # the same reading of an id as validate_chunk's: _as_text (stripped, "" where missing)
-    chunks = [chunk.cast(pa.large_string()) for ids in parts for chunk in _as_text(ids).array._pa_array.chunks]
+    # the same reading of an id as validate_chunk's: _as_text (stripped, "" where missing). Counted over
+    # the chunks as they are (no combined copy, no wider layout): a whole file's ids are held a few
+    # times over here, and at 10M panels each copy is ~150 MB.
+    chunks = []
+    for ids in parts:
+        for chunk in _as_text(ids).array._pa_array.chunks:
+            chunks.append(chunk.filter(pc.not_equal(chunk, "")))
     if not sum(len(c) for c in chunks):
         return frozenset()
-    ids = pa.chunked_array(chunks, type=pa.large_string()).combine_chunks()
-    counts = pc.value_counts(pc.filter(ids, pc.not_equal(ids, "")))
+    kind = pa.large_string() if any(pa_types.is_large_string(c.type) for c in chunks) else pa.string()
+    counts = pc.value_counts(pa.chunked_array([c.cast(kind) for c in chunks], type=kind))
     return frozenset(pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1)).to_pylist())
 
 

@@ -60,6 +60,10 @@ class Survey:
     undecodable_sample : bytes
         Empty when the bytes decode in the expected encoding; else lines that do not
         (for choosing a single-byte code page).
+    column_cells : list of pyarrow arrays, or None
+        The cells of one column (``survey(..., column=k)``) of every non-blank data line,
+        as UTF-8 text, read from the bytes as they are (no quote handling): right for a
+        ``plain`` UTF-8 file, where they spare the reader a parse of the whole file.
     """
 
     lines: int = 0
@@ -71,6 +75,7 @@ class Survey:
     lone_cr: bool = False
     ragged: bool = False
     undecodable_sample: bytes = b""
+    column_cells: list | None = None
 
     @property
     def data_lines(self) -> int:
@@ -90,30 +95,59 @@ class Survey:
 
         Between consecutive records only blank lines may lie; a record spanning lines must
         start and end on odd-parity lines with only even ones between. Returns the number
-        of records; raises :class:`AccountingError` otherwise.
+        of records; raises :class:`AccountingError` otherwise. (:class:`Tiling` does the
+        same check chunk by chunk.)
         """
+        tiling = Tiling(self)
+        tiling.add(starts, ends)
+        return tiling.finish()
+
+
+class Tiling:
+    """:meth:`Survey.check` fed chunk by chunk, in file order.
+
+    Only the last record's end is kept between chunks, so the check's memory does not
+    grow with the file (16 bytes per record for the whole file otherwise: 160 MB at 10M).
+    """
+
+    def __init__(self, survey: Survey):
+        self.survey = survey
+        self.records = 0
+        self.last_end = survey.header_line
+
+    def add(self, starts: np.ndarray, ends: np.ndarray) -> None:
         starts, ends = np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
         if len(starts) != len(ends) or np.any(ends < starts):
             raise AccountingError("record spans are malformed")
-        low = np.r_[self.header_line, ends]  # each gap runs from a record's end (or the header) ...
-        high = np.r_[starts, self.lines + 1]  # ... to the next record's start (or past the last line)
-        blanks_between = np.searchsorted(self.blank, high) - np.searchsorted(self.blank, low, side="right")
-        wrong = (high - low - 1 != blanks_between) | np.r_[np.isin(starts, self.blank), False]
+        if not len(starts):
+            return
+        # each gap runs from a record's end (or the header) to the next record's start
+        self._gaps(np.r_[self.last_end, ends[:-1]], starts, on_blank=np.isin(starts, self.survey.blank))
+        found = self.survey
+        for i in np.flatnonzero(ends > starts):
+            s, e = int(starts[i]), int(ends[i])
+            inner = np.searchsorted(found.odd, e) - np.searchsorted(found.odd, s, side="right")
+            narrow = np.searchsorted(found.narrow, e, side="right") - np.searchsorted(found.narrow, s, side="right")
+            if not (np.isin([s, e], found.odd).all() and inner == 0 and narrow == e - s):
+                raise AccountingError(f"lines {s}-{e} were read as one record against the quote rule")
+        self.last_end = int(ends[-1])
+        self.records += len(starts)
+
+    def finish(self) -> int:
+        """The number of records, once the gap after the last one (to the file's end) is checked."""
+        self._gaps(np.array([self.last_end]), np.array([self.survey.lines + 1]), on_blank=np.zeros(1, dtype=bool))
+        return self.records
+
+    def _gaps(self, low: np.ndarray, high: np.ndarray, on_blank: np.ndarray) -> None:
+        blank = self.survey.blank
+        blanks_between = np.searchsorted(blank, high) - np.searchsorted(blank, low, side="right")
+        wrong = (high - low - 1 != blanks_between) | on_blank
         if wrong.any():
             first = int(np.flatnonzero(wrong)[0])
             raise AccountingError(
                 f"the parse accounts for other lines than the file holds (near line {int(high[first])}): "
-                f"{len(starts):,} records read, {self.data_lines:,} non-blank data lines"
+                f"{self.records + first:,}+ records read, {self.survey.data_lines:,} non-blank data lines"
             )
-        multi = np.flatnonzero(ends > starts)
-        if len(multi):
-            for i in multi:
-                s, e = int(starts[i]), int(ends[i])
-                inner = np.searchsorted(self.odd, e) - np.searchsorted(self.odd, s, side="right")
-                narrow = np.searchsorted(self.narrow, e, side="right") - np.searchsorted(self.narrow, s, side="right")
-                if not (np.isin([s, e], self.odd).all() and inner == 0 and narrow == e - s):
-                    raise AccountingError(f"lines {s}-{e} were read as one record against the quote rule")
-        return len(starts)
 
 
 def utf8_blocks(stream: BinaryIO, encoding: str) -> Iterator[bytes]:
@@ -126,10 +160,16 @@ def utf8_blocks(stream: BinaryIO, encoding: str) -> Iterator[bytes]:
         yield decoder.decode(b"", final=True).encode("utf-8")
 
 
-def survey(stream: BinaryIO, encoding: str, sep: str, width: int) -> Survey:
-    """Count the lines of a text stream and note what a fast parser could not handle."""
+def survey(stream: BinaryIO, encoding: str, sep: str, width: int, column: int | None = None) -> Survey:
+    """Count the lines of a text stream and note what a fast parser could not handle.
+
+    With ``column`` (a field position) and a UTF-8 stream, also gathers that column's
+    cells (:attr:`Survey.column_cells`).
+    """
     result = Survey()
     check_utf8 = codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
+    if column is not None and check_utf8:
+        result.column_cells = []
     decoder = codecs.getincrementaldecoder("utf-8")() if check_utf8 else None
     blanks, odds, narrows, sample = [], [], [], []
     carry = b""
@@ -146,9 +186,9 @@ def survey(stream: BinaryIO, encoding: str, sep: str, width: int) -> Survey:
             carry = block
             continue
         carry = block[cut + 1 :]
-        _scan(block[: cut + 1], result, sep, width, (blanks, odds, narrows), sample)
+        _scan(block[: cut + 1], result, sep, width, (blanks, odds, narrows), sample, column)
     if carry:
-        _scan(carry + b"\n", result, sep, width, (blanks, odds, narrows), sample)  # a last line without a line end
+        _scan(carry + b"\n", result, sep, width, (blanks, odds, narrows), sample, column)  # a last line without a line end
     if decoder is not None:
         try:
             decoder.decode(b"", final=True)
@@ -161,7 +201,9 @@ def survey(stream: BinaryIO, encoding: str, sep: str, width: int) -> Survey:
     return result
 
 
-def _scan(block: bytes, result: Survey, sep: str, width: int, found: tuple[list, list, list], sample: list) -> None:
+def _scan(
+    block: bytes, result: Survey, sep: str, width: int, found: tuple[list, list, list], sample: list, column: int | None = None
+) -> None:
     """One block of whole lines (ending in LF, or a bare CR before the block's end).
 
     Works on positions of the few bytes that matter (line ends, quotes, separators), so
@@ -190,7 +232,11 @@ def _scan(block: bytes, result: Survey, sep: str, width: int, found: tuple[list,
         result.header_line = int(numbers[nonblank[0]])
     data_line = numbers > result.header_line
     quotes = _per_line(np.flatnonzero(data == QUOTE), starts, ends)
-    separators = _per_line(np.flatnonzero(data == ord(sep)), starts, ends)
+    separator_at = np.flatnonzero(data == ord(sep))
+    separators = _per_line(separator_at, starts, ends)
+    if result.column_cells is not None:
+        keep = data_line & ~blank
+        result.column_cells.append(_cells(data, separator_at, starts[keep], content_end[keep], column, width))
     blanks, odds, narrows = found
     narrow = data_line & (separators != width - 1)
     blanks.append(numbers[data_line & blank])
@@ -202,6 +248,27 @@ def _scan(block: bytes, result: Survey, sep: str, width: int, found: tuple[list,
         high = _per_line(np.flatnonzero(data >= 0x80), starts, ends) > 0
         for i in np.flatnonzero(high)[:200]:
             sample.append(block[starts[i] : ends[i] + 1])
+
+
+def _cells(data: np.ndarray, separator_at: np.ndarray, starts: np.ndarray, ends: np.ndarray, column: int, width: int):
+    """Field ``column`` of each line [start, end) as a pyarrow string array (lines of ``width`` fields).
+
+    Lines with fewer fields give some span of their bytes; such a file is not ``plain``,
+    and its cells are never used.
+    """
+    import pyarrow as pa
+
+    first = np.searchsorted(separator_at, starts)  # index of each line's first separator
+    last = max(len(separator_at) - 1, 0)
+    padded = separator_at if len(separator_at) else np.zeros(1, dtype=np.int64)
+    begin = starts if column == 0 else padded[np.minimum(first + column - 1, last)] + 1
+    end = ends if column == width - 1 else padded[np.minimum(first + column, last)]
+    begin = np.minimum(begin, ends)
+    lengths = np.clip(end - begin, 0, None)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    picked = data[np.repeat(begin - offsets[:-1], lengths) + np.arange(offsets[-1])]
+    return pa.StringArray.from_buffers(len(lengths), pa.py_buffer(offsets), pa.py_buffer(picked))
 
 
 def _per_line(positions: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ import pandas as pd
 from rifml.catalog import Catalog
 from rifml.errors import RifmlInputError
 from rifml.io.columns import HeaderMatch, match_header
-from rifml.io.accounting import AccountingError, Survey, survey
+from rifml.io.accounting import AccountingError, Survey, Tiling, survey
 from rifml.io.dialects import Dialect, ReadOptions, detect_dialect, guess_single_byte, open_bytes, text_stream
 from rifml.io.excel import XLSX_MAGIC, Sheet, read_sheet
 from rifml.io.records import Record, records
@@ -154,8 +154,9 @@ class PanelFile:
             rows = self._parquet_file().metadata.num_rows
             found = Survey(lines=rows + 1, header_line=1)
         else:
+            id_position = self.columns.index(self.catalog.id_column)  # gathered in the scan: no id pass to parse
             with open_bytes(self.path) as handle:
-                found = survey(handle, self.dialect.encoding, self.dialect.sep, len(self.columns))
+                found = survey(handle, self.dialect.encoding, self.dialect.sep, len(self.columns), id_position)
             if found.undecodable_sample and self.options.encoding is None:
                 self.dialect = replace(self.dialect, encoding=guess_single_byte(found.undecodable_sample))
                 found.undecodable_sample = b""
@@ -356,8 +357,14 @@ class PanelFile:
         """Ids (stripped, NFC, non-empty) that occur on more than one row of the whole file."""
         import pyarrow as pa
 
-        self.survey  # settles the encoding before any text is read
-        repeated = repeated_ids(*self.patient_ids())
+        found = self.survey  # settles the encoding before any text is read
+        if self.simple and found.column_cells is not None:  # the ids the line scan gathered, as Arrow would read them
+            ids = [nfc(pd.Series(pd.arrays.ArrowExtensionArray(cells))) for cells in found.column_cells]
+        else:
+            ids = list(self.patient_ids())
+        found.column_cells = None  # read once; no need to hold them through the run
+        repeated = repeated_ids(*ids)
+        del ids
         # Arrow's allocator keeps freed memory for reuse; the id pass's hash tables are not
         # needed again, and keeping them would raise the whole run's peak by ~150 MiB per million ids.
         pa.default_memory_pool().release_unused()
@@ -399,11 +406,12 @@ def validated_chunks(panel_file: PanelFile) -> Iterator[ValidatedChunk]:
     """
     from rifml.io.units import convert_columns
 
-    starts, ends = [], []
+    tiling = None
 
     def read(raw: RawChunk) -> RawChunk:
-        starts.append(raw.rows)
-        ends.append(raw.rows if raw.last_rows is None else raw.last_rows)
+        nonlocal tiling
+        tiling = tiling or Tiling(panel_file.survey)
+        tiling.add(raw.rows, raw.rows if raw.last_rows is None else raw.last_rows)
         return raw
 
     if panel_file.layout == "long":
@@ -428,10 +436,7 @@ def validated_chunks(panel_file: PanelFile) -> Iterator[ValidatedChunk]:
             if len(checked.panel) + len(checked.rejects) != len(raw.rows):
                 raise AccountingError(f"{len(raw.rows):,} rows validated into {len(checked.panel) + len(checked.rejects):,}")
             yield checked
-    empty = np.zeros(0, dtype=np.int64)
-    panel_file.row_count = panel_file.survey.check(
-        np.concatenate(starts) if starts else empty, np.concatenate(ends) if ends else empty
-    )
+    panel_file.row_count = (tiling or Tiling(panel_file.survey)).finish()
 
 
 class Prefetcher:

@@ -14,6 +14,7 @@ import io
 import os
 import re
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 
@@ -141,6 +142,8 @@ class AtomicCsvWriter:
         self.rows = 0
         self._handle = None
         self._tmp: Path | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
 
     def __enter__(self) -> "AtomicCsvWriter":
         folder = self.path.parent if str(self.path.parent) else Path(".")
@@ -156,8 +159,26 @@ class AtomicCsvWriter:
         return self
 
     def write(self, frame: pd.DataFrame) -> None:
+        """Queue a chunk (not to be changed afterwards): it is formatted and written in the writer's thread.
+
+        Formatting is mostly Arrow work that releases the GIL, so on two cores it overlaps
+        the caller's next chunk. One chunk at a time is in flight (memory stays flat); an
+        error while writing it is raised here, at the next write, or on leaving the block.
+        """
         if self.columns is not None:
             frame = frame.reindex(columns=self.columns)
+        self.rows += len(frame)
+        self._finish_pending()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rifml-writer")
+        self._pending = self._pool.submit(self._write_now, frame)
+
+    def _finish_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _write_now(self, frame: pd.DataFrame) -> None:
         # Arrow's CSV writer is an order of magnitude faster than DataFrame.to_csv on large chunks;
         # with no quoting it refuses values holding separators, quotes or newlines: those chunks go
         # through pandas, which quotes just the cells that need it.
@@ -175,7 +196,6 @@ class AtomicCsvWriter:
                 self._handle.write(header.getvalue().encode("utf-8"))
             self._handle.write(buffer.getvalue())
         self._header_written = True
-        self.rows += len(frame)
 
     def _write_with_pandas(self, frame: pd.DataFrame, header: bool) -> None:
         frame.to_csv(self._handle, header=header, index=False, encoding="utf-8", lineterminator="\n")
@@ -185,6 +205,15 @@ class AtomicCsvWriter:
     ) -> None:
         assert self._handle is not None and self._tmp is not None
         try:
+            try:
+                self._finish_pending()
+            except BaseException:
+                if exc_type is None:
+                    raise
+                # already failing: the first error is the one to report
+            finally:
+                if self._pool is not None:
+                    self._pool.shutdown(wait=True)
             if exc_type is None and not self._header_written and self.columns is not None:
                 names = [neutralize_cell(str(c)) if self.safe_cells else str(c) for c in self.columns]
                 self._write_with_pandas(pd.DataFrame(columns=names), header=True)
@@ -192,6 +221,7 @@ class AtomicCsvWriter:
             if exc_type is None:
                 os.replace(self._tmp, self.path)
         finally:
+            self._handle.close()  # no-op when closed above
             if self._tmp.exists():
                 self._tmp.unlink()
 
