@@ -16,7 +16,7 @@ from sklearn.metrics import adjusted_rand_score, f1_score
 from rifml.features import band_position
 from rifml.errors import RifmlInputError
 from rifml.evaluation import expected_calibration_error
-from rifml.pipeline import ImmuneProfiler, _rare_reading_weights, calls_columns, mask_compartment
+from rifml.pipeline import ImmuneProfiler, _rare_profile_weights, calls_columns, mask_compartment
 from rifml.simulate import simulate_cohort
 from rifml.training import load_train_config, profiler_from_config
 from rifml.validate import validate_chunk
@@ -243,16 +243,16 @@ def test_explanations_that_do_not_add_up_fail_loudly(cohorts, supervised, monkey
         profiler.call(test.iloc[:20])
 
 
-def test_rare_readings_weigh_more_in_label_free_training():
-    """A reading seen in 2% of complete panels weighs more than one seen in 60%; weights average 1."""
+def test_rare_profiles_weigh_more_in_training():
+    """A profile seen in 2% of complete panels weighs more than one seen in 60%; weights average 1."""
     readings = np.array(["hyperactive"] * 60 + ["balanced"] * 20 + ["hypoactive"] * 18 + ["mixed"] * 2, dtype=object)
-    weights = _rare_reading_weights(readings)
-    by_reading = pd.Series(weights).groupby(readings).agg(["min", "max"])
-    assert (by_reading["min"] == by_reading["max"]).all()  # one weight per reading
-    order = by_reading["min"].sort_values().index.tolist()
+    weights = _rare_profile_weights(readings)
+    by_profile = pd.Series(weights).groupby(readings).agg(["min", "max"])
+    assert (by_profile["min"] == by_profile["max"]).all()  # one weight per reading
+    order = by_profile["min"].sort_values().index.tolist()
     assert order == ["hyperactive", "balanced", "hypoactive", "mixed"]
     assert weights.mean() == pytest.approx(1.0)
-    assert by_reading.loc["mixed", "min"] / by_reading.loc["hyperactive", "min"] < 60 / 2  # damped, not inverse
+    assert by_profile.loc["mixed", "min"] / by_profile.loc["hyperactive", "min"] < 60 / 2  # damped, not inverse
 
 
 def test_label_free_model_of_a_cohort_without_subtypes_is_not_champion(catalog):
