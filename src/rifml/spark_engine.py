@@ -35,7 +35,7 @@ from rifml.io.reader import PanelFile
 from rifml.labs import LabAdaptation
 from rifml.scoring import Tally, scored_chunks
 from rifml.serving import DUPLICATE_FLAG, FIELD_COUNT_FLAG
-from rifml.validate import REJECT_COLUMNS, patient_ids, validate_chunk
+from rifml.validate import REJECT_COLUMNS, nfc, patient_ids, validate_chunk
 
 # Working columns; the prefix keeps them apart from whatever a panel file carries.
 ROW = "_rifml_row"
@@ -287,11 +287,13 @@ def score_batches(
         :data:`BATCH_SCHEMA`.
     """
     profiler = worker_profiler(token, shipped)
-    text = {pa.string(): pd.StringDtype("pyarrow"), pa.large_string(): pd.StringDtype("pyarrow")}
+    id_column = profiler.catalog_.id_column
     for batch in batches:
         if batch.num_rows == 0:
             continue
-        raw = batch.to_pandas(types_mapper=text.get)
+        raw = batch.to_pandas(types_mapper=pd.ArrowDtype)  # Arrow-backed cells, as the local reader gives them
+        if id_column in raw:  # ids in NFC as the local reader gives them (a reject's value shows the id so)
+            raw[id_column] = nfc(raw[id_column])
         rows = raw[ROW].to_numpy(dtype=np.int64)
         repeated = raw[DUPLICATE_FLAG].to_numpy(dtype=bool)
         checked = validate_chunk(

@@ -484,4 +484,5 @@ def _cell_text(raw: pd.DataFrame, column: str, position: int) -> str:
     if not column or column not in raw:
         return ""
     value = raw[column].iloc[position]
-    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+    # pd.NA: an empty cell of Arrow-backed text (Spark's reader, Parquet) reads "" as in a CSV
+    return "" if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)) else str(value)
