@@ -19,8 +19,7 @@ if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
 from rifml.cli import app  # noqa: E402
 from rifml.pipeline import calls_columns  # noqa: E402
 from rifml.io.reader import PanelFile  # noqa: E402
-from rifml.serving import FIELD_COUNT_FLAG  # noqa: E402
-from rifml.spark_engine import read_panel, spark_session, with_row_numbers, worker_profiler  # noqa: E402
+from rifml.spark_engine import FIELD_COUNT, read_panel, spark_session, with_row_numbers, worker_run  # noqa: E402
 from rifml.validate import validate_chunk  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -148,7 +147,7 @@ def test_parquet_cells_read_as_the_csv_cells(work, spark, catalog):
 
     def validated(path):
         cells = read_panel(spark, PanelFile(path, catalog)).toPandas()
-        return validate_chunk(cells.drop(columns=FIELD_COUNT_FLAG), np.arange(2, len(cells) + 2), catalog)
+        return validate_chunk(cells.drop(columns=FIELD_COUNT), np.arange(2, len(cells) + 2), catalog)
 
     from_csv, from_parquet = validated(panel_file.path), validated(folder / "typed.parquet")
     for checked in (from_csv, from_parquet):  # an empty extra cell is "" in Parquet, None from CSV: both write ""
@@ -174,13 +173,14 @@ def test_a_worker_unpickles_the_profiler_once_per_run(monkeypatch):
     import rifml.spark_engine as engine
 
     loads, real_loads = [], pickle.loads
-    monkeypatch.setattr(engine, "_WORKER_PROFILERS", {})
+    monkeypatch.setattr(engine, "_WORKER_RUNS", {})
     monkeypatch.setattr(engine.pickle, "loads", lambda data: loads.append(data) or real_loads(data))
 
     class Shipped:  # a Broadcast's face: .value
-        value = pickle.dumps({"fitted": 1})
+        value = pickle.dumps(({"fitted": 1}, frozenset({"P1"})))
 
-    first = [worker_profiler("run-1", Shipped) for _ in range(5)]
-    assert len(loads) == 1 and all(p is first[0] for p in first)
-    worker_profiler("run-2", Shipped)  # a later run in a reused worker: its own profiler, the first one dropped
-    assert len(loads) == 2 and list(engine._WORKER_PROFILERS) == ["run-2"]
+    first = [worker_run("run-1", Shipped) for _ in range(5)]
+    assert len(loads) == 1 and all(run is first[0] for run in first)
+    assert first[0] == ({"fitted": 1}, frozenset({"P1"}))
+    worker_run("run-2", Shipped)  # a later run in a reused worker: its own profiler, the first one dropped
+    assert len(loads) == 2 and list(engine._WORKER_RUNS) == ["run-2"]

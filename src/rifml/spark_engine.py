@@ -1,16 +1,16 @@
 """Batch scoring on Spark (``rifml score --engine spark``): the scoring path of the local engine, over Arrow batches.
 
 Spark's own CSV/Parquet reader splits the file across executors; every row gets its
-1-based line number (input index + 2) before anything moves. The facts a batch cannot
-see on its own are settled over the whole file first: a patient_id repeated anywhere
-(a Spark aggregation on :func:`rifml.validate.patient_ids`), a row whose field count
-does not match the header (the reader's corrupt-record column), and the offsets of
-labs unseen in training (estimated on the driver from those labs' rows). Then
-``mapInArrow`` validates and scores large Arrow batches with
-:func:`rifml.scoring.scored_chunks`, the function the CLI and the pyfunc use, on a
-profiler unpickled once per Python worker from a broadcast. Each batch comes back as
-one row holding its calls and rejects (Arrow IPC); the driver writes them in input
-order as one calls CSV and one rejects CSV, exactly as the local engine does.
+1-based line number (input index + 2) from its partition's offset, without moving.
+The facts a batch cannot see on its own are settled over the whole file first: the
+patient_ids repeated anywhere (a Spark aggregation on :func:`rifml.validate.patient_ids`),
+a row whose field count does not match the header (the reader's corrupt-record column),
+and the offsets of labs unseen in training (estimated on the driver from those labs'
+rows). Then ``mapInArrow`` validates and scores large Arrow batches exactly as the local
+engine does (:func:`rifml.validate.validate_chunk`, :func:`rifml.scoring.scored_chunks`),
+with the profiler and the repeated ids broadcast and unpickled once per Python worker.
+Each batch comes back as one row holding its calls and rejects (Arrow IPC); the driver
+writes them in input order as one calls CSV and one rejects CSV, as the local engine does.
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ from rifml.io.dialects import JAVA_CHARSETS
 from rifml.io.reader import PanelFile
 from rifml.labs import LabAdaptation
 from rifml.scoring import Tally, scored_chunks
-from rifml.serving import DUPLICATE_FLAG, FIELD_COUNT_FLAG
 from rifml.validate import REJECT_COLUMNS, nfc, patient_ids, validate_chunk
 
 # Working columns; the prefix keeps them apart from whatever a panel file carries.
 ROW = "_rifml_row"
 CLEAN_ID = "_rifml_patient_id"
 CORRUPT = "_rifml_corrupt_record"
+FIELD_COUNT = "_rifml_wrong_field_count"
 # Bits of monotonically_increasing_id() that count records within one partition.
 RECORD_BITS = 33
 LOCAL_SETTINGS = {
@@ -104,7 +104,7 @@ def _session():
 
 
 def read_panel(spark, panel_file: PanelFile):
-    """The panel file as a Spark DataFrame of text cells (None when empty), plus :data:`FIELD_COUNT_FLAG`.
+    """The panel file as a Spark DataFrame of text cells (None when empty), plus :data:`FIELD_COUNT`.
 
     CSV is parsed like the local reader (RFC 4180 quoting); a row with too few or too
     many fields is padded or cut and flagged. Parquet values are turned into text (NaN
@@ -122,7 +122,7 @@ def read_panel(spark, panel_file: PanelFile):
     if panel_file.format == "parquet":
         frame = spark.read.parquet(path).toDF(*panel_file.columns)
         text = [_as_text(field.dataType, field.name) for field in frame.schema.fields]
-        return frame.select(*text).withColumn(FIELD_COUNT_FLAG, F.lit(False))
+        return frame.select(*text).withColumn(FIELD_COUNT, F.lit(False))
     schema = T.StructType(
         [T.StructField(name, T.StringType()) for name in panel_file.columns] + [T.StructField(CORRUPT, T.StringType())]
     )
@@ -131,7 +131,7 @@ def read_panel(spark, panel_file: PanelFile):
         escape='"', mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT,
         encoding=JAVA_CHARSETS.get(panel_file.dialect.encoding, panel_file.dialect.encoding), sep=panel_file.dialect.sep,
     )
-    return frame.withColumn(FIELD_COUNT_FLAG, F.col(CORRUPT).isNotNull()).drop(CORRUPT)
+    return frame.withColumn(FIELD_COUNT, F.col(CORRUPT).isNotNull()).drop(CORRUPT)
 
 
 def spark_can_read(panel_file: PanelFile) -> None:
@@ -165,18 +165,14 @@ def _as_text(data_type, name: str):
 def with_row_numbers(frame):
     """Add :data:`ROW`, each row's line number (input index + 2), without moving rows between partitions.
 
-    The numbered frame is persisted (memory, then disk): the whole-file checks and the
-    scoring all read it, and the file is parsed once. ``unpersist`` it when done.
-
     Returns
     -------
     (DataFrame, int)
         The frame with :data:`ROW`, and its number of rows.
     """
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    frame = frame.withColumn("_rifml_id", F.monotonically_increasing_id()).persist(StorageLevel.MEMORY_AND_DISK)
+    frame = frame.withColumn("_rifml_id", F.monotonically_increasing_id())
     partition = F.shiftright("_rifml_id", RECORD_BITS)
     sizes = dict(frame.groupBy(partition.alias("p")).count().collect())
     offsets, total = [], 0
@@ -188,37 +184,33 @@ def with_row_numbers(frame):
     return frame.withColumn(ROW, offset + within + 2).drop("_rifml_id"), total
 
 
-def flag_duplicates(frame, id_column: str):
-    """Add :data:`CLEAN_ID` (the id as :func:`rifml.validate.patient_ids` reads it) and :data:`DUPLICATE_FLAG`.
+def repeated_patient_ids(frame, id_column: str) -> frozenset[str]:
+    """The patient ids (as :func:`rifml.validate.patient_ids` reads them) on more than one row of the whole file.
 
-    The duplicate rule is a Spark aggregation over the whole file: ids counted once per
-    row, across all partitions; every row whose id occurs more than once is flagged.
+    A Spark aggregation: ids are read on the executors, counted per id across all
+    partitions, and only the repeated ones come to the driver (every row holding one of
+    them is rejected, as :meth:`rifml.io.reader.PanelFile.duplicate_ids` makes the local engine do).
     """
     from pyspark.sql import functions as F
     from pyspark.sql.functions import pandas_udf
+
+    if id_column not in frame.columns:
+        return frozenset()
 
     @pandas_udf("string")
     def clean(ids: pd.Series) -> pd.Series:
         return patient_ids(ids)
 
-    frame = frame.withColumn(CLEAN_ID, clean(F.col(id_column)) if id_column in frame.columns else F.lit(""))
-    repeated = (
-        frame.where(F.col(CLEAN_ID) != "")
-        .groupBy(CLEAN_ID)
-        .count()
-        .where(F.col("count") > 1)
-        .select(CLEAN_ID, F.lit(True).alias(DUPLICATE_FLAG))
-    )
-    # A broadcast join keeps every row in its partition, so input order survives.
-    frame = frame.join(F.broadcast(repeated), on=CLEAN_ID, how="left")
-    return frame.withColumn(DUPLICATE_FLAG, F.coalesce(F.col(DUPLICATE_FLAG), F.lit(False)))
+    ids = frame.select(clean(F.col(id_column)).alias(CLEAN_ID))
+    repeated = ids.where(F.col(CLEAN_ID) != "").groupBy(CLEAN_ID).count().where(F.col("count") > 1)
+    return frozenset(row[0] for row in repeated.select(CLEAN_ID).toLocalIterator())
 
 
-def unseen_lab_offsets(frame, panel_file: PanelFile, profiler) -> LabAdaptation:
+def unseen_lab_offsets(frame, panel_file: PanelFile, profiler, repeated: frozenset[str]) -> LabAdaptation:
     """Offsets of labs unseen in training, estimated on the driver from the whole file.
 
-    Only rows of such labs come to the driver (validated as usual, whole-file rejects
-    left out), so every Spark batch scores with the same offsets as the local engine.
+    Only rows of such labs come to the driver, validated as the batches will be (whole-file
+    rejects included), so every Spark batch scores with the same offsets as the local engine.
     """
     from pyspark.sql import functions as F
 
@@ -228,26 +220,27 @@ def unseen_lab_offsets(frame, panel_file: PanelFile, profiler) -> LabAdaptation:
         return LabAdaptation()
     lab = F.trim(F.col(LAB_COLUMN))
     known = list(profiler.features_.known_labs_)
-    unseen = frame.where(lab.isNotNull() & (lab != "") & ~lab.isin(known) & ~F.col(DUPLICATE_FLAG) & ~F.col(FIELD_COUNT_FLAG))
-    rows = unseen.select(*panel_file.columns).toPandas()
+    rows = frame.where(lab.isNotNull() & (lab != "") & ~lab.isin(known)).select(*panel_file.columns, FIELD_COUNT).toPandas()
     if rows.empty:
         return LabAdaptation()
-    checked = validate_chunk(rows, np.arange(2, len(rows) + 2), panel_file.catalog)
+    checked = validate_chunk(
+        rows[panel_file.columns], np.arange(2, len(rows) + 2), panel_file.catalog, repeated, rows[FIELD_COUNT].to_numpy(dtype=bool)
+    )
     return profiler.lab_adaptation(checked.panel)
 
 
-# Profilers unpickled in this Python worker, by run token. Spark reuses a worker for many
-# tasks (spark.python.worker.reuse), so each batch after the first finds its profiler here.
-_WORKER_PROFILERS: dict[str, object] = {}
+# What this Python worker unpickled for a run (profiler, repeated ids), by run token. Spark reuses
+# a worker for many tasks (spark.python.worker.reuse), so every batch after the first finds them here.
+_WORKER_RUNS: dict[str, tuple] = {}
 
 
-def worker_profiler(token: str, shipped):
-    """The profiler of run ``token``, unpickled from the broadcast ``shipped`` the first time this worker needs it."""
-    profiler = _WORKER_PROFILERS.get(token)
-    if profiler is None:
-        _WORKER_PROFILERS.clear()  # a worker reused by a later run drops the earlier run's profiler
-        profiler = _WORKER_PROFILERS[token] = pickle.loads(shipped.value)
-    return profiler
+def worker_run(token: str, shipped) -> tuple:
+    """Run ``token``'s broadcast ``shipped`` (profiler, repeated ids), unpickled the first time this worker needs it."""
+    run = _WORKER_RUNS.get(token)
+    if run is None:
+        _WORKER_RUNS.clear()  # a worker reused by a later run drops the earlier run's profiler
+        run = _WORKER_RUNS[token] = pickle.loads(shipped.value)
+    return run
 
 
 def _ipc(frame: pd.DataFrame | None) -> bytes:
@@ -274,10 +267,9 @@ def score_batches(
     Parameters
     ----------
     batches : iterator of pyarrow.RecordBatch
-        The file's text cells (``columns``) with :data:`ROW`, :data:`CLEAN_ID`,
-        :data:`DUPLICATE_FLAG` and :data:`FIELD_COUNT_FLAG`.
+        The file's text cells (``columns``) with :data:`ROW` and :data:`FIELD_COUNT`.
     token, shipped :
-        The run's profiler (see :func:`worker_profiler`).
+        The run's profiler and repeated patient ids (see :func:`worker_run`).
     labs : LabAdaptation
         Offsets of unseen labs, from the whole file.
 
@@ -286,7 +278,7 @@ def score_batches(
     pyarrow.RecordBatch
         :data:`BATCH_SCHEMA`.
     """
-    profiler = worker_profiler(token, shipped)
+    profiler, repeated = worker_run(token, shipped)
     id_column = profiler.catalog_.id_column
     for batch in batches:
         if batch.num_rows == 0:
@@ -295,10 +287,7 @@ def score_batches(
         if id_column in raw:  # ids in NFC as the local reader gives them (a reject's value shows the id so)
             raw[id_column] = nfc(raw[id_column])
         rows = raw[ROW].to_numpy(dtype=np.int64)
-        repeated = raw[DUPLICATE_FLAG].to_numpy(dtype=bool)
-        checked = validate_chunk(
-            raw[columns], rows, profiler.catalog_, frozenset(raw[CLEAN_ID][repeated]), raw[FIELD_COUNT_FLAG].to_numpy(dtype=bool)
-        )
+        checked = validate_chunk(raw[columns], rows, profiler.catalog_, repeated, raw[FIELD_COUNT].to_numpy(dtype=bool))
         [(_, calls)] = scored_chunks(profiler, [checked], labs=labs)
         yield pa.RecordBatch.from_pydict(
             {"first_row": [int(rows[0])], "last_row": [int(rows[-1])], "accepted_lines": [checked.accepted_lines],
@@ -313,24 +302,25 @@ def scored_batches(spark, panel_file: PanelFile, profiler):
 
     Returns
     -------
-    (DataFrame, DataFrame)
-        The answers (one row per batch, partitions in input order), and the persisted
-        numbered input (``unpersist`` both when done).
+    (DataFrame, Broadcast)
+        The answers (one row per batch, partitions in input order), and the broadcast
+        to ``destroy`` when they have been read.
     """
     from pyspark.sql import functions as F
 
     catalog = panel_file.catalog
-    numbered, total = with_row_numbers(read_panel(spark, panel_file))
-    frame = flag_duplicates(numbered, catalog.id_column)
-    labs = unseen_lab_offsets(frame, panel_file, profiler)
+    frame = read_panel(spark, panel_file)
+    repeated = repeated_patient_ids(frame, catalog.id_column)
+    labs = unseen_lab_offsets(frame, panel_file, profiler, repeated)
+    frame, total = with_row_numbers(frame)
     parallelism = spark.sparkContext.defaultParallelism
     if frame.rdd.getNumPartitions() < parallelism and total > panel_file.chunk_rows:
         # One unsplittable file (gzip, UTF-16) would be scored by one core: spread it, keeping line order.
         frame = frame.repartitionByRange(min(parallelism, -(-total // panel_file.chunk_rows)), ROW).sortWithinPartitions(ROW)
-    shipped = spark.sparkContext.broadcast(pickle.dumps(profiler, protocol=pickle.HIGHEST_PROTOCOL))
+    shipped = spark.sparkContext.broadcast(pickle.dumps((profiler, repeated), protocol=pickle.HIGHEST_PROTOCOL))
     body = partial(score_batches, token=uuid.uuid4().hex, shipped=shipped, columns=list(panel_file.columns), labs=labs)
-    inputs = [*panel_file.columns, ROW, CLEAN_ID, DUPLICATE_FLAG, FIELD_COUNT_FLAG]
-    return frame.select(*[F.col(f"`{name}`") for name in inputs]).mapInArrow(body, BATCH_SCHEMA), numbered, shipped
+    inputs = [*panel_file.columns, ROW, FIELD_COUNT]
+    return frame.select(*[F.col(f"`{name}`") for name in inputs]).mapInArrow(body, BATCH_SCHEMA), shipped
 
 
 def score_with_spark(panel_file: PanelFile, profiler, calls_path: Path, rejects_path: Path) -> Tally:
@@ -363,7 +353,7 @@ def score_with_spark(panel_file: PanelFile, profiler, calls_path: Path, rejects_
         before = spark.conf.get(BATCH_ROWS_SETTING, None)
         spark.conf.set(BATCH_ROWS_SETTING, str(panel_file.chunk_rows))
         try:
-            answers, numbered, shipped = scored_batches(spark, panel_file, profiler)
+            answers, shipped = scored_batches(spark, panel_file, profiler)
             # Score every partition at once (one job across the cluster), then bring the answers home in order.
             answers = answers.persist(StorageLevel.MEMORY_AND_DISK)
             answers.count()
@@ -378,7 +368,6 @@ def score_with_spark(panel_file: PanelFile, profiler, calls_path: Path, rejects_
                     calls_writer.write(calls)
                 tally.add(rejects, calls, answer.accepted_lines)
             answers.unpersist()
-            numbered.unpersist()
             shipped.destroy()
         finally:
             if before is None:
