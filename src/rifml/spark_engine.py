@@ -278,7 +278,13 @@ def score_batches(
     pyarrow.RecordBatch
         :data:`BATCH_SCHEMA`.
     """
+    import numba
+    from pyspark import TaskContext
+
     profiler, repeated = worker_run(token, shipped)
+    # Spark runs as many tasks at once as an executor has cores, each owning spark.task.cpus of them:
+    # the compiled kernels' threads stay within the task's share (else every worker spawns one per core).
+    numba.set_num_threads(max(1, min(TaskContext.get().cpus(), numba.config.NUMBA_NUM_THREADS)))
     id_column = profiler.catalog_.id_column
     for batch in batches:
         if batch.num_rows == 0:
