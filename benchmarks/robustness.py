@@ -6,7 +6,10 @@ batch (where a scoring-only lab appears for the first time). rifml is trained wi
 without, through the public API, and measured by rifml.robustness on complete panels. The
 table goes to the terminal and, with the commit it was measured on, to benchmarks/robustness.csv.
 
-    .venv/bin/python benchmarks/robustness.py [--scenarios a,b] [--n-train 2000] [--n-test 2500] [--jobs 2]
+    .venv/bin/python benchmarks/robustness.py [--scenarios a,b] [--random K] [--n-train 2000] [--n-test 2500] [--jobs 2]
+
+`--random K` draws K worlds at random (rifml.scenarios.random_overlay: every knob moved at
+once, by amounts no one chose); `random-<seed>` is also a scenario name anywhere one is taken.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from rifml.errors import RifmlInputError  # noqa: E402
-from rifml.scenarios import available_scenarios, scenario_description  # noqa: E402
+from rifml.scenarios import RANDOM_PREFIX, available_scenarios, scenario_description  # noqa: E402
 from rifml.simulate import load_simulation_config  # noqa: E402
 
 DEFAULT = "default"  # simulate.yaml with no overlay: the world rifml was built on, for reference
@@ -103,6 +106,9 @@ def main(
     scenarios: Annotated[
         Optional[str], typer.Option("--scenarios", help="Comma-separated scenario names or files (default: default + all shipped).")
     ] = None,
+    random: Annotated[
+        int, typer.Option("--random", min=0, help="Also run this many worlds drawn at random (random-1 ... random-K; alone: only those).")
+    ] = 0,
     n_train: Annotated[int, typer.Option("--n-train", min=50, help="Panels in each training batch.")] = 2000,
     n_test: Annotated[int, typer.Option("--n-test", min=50, help="Panels in each scoring batch.")] = 2500,
     train_seed: Annotated[int, typer.Option("--train-seed")] = 1,
@@ -114,8 +120,9 @@ def main(
     """Train and call rifml on many simulated worlds; print and save one row per scenario."""
     if train_seed == test_seed:
         raise typer.BadParameter("train and test cohorts need separate seeds", param_hint="--test-seed")
-    given = [s.strip() for s in scenarios.split(",") if s.strip()] if scenarios else [DEFAULT, *available_scenarios()]
-    names = list(dict.fromkeys(given))
+    shipped = [DEFAULT, *available_scenarios()] if not random else []  # `--random K` alone: only drawn worlds
+    given = [s.strip() for s in scenarios.split(",") if s.strip()] if scenarios else shipped
+    names = list(dict.fromkeys([*given, *(f"{RANDOM_PREFIX}{seed}" for seed in range(1, random + 1))]))
     try:  # fail on a bad name before any training starts
         descriptions = {n: "" if n == DEFAULT else scenario_description(n) for n in names}
         for n in names:

@@ -1,7 +1,8 @@
+import pandas as pd
 import pytest
 import yaml
 
-from rifml.catalog import load_catalog
+from rifml.catalog import Catalog, load_catalog
 from rifml.config import config_dir
 from rifml.errors import RifmlInputError
 
@@ -18,20 +19,42 @@ def test_catalog_covers_domain_markers(catalog):
     assert catalog.marker_names == DOMAIN_COLUMNS
 
 
-def test_literature_cutoffs_are_reference_band_tops(catalog):
-    # Kwak-Kim 2003 cut-offs and Ledee's uNK band, as domain.md states them.
-    assert catalog.by_name["pb_th1_th2_ifng_il4"].reference_band[1] == 10.3
-    assert catalog.by_name["pb_th1_th2_tnfa_il10"].reference_band[1] == 30.6
-    assert catalog.by_name["em_unk_cd56_pct"].reference_band == (1.2, 13.9)
+def test_literature_cutoffs_separate_within_from_above(catalog):
+    # Kwak-Kim 2003 cut-offs (elevated at >= 10.3 and >= 30.6) and Ledee's uNK band, as domain.md states
+    # them, decide where a value sits: read through band_position, as the report and the findings read them.
+    from rifml.features import band_position
+
+    cells = {"pb_th1_th2_ifng_il4": [10.2, 10.4], "pb_th1_th2_tnfa_il10": [30.5, 30.7], "em_unk_cd56_pct": [1.1, 14.0]}
+    positions = band_position(pd.DataFrame(cells), catalog)
+    assert positions["pb_th1_th2_ifng_il4"].tolist() == [0, 1]
+    assert positions["pb_th1_th2_tnfa_il10"].tolist() == [0, 1]
+    assert positions["em_unk_cd56_pct"].tolist() == [-1, 1]
 
 
-def test_every_marker_has_compartment_unit_and_kind(catalog):
-    for marker in catalog.markers:
-        assert marker.compartment in {"blood", "endometrium"}
-        assert marker.unit
-        if marker.kind == "percent":
-            assert marker.valid_range == (0, 100)
-    assert {c.name for c in catalog.context} == {"lab_id", "sample_date", "age_years", "failed_transfers", "cycle_day_lh"}
+def test_signals_point_only_where_the_marker_is_a_concern(catalog):
+    # pydantic checks each field; this checks them against each other: a signal on the side the
+    # catalog calls harmless would name subtypes from values the report draws grey.
+    sides = {"high": {"above"}, "low": {"below"}, "both": {"above", "below"}, "none": set()}
+    for marker in catalog.numeric_markers:
+        assert set(marker.signals) <= sides[marker.concern], marker.name
+    for compartment in catalog.compartments:  # subtypes need signalling markers in every compartment
+        assert any(m.signals for m in catalog.compartment_markers(compartment) if m.is_numeric), compartment
+
+
+def test_a_catalog_written_before_lab_column_and_interactions_still_loads(tmp_path):
+    data = yaml.safe_load((config_dir() / "markers.yaml").read_text())
+    del data["lab_column"], data["interactions"]
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump(data))
+    catalog = load_catalog(old)
+    assert catalog.lab_column == "lab_id" and catalog.interactions == ()
+    # and a catalog pickled inside a model trained before the fields existed: unpickled with the defaults
+    current = load_catalog()
+    state = current.__getstate__()
+    state["__dict__"] = {k: v for k, v in state["__dict__"].items() if k not in ("lab_column", "interactions")}
+    revived = Catalog.__new__(Catalog)
+    revived.__setstate__(state)
+    assert revived.lab_column == "lab_id" and revived.interactions == ()
 
 
 def _write_variant(tmp_path, mutate):
@@ -51,6 +74,11 @@ def _write_variant(tmp_path, mutate):
         (lambda d: d["markers"][0].pop("reference_band"), "reference_band"),
         (lambda d: d.update(profiles=["balanced", "odd"]), "profiles"),
         (lambda d: d["markers"][0].update(surprise=1), "surprise"),
+        (lambda d: d.update(lab_column="lab"), "lab_column 'lab' is not a context column"),
+        (lambda d: d["interactions"][0]["when"].update(pb_nk_pct="AA"), "pb_nk_pct is not a categorical marker"),
+        (lambda d: d["interactions"][0]["when"].update(kir_haplotype="CC"), "kir_haplotype has no category 'CC'"),
+        (lambda d: d["interactions"][0].update(when={"kir_haplotype": "AA"}), "at least two markers"),
+        (lambda d: d["interactions"][0].update(name="lab_id"), "has the name of a column"),
     ],
 )
 def test_malformed_catalog_is_a_clear_error(tmp_path, mutate, words):

@@ -1,4 +1,4 @@
-"""A new marker is a catalog entry, not a code change: train and score with an extended catalog."""
+"""A new marker is a catalog entry, not a code change: train, score and report with an extended catalog."""
 
 import numpy as np
 import pandas as pd
@@ -55,11 +55,13 @@ def extended(tmp_path_factory):
     assert trained.returncode == 0, trained.stderr
     scored = rifml("score", "--input", "batch.csv", "--output", "calls.csv", "--rejects", "rejects.csv",
                    "--catalog", "extended.yaml", "--model", "models:/rifml-immune-profile/1", "--tracking-uri", uri, cwd=work)
-    return work, uri, scored
+    reported = rifml("report", "--input", "batch.csv", "--calls", "calls.csv", "--rejects", "rejects.csv",
+                     "--output", "report", "--model", "models:/rifml-immune-profile/1", "--tracking-uri", uri, cwd=work)
+    return work, uri, scored, reported
 
 
 def test_the_model_records_the_catalog_it_was_trained_with(extended):
-    work, uri, _ = extended
+    work, uri, *_ = extended
     import mlflow
     from mlflow import MlflowClient
 
@@ -80,7 +82,7 @@ def test_the_model_records_the_catalog_it_was_trained_with(extended):
 
 
 def test_scoring_with_the_extended_catalog_calls_with_the_new_marker(extended):
-    work, _, scored = extended
+    work, _, scored, _ = extended
     assert scored.returncode == 0, scored.stderr
     calls = pd.read_csv(work / "calls.csv", dtype=str, keep_default_na=False)
     drivers = calls[["driver_1", "driver_2", "driver_3"]]
@@ -91,7 +93,29 @@ def test_scoring_with_the_extended_catalog_calls_with_the_new_marker(extended):
 
 
 def test_the_installed_catalog_refuses_the_extended_model(extended):
-    work, uri, _ = extended
+    work, uri, *_ = extended
     result = rifml("score", "--input", "batch.csv", "--output", "calls_default.csv", "--rejects", "rejects_default.csv",
                    "--model", "models:/rifml-immune-profile/1", "--tracking-uri", uri, cwd=work)
     refused(result, "trained with marker catalog 1.0.1", "this installation has 1.0")
+
+
+def test_the_report_shows_the_new_marker_among_drivers_and_on_patient_pages(extended):
+    from rifml.report.cohort import patient_file_names
+
+    work, _, scored, reported = extended
+    assert scored.returncode == 0, scored.stderr
+    assert reported.returncode == 0, reported.stderr
+    calls = pd.read_csv(work / "calls.csv", dtype=str, keep_default_na=False)
+    pages = dict(zip(calls["patient_id"], patient_file_names(calls["patient_id"].tolist())))
+    driven = calls[(calls["driver_1"] == NEW) & (calls["immune_profile"] == "hyperactive")]
+    assert len(driven) > 0
+    patient = driven.iloc[0]
+    page = (work / "report" / "patients" / pages[patient["patient_id"]]).read_text()
+    # its bar in the waterfall of what drove the call, its row against its reference band, and the
+    # findings it feeds through its catalog fields (blood, nk axis, signals hyperactive)
+    assert f'text-anchor="end">{NEW}</text>' in page
+    assert f'<td class="name" title="{ENTRY["description"]}">{NEW}</td>' in page
+    assert f"{NEW} above its reference band" in page
+    # the cohort page's patient table names it as that patient's first driver
+    index = (work / "report" / "index.html").read_text()
+    assert f">{NEW}<" in index

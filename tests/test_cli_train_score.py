@@ -1,6 +1,7 @@
 """train -> registry -> score end to end through the console script, with a real SQLite MLflow store."""
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -9,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rifml.pipeline import calls_columns
+from mlflow_support import quick_train_config
+from rifml.contract import calls_columns
 
 RIFML = str(Path(sys.executable).parent / "rifml")
 
@@ -77,7 +79,7 @@ def test_score_writes_calls_and_rejects_accounting_for_every_row(trained, catalo
     rejects = pd.read_csv(work / "rejects.csv", dtype=str, keep_default_na=False)
     assert len(calls) + len(rejects) == len(batch)
     assert f"rows in {len(batch):,} = scored {len(calls):,} + rejected {len(rejects):,}" in result.stdout
-    assert list(calls.columns[:14]) == calls_columns(catalog)[:14]
+    assert list(calls.columns) == calls_columns(catalog)  # every column of the contract, in order, and no other
     good = truth[truth["corruption"] == ""]
     assert calls["patient_id"].tolist() == good["patient_id"].tolist()  # input order, no good row lost
     assert set(rejects["row"].astype(int)) == set(truth.loc[truth["corruption"] != "", "row"].astype(int))
@@ -151,3 +153,46 @@ def test_score_refuses_an_edited_catalog_of_the_same_version(trained, tmp_path):
                        "--catalog", tmp_path / "markers.yaml", cwd=work)
     assert edited_run.returncode == 2 and "pb_nk_pct valid_range" in edited_run.stderr
     assert not (work / "c7.csv").exists()
+
+
+def _client(work):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _run_id(result) -> str:
+    return re.search(r"^run ([0-9a-f]{32}) in ", result.stdout, re.M).group(1)
+
+
+def test_a_model_below_the_floors_is_registered_but_the_champion_stays(trained):
+    import yaml
+
+    work, _ = trained
+    settings = yaml.safe_load(quick_train_config("e2e"))
+    settings["floors"]["max_ece"] = 0.0  # no calibration is perfect: this floor always fails
+    (work / "strict.yaml").write_text(yaml.safe_dump(settings))
+    result = rifml("train", "--data", "cohort.csv", "--experiment", "e2e", "--config", "strict.yaml", cwd=work)
+    assert result.returncode == 0, result.stderr
+    found = re.search(r"registered rifml-immune-profile version (\d+) \(not champion: below the floors of "
+                      r"configs/train.yaml: cv_ece (\d\.\d{3}) > 0\.0\)", result.stdout)
+    assert found, result.stdout
+    assert float(found.group(2)) > 0
+    client = _client(work)
+    assert str(client.get_model_version_by_alias("rifml-immune-profile", "champion").version) == "1"
+    assert client.get_model_version("rifml-immune-profile", found.group(1)).run_id == _run_id(result)
+
+
+def test_a_custom_label_column_trains_on_that_column(trained):
+    work, _ = trained
+    cohort = pd.read_csv(work / "cohort.csv", dtype=str, keep_default_na=False)
+    cohort.rename(columns={"immune_profile": "profile_by_hand"}).to_csv(work / "relabelled.csv", index=False)
+    (work / "quick.yaml").write_text(quick_train_config("e2e"))
+    result = rifml("train", "--data", "relabelled.csv", "--label-column", "profile_by_hand", "--no-champion",
+                   "--experiment", "e2e", "--config", "quick.yaml", cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert "labels from profile_by_hand" in result.stderr
+    run = _client(work).get_run(_run_id(result))
+    assert run.data.params["label_column"] == "profile_by_hand"
+    assert run.data.tags["rifml.mode"] == "supervised"

@@ -1,6 +1,6 @@
 """Tests for rifml.features: the clean panel -> model features step.
 
-Marker names come from the catalog (or the module's NK/HLA-C rule), never spelled here,
+Marker names come from the catalog (its markers and its NK/HLA-C interaction), never spelled here,
 so the tests follow the catalog if it grows.
 """
 
@@ -17,8 +17,6 @@ from sklearn.utils.estimator_checks import check_estimator
 
 from rifml.catalog import load_catalog
 from rifml.features import (
-    INCOMPATIBILITY_FEATURE,
-    NK_HLA_C_INCOMPATIBILITY,
     FlooredLog,
     PanelFeatures,
     _distinct_rows,
@@ -33,8 +31,8 @@ STEADY = [m.name for m in NUMERIC if not m.drifts]
 CENSORABLE = [m.name for m in NUMERIC if m.censorable]
 BLOOD = [m.name for m in CATALOG.compartment_markers("blood") if m.is_numeric]
 ENDO = [m.name for m in CATALOG.compartment_markers("endometrium") if m.is_numeric]
-KIR, HLA = tuple(NK_HLA_C_INCOMPATIBILITY)
-KIR_RISK, HLA_RISK = NK_HLA_C_INCOMPATIBILITY[KIR], NK_HLA_C_INCOMPATIBILITY[HLA]
+INCOMPATIBILITY_FEATURE = CATALOG.interactions[0].name
+(KIR, KIR_RISK), (HLA, HLA_RISK) = CATALOG.interactions[0].when.items()
 KIR_OTHER = next(c for c in CATALOG.by_name[KIR].categories if c != KIR_RISK)
 HLA_OTHER = next(c for c in CATALOG.by_name[HLA].categories if c != HLA_RISK)
 
@@ -226,6 +224,25 @@ def test_kir_hla_truth_table(fitted, kir, hla, expected):
     np.testing.assert_equal(out[f"{HLA}__{HLA_RISK}"], np.nan if hla is None else float(hla == HLA_RISK))
 
 
+def test_interactions_are_the_catalogs_none_spelled_in_code(tmp_path, panel):
+    import yaml
+
+    from rifml.config import config_dir
+
+    data = yaml.safe_load((config_dir() / "markers.yaml").read_text())
+    data["interactions"] = [
+        {"name": "protective", "description": "the other categories together", "when": {KIR: KIR_OTHER, HLA: HLA_OTHER}},
+    ]
+    (tmp_path / "markers.yaml").write_text(yaml.safe_dump(data))
+    features = PanelFeatures(catalog_path=str(tmp_path / "markers.yaml")).fit(panel)
+    out = features.transform(panel)
+    assert INCOMPATIBILITY_FEATURE not in out  # the shipped interaction is gone with its entry
+    expected = ((panel[KIR] == KIR_OTHER) & (panel[HLA] == HLA_OTHER)).astype(float).to_numpy()
+    np.testing.assert_array_equal(out["protective"].to_numpy(), expected)
+    assert 0 < expected.sum() < len(expected)
+    assert features.feature_markers_["protective"] == (KIR, HLA)  # its SHAP credit goes to both markers
+
+
 @pytest.mark.parametrize("dtype", [object, "string", "string[pyarrow]", "category"])
 def test_raw_spellings_of_categories_read_like_canonical_ones(fitted, dtype):
     canonical = pd.DataFrame({"patient_id": ["p", "q", "r"], KIR: [KIR_RISK, KIR_OTHER, None], HLA: [HLA_RISK, HLA_OTHER, None]})
@@ -260,11 +277,28 @@ def test_feature_markers_cover_every_feature_and_name_only_catalog_markers(fitte
     assert {m for ms in fitted.feature_markers_.values() for m in ms} == set(CATALOG.marker_names)
 
 
-def test_marker_matrix_is_the_numeric_part_of_transform():
+def test_marker_matrix_is_the_imputed_logged_lab_aligned_value():
     panel = two_lab_panel()
-    features = PanelFeatures().fit(panel)
+    censored, zero = CENSORABLE[0], LOG_MARKERS[-1].name
+    panel.loc[0, f"{censored}__censored"] = True  # "<x": imputed below its limit
+    panel.loc[1, zero] = 0.0  # an exact zero: lifted to the learned floor before the log
+    features = PanelFeatures(lab_min_count=20, censor_fraction=0.4).fit(panel)
     matrix = features.marker_matrix(panel)
-    assert list(matrix.columns) == [m.name for m in NUMERIC]
+
+    # computed here from the raw cells and the fitted floors and lab shifts, not through the transformer
+    expected = {}
+    for marker in NUMERIC:
+        values = panel[marker.name].to_numpy(dtype=float)
+        if marker.censorable:
+            values = np.where(panel[f"{marker.name}__censored"].to_numpy(dtype=bool), values * 0.4, values)
+        if marker.transform == "log":
+            values = np.log(np.where(values == 0, features.zero_floor_[marker.name], values))
+        shifts = [features.lab_shifts_.get(lab, {}).get(marker.name, 0.0) for lab in panel["lab_id"]]
+        expected[marker.name] = values - np.asarray(shifts)
+    pd.testing.assert_frame_equal(matrix, pd.DataFrame(expected, index=panel.index))
+    assert matrix.loc[0, censored] == pytest.approx(np.log(panel.loc[0, censored] * 0.4) - features.lab_shifts_["A"].get(censored, 0.0))
+    assert 0 < features.zero_floor_[zero] < panel[zero][panel[zero] > 0].min()
+    # transform carries the same values in the markers' own columns
     pd.testing.assert_frame_equal(matrix, features.transform(panel)[list(matrix.columns)])
 
 

@@ -14,7 +14,7 @@ from rifml.io.dialects import ReadOptions
 from rifml.io.long_format import CONFLICT, MISSING_ANALYTE, pivot_long
 from rifml.io.reader import PanelFile, validated_chunks
 from rifml.io.units import UNIT_NOT_ACCEPTED, UNKNOWN_UNIT
-from rifml.validate import MISSING_ID, PERCENT_ABOVE_100, UNCLOSED_QUOTE
+from rifml.contract import MISSING_ID, PERCENT_ABOVE_100, UNCLOSED_QUOTE
 
 RIFML = str(Path(sys.executable).parent / "rifml")
 HEADER = ["patient_id", "analyte", "value", "unit", "lab_id", "age_years"]

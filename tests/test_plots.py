@@ -76,7 +76,7 @@ def test_shap_summary_orders_markers_by_mean_absolute_contribution():
 def test_probabilities_has_a_called_and_a_rest_row_per_profile():
     calls = pd.DataFrame({"immune_profile": ["balanced", "balanced", "hyperactive"],
                           "prob_balanced": [0.9, 0.8, 0.3], "prob_hyperactive": [0.1, 0.2, 0.7]})
-    figure = plot_probabilities(calls, PROFILES)
+    figure = plot_probabilities(calls, PROFILES, "immune_profile")
     assert len(figure.axes) == 4
     assert [ax.get_title() for ax in figure.axes[:2]] == ["balanced (2 called)", "hyperactive (1 called)"]
     assert figure.axes[2].get_xlabel() == "probability of balanced"

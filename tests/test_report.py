@@ -288,14 +288,36 @@ def test_findings_need_the_evidence_and_a_matching_call(catalog):
     assert not hits["uterine_hyperactive"].any()
 
 
-def test_interventions_config_carries_the_review_table_and_caveat():
-    interventions = load_interventions()
-    treatments = {t for f in interventions.findings for t in f.treatments}
-    assert {"tacrolimus", "intravenous immunoglobulin (IVIG)", "progesterone", "prednisolone", "vitamin E",
-            "intralipid", "endometrial scratching", "intrauterine hCG"} == treatments
-    assert interventions.caveat == (
-        "Evidence for each is limited; the review calls for standardized tests and randomized trials first."
-    )
+def test_every_finding_can_match_some_patient_in_this_catalog(catalog):
+    """A selector that picks no marker (a typo in axis or compartment, a signal no marker has) would
+    silently never list its treatments: each finding must have some evidence to find."""
+    positions = pd.DataFrame(0.0, index=[0], columns=[m.name for m in catalog.numeric_markers])
+    for finding in load_interventions().findings:
+        hits = find_findings(positions, np.array([finding.profiles[0]], dtype=object), np.array([True]), catalog,
+                             load_interventions().model_copy(update={"findings": (finding,)}))[0]
+        assert hits.evidence, f"finding {finding.key} has nothing to match in the catalog"
+        if finding.nk_hla_c_incompatibility:
+            assert catalog.interactions, f"finding {finding.key} needs the catalog's NK/HLA-C interaction"
+
+
+@pytest.mark.parametrize(
+    "finding, words",
+    [
+        ({"key": "k", "finding": "f", "treatments": ["t"], "profiles": ["hyperactive"]}, "needs out_of_band"),
+        ({"key": "k", "finding": "f", "treatments": ["t"], "profiles": ["calm"],
+          "out_of_band": {"signal": "hyperactive"}}, "profiles"),
+        ({"key": "k", "finding": "f", "treatments": ["t"], "profiles": ["hyperactive"],
+          "out_of_band": {"signal": "hyperactive", "organ": "blood"}}, "organ"),
+    ],
+)
+def test_malformed_interventions_config_is_one_clear_error(tmp_path, finding, words):
+    import yaml
+
+    path = tmp_path / "interventions.yaml"
+    path.write_text(yaml.safe_dump({"source": "s", "caveat": "c", "findings": [finding]}))
+    with pytest.raises(RifmlInputError, match="malformed") as info:
+        load_interventions(path)
+    assert words in str(info.value)
 
 
 def test_write_report_replaces_an_earlier_report_but_refuses_other_folders(tmp_path):

@@ -509,6 +509,23 @@ def test_shipped_scenarios_are_many_distinct_and_valid():
     assert any("mixed" not in c.subtypes for c in configs.values())
 
 
+def test_random_worlds_are_valid_reproducible_and_move_every_knob():
+    """`random-<seed>` draws a whole world: the same for a seed, another for another seed."""
+    first, again, other = (load_simulation_config(scenario=name) for name in ("random-1", "random-1", "random-2"))
+    assert first.model_dump_json() == again.model_dump_json() != other.model_dump_json()
+    assert scenario_description("random-1").startswith("Drawn at random (seed 1)")
+    default = CONFIG
+    for world in (first, other):
+        assert world.shift != default.shift and world.panels != default.panels
+        assert [s.prevalence for s in world.subtypes.values()] != [s.prevalence for s in default.subtypes.values()]
+        assert sum(s.prevalence for s in world.subtypes.values()) == pytest.approx(1.0, abs=1e-3)
+        assert sum(lab.share for lab in world.labs.values() if not lab.scoring_only) == pytest.approx(0.8, abs=1e-3)
+        assert [name for name, lab in world.labs.items() if lab.scoring_only] == ["lab_new"]
+        assert set(world.subtypes) == set(default.subtypes)  # same subtype definitions, other sizes
+        cohort, truth = simulate_cohort(200, seed=1, config=world, batch="score")
+        assert len(cohort) == 200 and "lab_new" in set(truth["lab_id"])
+
+
 def test_cli_simulates_a_scenario_scoring_batch(tmp_path):
     rifml = str(Path(sys.executable).parent / "rifml")
     scenario = next(n for n in available_scenarios() if any(l.scoring_only for l in load_simulation_config(scenario=n).labs.values()))

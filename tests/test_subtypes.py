@@ -15,6 +15,7 @@ from rifml.subtypes import (
     ConsensusClustering,
     name_clusters,
     profiles_from_signatures,
+    split_by_profile,
     subtype_effects,
     subtype_signatures,
     rule_profile,
@@ -366,6 +367,50 @@ def test_signatures_make_mixed_from_two_subtypes(catalog):
             for marker, sign in zip(signature.markers, signature.signs):
                 both[marker] = sign * 4.0
     assert profiles_from_signatures(both, signatures)[0] == "mixed"
+
+
+def _profiles_of(values, labels, catalog):
+    """Profiles of any partition, named against the reference of ``labels``' partition."""
+    reference = subtype_effects(values, labels)
+    return lambda candidate: name_clusters(reference.against(values, candidate).effects, catalog)["profile"].to_numpy()
+
+
+def test_a_subtype_merged_into_the_balanced_cluster_is_split_off(catalog):
+    """Consensus clustering can leave a few-marker subtype inside the balanced cluster; the cut
+    whose half reads hyperactive separates it (bar: ARI >= 0.95 against the groups)."""
+    values, truth = _star_cohort(catalog)
+    keep = (truth != 1) | (np.arange(len(truth)) % 3 == 0)  # 50 NK-high panels beside 150 balanced
+    values, truth = values[keep].reset_index(drop=True), truth[keep]
+    merged = np.unique(np.where(truth == 1, 0, truth), return_inverse=True)[1]  # NK-high hides in balanced
+    assert list(_profiles_of(values, merged, catalog)(merged)) == ["balanced", "hyperactive", "hypoactive"]
+    split = split_by_profile(values.to_numpy() / 0.3, merged, _profiles_of(values, merged, catalog), max_clusters=8)
+    assert split.max() + 1 == 4
+    assert adjusted_rand_score(truth, split) >= 0.95
+    assert sorted(_profiles_of(values, merged, catalog)(split)) == ["balanced", "hyperactive", "hyperactive", "hypoactive"]
+
+
+def test_balanced_panels_inside_a_subtype_cluster_are_cut_out(catalog):
+    """Mild shifts can leave balanced panels in a subtype's cluster: the cut whose half reads
+    balanced takes them out (bar: the NK-high cluster >= 95% NK-high panels afterwards)."""
+    values, truth = _star_cohort(catalog)
+    merged = np.where((truth == 0) & (np.arange(len(truth)) % 2 == 0), 1, truth)  # half the balanced panels
+    split = split_by_profile(values.to_numpy() / 0.3, merged, _profiles_of(values, merged, catalog), max_clusters=8)
+    assert split.max() + 1 == 5
+    named = _profiles_of(values, merged, catalog)(split)
+    assert sorted(named) == ["balanced", "balanced", "hyperactive", "hyperactive", "hypoactive"]
+    nk_cluster = split[np.flatnonzero(truth == 1)[0]]
+    assert (truth[split == nk_cluster] == 1).mean() >= 0.95
+
+
+def test_cuts_that_keep_the_profile_are_not_kept(catalog):
+    """Halves of pure subtypes and of a homogeneous group read as their whole did: the partition stays."""
+    values, truth = _star_cohort(catalog)
+    kept = split_by_profile(values.to_numpy() / 0.3, truth, _profiles_of(values, truth, catalog), max_clusters=8)
+    np.testing.assert_array_equal(kept, truth)
+    one_group = values[truth == 0].reset_index(drop=True)
+    single = np.zeros(len(one_group), dtype=int)
+    alone = split_by_profile(one_group.to_numpy() / 0.3, single, _profiles_of(one_group, single, catalog), max_clusters=8)
+    assert alone.max() == 0
 
 
 # -- rule baseline -------------------------------------------------------------------------

@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from rifml.config import load_validated
 
 Compartment = Literal["blood", "endometrium"]
+# The compartments by name, for code that must single one out (a biopsy is the endometrium's).
+BLOOD: Compartment = "blood"
+ENDOMETRIUM: Compartment = "endometrium"
 Kind = Literal["percent", "ratio", "concentration", "count", "categorical"]
 Direction = Literal["above", "below"]
 Profile = Literal["balanced", "hyperactive", "hypoactive", "mixed"]
@@ -106,6 +109,27 @@ class Marker(_Versioned):
         }
 
 
+class Interaction(_Versioned):
+    """A feature that reads several categorical markers together (e.g. NK/HLA-C incompatibility).
+
+    It is 1 when every marker in ``when`` shows its category, 0 when one shows another, and
+    missing when one is missing; its SHAP credit is shared by those markers.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    description: str
+    when: dict[str, str]
+
+    @field_validator("when")
+    @classmethod
+    def _two_or_more(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) < 2:
+            raise ValueError("an interaction reads at least two markers")
+        return value
+
+
 class ContextColumn(_Versioned):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -131,6 +155,10 @@ class Catalog(_Versioned):
     context: tuple[ContextColumn, ...]
     id_aliases: tuple[str, ...] = ()
     label_aliases: tuple[str, ...] = ()
+    # The context column naming the lab that ran a panel (keys per-lab normalization); None: no
+    # lab column. Catalogs written before this field keyed labs by lab_id, hence the default.
+    lab_column: str | None = "lab_id"
+    interactions: tuple[Interaction, ...] = ()
 
     @field_validator("profiles")
     @classmethod
@@ -149,6 +177,17 @@ class Catalog(_Versioned):
                 raise ValueError(f"column {name!r} is defined twice")
             seen.add(name)
         self.column_spellings  # raises on a spelling shared by two columns
+        if self.lab_column is not None and self.lab_column not in {c.name for c in self.context}:
+            raise ValueError(f"lab_column {self.lab_column!r} is not a context column")
+        for interaction in self.interactions:
+            if interaction.name in seen:
+                raise ValueError(f"interaction {interaction.name!r} has the name of a column")
+            for name, category in interaction.when.items():
+                marker = self.by_name.get(name)
+                if marker is None or marker.is_numeric:
+                    raise ValueError(f"interaction {interaction.name}: {name} is not a categorical marker")
+                if category not in marker.categories:
+                    raise ValueError(f"interaction {interaction.name}: {name} has no category {category!r}")
         return self
 
     @cached_property

@@ -196,7 +196,7 @@ def simulate(
         write_table(truth_table, truth, safe_cells=False)
     if outcomes is not None:
         _simulate_outcomes(cohort, truth_table, settings, load_catalog(catalog), seed, outcomes)
-    profiles = truth_table["immune_profile"].value_counts()
+    profiles = truth_table[load_catalog(catalog).label_column].value_counts()
     out.print(
         f"wrote {len(cohort):,} panels to {output}"
         + (f" (truth: {truth})" if truth else "")
@@ -227,7 +227,7 @@ def validate(
     from rifml.catalog import load_catalog
     from rifml.io.paths import prepare_outputs
     from rifml.io.reader import PanelFile, validated_chunks
-    from rifml.validate import REJECT_COLUMNS
+    from rifml.contract import REJECT_COLUMNS
     from rifml.io.writer import AtomicCsvWriter
 
     prepare_outputs([("--input", input), ("--catalog", catalog), ("--columns", columns)], [("--rejects", rejects), ("--output", output)])
@@ -280,8 +280,9 @@ def read_clean_panel(path: Path, catalog, chunk_rows: int = 50_000, options=None
 def train(
     data: Annotated[Path, typer.Option("--data", help="Training panels (.csv or .parquet).")],
     label_column: Annotated[
-        str, typer.Option("--label-column", help="Column with known profiles; absent or empty = learn from clusters.")
-    ] = "immune_profile",
+        Optional[str], typer.Option("--label-column", help="Column with known profiles (default: the catalog's"
+                                    " label_column); absent or empty = learn from clusters.")
+    ] = None,
     no_labels: Annotated[
         bool, typer.Option("--no-labels", help="Ignore any label column: name profiles from discovered subtypes.")
     ] = False,
@@ -316,6 +317,7 @@ def train(
     experiment_name = check_experiment_name(experiment or settings.get("experiment", "rifml"))
     require_store(resolve_tracking_uri(tracking_uri), create=True)  # a bad store location fails before training
     cat = load_catalog(catalog)
+    label_column = label_column or cat.label_column
     err.print(f"reading {data} ...")
     panel, reasons = read_clean_panel(data, cat, options=read_options(sep, decimal, encoding, sheet, columns, layout))
     if len(panel) == 0:
@@ -526,8 +528,8 @@ def demo(
     steps = [
         ("simulate a training cohort (2% corrupt rows)", lambda: simulate(n=n, output=Path("cohort.csv"), seed=1, bad_share=0.02, truth=Path("cohort_truth.csv"), config=None, catalog=None)),
         ("validate it", lambda: validate(input=Path("cohort.csv"), rejects=Path("cohort_rejects.csv"), output=None, chunk_rows=50_000, catalog=None)),
-        ("train with labels (registered, champion if it meets the floors)", lambda: trained.update(labels=train(data=Path("cohort.csv"), label_column="immune_profile", no_labels=False, experiment="rifml-demo", tracking_uri=uri, config=None, champion=True, catalog=None))),
-        ("train without labels: subtypes named into profiles (second run)", lambda: train(data=Path("cohort.csv"), label_column="immune_profile", no_labels=True, experiment="rifml-demo", tracking_uri=uri, config=None, champion=False, catalog=None)),
+        ("train with labels (registered, champion if it meets the floors)", lambda: trained.update(labels=train(data=Path("cohort.csv"), label_column=None, no_labels=False, experiment="rifml-demo", tracking_uri=uri, config=None, champion=True, catalog=None))),
+        ("train without labels: subtypes named into profiles (second run)", lambda: train(data=Path("cohort.csv"), label_column=None, no_labels=True, experiment="rifml-demo", tracking_uri=uri, config=None, champion=False, catalog=None)),
         ("simulate a fresh batch to score (with an outcomes registry)", lambda: simulate(n=max(n // 2, 200), output=Path("batch.csv"), seed=2, bad_share=0.02, truth=Path("batch_truth.csv"), config=None, catalog=None, outcomes=Path("batch_outcomes.csv"))),
         ("score it with the model trained on labels", lambda: score(input=Path("batch.csv"), output=Path("calls.csv"), rejects=Path("rejects.csv"), model=_version_uri(trained["labels"]), tracking_uri=uri, chunk_rows=50_000, catalog=None)),
         ("write the HTML report", lambda: report(input=Path("batch.csv"), calls=Path("calls.csv"), output=Path("report"), model=_version_uri(trained["labels"]), tracking_uri=uri, rejects=Path("rejects.csv"))),
@@ -634,7 +636,7 @@ def _simulate_outcomes(cohort, truth_table, settings, cat, seed: int, path: Path
 
     if settings.outcomes is None:
         raise RifmlInputError("--outcomes needs an `outcomes:` section in the simulation config")
-    registry = simulate_outcomes(cohort, truth_table, settings.outcomes, cat.id_column, seed=seed)
+    registry = simulate_outcomes(cohort, truth_table, settings.outcomes, cat.id_column, seed=seed, label_column=cat.label_column)
     write_table(registry, path)
     treated = int((registry[TREATMENT] != NO_TREATMENT).sum())
     out.print(f"wrote outcomes of {len(registry):,} patients to {path} ({treated:,} with an add-on)")

@@ -1,8 +1,8 @@
 """Feature pipeline: a clean panel (see ``rifml.validate``) -> float features for the model.
 
-Every marker list comes from the catalog (configs/markers.yaml). The only marker names
-spelled here are the two in :data:`NK_HLA_C_INCOMPATIBILITY`, because that rule is
-biology about two specific catalog entries, not something a catalog field can express.
+Every marker list comes from the catalog (configs/markers.yaml), and so do the lab column
+and the interactions of categorical markers (NK/HLA-C incompatibility): no column name is
+spelled here.
 
 Nothing here opens a file except through :func:`rifml.catalog.load_catalog`.
 """
@@ -20,19 +20,10 @@ from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, 
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 
+from rifml import contract
 from rifml.catalog import Catalog, Marker, load_catalog
-from rifml.errors import RifmlInputError
+from rifml.contract import censored_column
 
-# NK/HLA-C incompatibility (domain.md; Mukherjee 2023): a mother with KIR haplotype AA
-# and a partner (embryo) carrying HLA-C2. Marker -> the category that takes part in the
-# rule. This mapping and the feature name below are the only marker names in this module.
-NK_HLA_C_INCOMPATIBILITY: dict[str, str] = {"kir_haplotype": "AA", "partner_hla_c2": "yes"}
-INCOMPATIBILITY_FEATURE = "kir_aa_x_hla_c2"
-
-# lab_id is a catalog context column, not a marker; it keys per-lab normalization.
-LAB_COLUMN = "lab_id"
-
-CENSORED_SUFFIX = "__censored"
 MISSING_PREFIX = "missing__"
 
 # Exact zeros (a count of 0 cells) have no logarithm. They are replaced by this fraction
@@ -122,7 +113,7 @@ def _censored_flags(panel: pd.DataFrame, markers: list[Marker]) -> np.ndarray:
     """(rows, markers) bool: True where a cell was reported as "<x"; False for non-censorable or absent flags."""
     out = np.zeros((len(panel), len(markers)), dtype=bool)
     for i, marker in enumerate(markers):
-        flag = f"{marker.name}{CENSORED_SUFFIX}"
+        flag = censored_column(marker.name)
         if marker.censorable and flag in panel.columns:
             column = panel[flag]
             out[:, i] = column.to_numpy(dtype=bool) if column.dtype == bool else column.astype("boolean").fillna(False).to_numpy(dtype=bool)
@@ -147,11 +138,11 @@ def _category_codes(panel: pd.DataFrame, marker: Marker) -> np.ndarray:
     return codes
 
 
-def lab_ids(panel: pd.DataFrame) -> pd.Series:
-    """Lab id as text (so 3 and "3" are one lab), missing (NaN / NA) where missing or absent."""
-    if LAB_COLUMN not in panel.columns:
+def lab_ids(panel: pd.DataFrame, catalog: Catalog) -> pd.Series:
+    """Lab id (the catalog's lab column) as text (so 3 and "3" are one lab), missing (NaN / NA) where missing or absent."""
+    if catalog.lab_column not in panel.columns:
         return pd.Series(np.nan, index=panel.index, dtype=object)
-    labs = panel[LAB_COLUMN]
+    labs = panel[catalog.lab_column]
     if isinstance(labs.dtype, pd.StringDtype):  # a validated panel: already text
         return labs
     return labs.astype(object).where(labs.isna(), labs.astype(str))
@@ -190,6 +181,11 @@ def compartments_measured(measured: pd.DataFrame, catalog: Catalog) -> dict[str,
     }
 
 
+def complete_coverage(catalog: Catalog) -> str:
+    """The :func:`compartment_names` value of a panel that measured every compartment ("blood+endometrium")."""
+    return "+".join(catalog.compartments)
+
+
 def compartment_names(measured: pd.DataFrame, catalog: Catalog) -> pd.Series:
     """Which compartments each row measured, e.g. "blood+endometrium", "blood", or "none" (categorical)."""
     masks = compartments_measured(measured, catalog)
@@ -202,7 +198,7 @@ def compartment_names(measured: pd.DataFrame, catalog: Catalog) -> pd.Series:
         ["+".join(c for bit, c in enumerate(names) if value >> bit & 1) or "none" for value in range(2 ** len(names))],
         dtype=object,
     )
-    return pd.Series(pd.Categorical.from_codes(code, categories=labels), index=measured.index, name="compartments")
+    return pd.Series(pd.Categorical.from_codes(code, categories=labels), index=measured.index, name=contract.COMPARTMENTS)
 
 
 def panel_compartments(panel_df: pd.DataFrame, catalog: Catalog) -> pd.Series:
@@ -256,19 +252,6 @@ def _learn_lab_shifts(values: pd.DataFrame, labs: pd.Series, min_count: int) -> 
     return shifts
 
 
-def _incompatibility_markers(catalog: Catalog) -> tuple[str, ...] | None:
-    """The NK/HLA-C rule's markers, or None when the catalog does not carry them all."""
-    names = tuple(NK_HLA_C_INCOMPATIBILITY)
-    if not all(name in catalog.by_name and not catalog.by_name[name].is_numeric for name in names):
-        return None
-    for name, category in NK_HLA_C_INCOMPATIBILITY.items():
-        if category not in (catalog.by_name[name].categories or {}):
-            raise RifmlInputError(
-                f"marker catalog: {name} has no category {category!r}, needed for the NK/HLA-C rule"
-            )
-    return names
-
-
 def _category_features(marker: Marker) -> list[tuple[str, str]]:
     """(feature name, category) pairs: one indicator for a two-category marker, else one per category."""
     categories = list(marker.categories or {})
@@ -292,7 +275,7 @@ class PanelFeatures(TransformerMixin, BaseEstimator):
       censorable markers ``m__censored`` (1/0, NaN when the value is missing);
     * per categorical marker: ``m__<category>`` indicators (1/0/NaN), one for a
       two-category marker (its first catalog category);
-    * ``kir_aa_x_hla_c2``: NK/HLA-C incompatibility (1/0, NaN if either part is missing);
+    * per catalog interaction (``kir_aa_x_hla_c2``, NK/HLA-C incompatibility): 1/0, NaN if a part is missing;
     * ``missing__<compartment>``: 1 when every marker of that compartment is missing.
 
     Parameters
@@ -370,7 +353,7 @@ class PanelFeatures(TransformerMixin, BaseEstimator):
         )
         self.zero_floor_ = dict(zip(log_columns, map(float, self.log_.floor_)))
 
-        labs = lab_ids(panel)
+        labs = lab_ids(panel, self.catalog_)
         self.known_labs_ = sorted(labs.dropna().unique().tolist())
         drifting = [m.name for m in numeric if m.drifts]
         self.lab_shifts_ = (
@@ -379,7 +362,6 @@ class PanelFeatures(TransformerMixin, BaseEstimator):
             if self.normalize_labs and drifting
             else {}
         )
-        self.incompatibility_markers_ = _incompatibility_markers(self.catalog_)
         self.feature_markers_ = self._build_feature_markers()
         return self
 
@@ -403,12 +385,12 @@ class PanelFeatures(TransformerMixin, BaseEstimator):
         for marker in catalog.numeric_markers:
             mapping[marker.name] = (marker.name,)
             if marker.censorable:
-                mapping[f"{marker.name}{CENSORED_SUFFIX}"] = (marker.name,)
+                mapping[censored_column(marker.name)] = (marker.name,)
         for marker in catalog.categorical_markers:
             for feature, _ in _category_features(marker):
                 mapping[feature] = (marker.name,)
-        if self.incompatibility_markers_ is not None:
-            mapping[INCOMPATIBILITY_FEATURE] = self.incompatibility_markers_
+        for interaction in catalog.interactions:
+            mapping[interaction.name] = tuple(interaction.when)
         for compartment in catalog.compartments:
             # says which compartment was not measured, not what any marker read: no marker to credit
             mapping[f"{MISSING_PREFIX}{compartment}"] = ()
@@ -442,7 +424,7 @@ class PanelFeatures(TransformerMixin, BaseEstimator):
         numeric = self.catalog_.numeric_markers
         scaled = self._scale(self._impute_censored(_numeric_values(panel, numeric), censored))
         if self.lab_shifts_:
-            lab_codes, labs = pd.factorize(lab_ids(panel))  # missing lab -> -1
+            lab_codes, labs = pd.factorize(lab_ids(panel, self.catalog_))  # missing lab -> -1
             names = [m.name for m in numeric]
             for marker in sorted({m for shifts in self.lab_shifts_.values() for m in shifts}):
                 # labs unknown at fit, or too small to trust, get no shift (`flags` reports them);
@@ -464,18 +446,15 @@ class PanelFeatures(TransformerMixin, BaseEstimator):
         for i, marker in enumerate(numeric):
             out[marker.name] = markers[:, i]
             if marker.censorable:
-                out[f"{marker.name}{CENSORED_SUFFIX}"] = np.where(np.isnan(markers[:, i]), np.nan, censored[:, i])
+                out[censored_column(marker.name)] = np.where(np.isnan(markers[:, i]), np.nan, censored[:, i])
         codes = {m.name: _category_codes(panel, m) for m in catalog.categorical_markers}
         for marker in catalog.categorical_markers:
             for feature, category in _category_features(marker):
                 out[feature] = _indicator(codes[marker.name], marker, category)
-        if self.incompatibility_markers_ is not None:
-            parts = [
-                _indicator(codes[name], catalog.by_name[name], NK_HLA_C_INCOMPATIBILITY[name])
-                for name in self.incompatibility_markers_
-            ]
+        for interaction in catalog.interactions:
+            parts = [_indicator(codes[name], catalog.by_name[name], category) for name, category in interaction.when.items()]
             # product of 1/0 indicators is 1 only when every part holds; NaN if any part is missing
-            out[INCOMPATIBILITY_FEATURE] = np.prod(parts, axis=0)
+            out[interaction.name] = np.prod(parts, axis=0)
         measured = measured_markers(panel, catalog)
         for compartment, present in compartments_measured(measured, catalog).items():
             out[f"{MISSING_PREFIX}{compartment}"] = (~present).astype(np.float64)
@@ -520,9 +499,9 @@ class PanelFeatures(TransformerMixin, BaseEstimator):
         joined = np.array([";".join(marker_names[p]) for p in patterns], dtype=object)
         return pd.DataFrame(
             {
-                "unknown_lab": ~lab_ids(panel).isin(self.known_labs_),
-                "outside_training_range": outside.any(axis=1),
-                "out_of_range_markers": pd.Series(pd.Categorical.from_codes(which, categories=joined), index=panel.index),
+                contract.UNKNOWN_LAB: ~lab_ids(panel, self.catalog_).isin(self.known_labs_),
+                contract.OUTSIDE_TRAINING_RANGE: outside.any(axis=1),
+                contract.OUT_OF_RANGE_MARKERS: pd.Series(pd.Categorical.from_codes(which, categories=joined), index=panel.index),
             },
             index=panel.index,
         )

@@ -16,20 +16,23 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
+from rifml import contract
 from rifml.catalog import BALANCED, HYPERACTIVE, HYPOACTIVE, MIXED, Catalog
+from rifml.contract import N_DRIVERS, REPORTED_DECIMALS, calls_columns, censored_column, profile_columns
 from rifml.errors import RifmlInputError
 from rifml.explain import InterventionalExplainer, check_tree_settings, marker_contributions, top_drivers
-from rifml.features import PanelFeatures, compartment_names, lab_ids, measured_markers
+from rifml.features import PanelFeatures, compartment_names, complete_coverage, lab_ids, measured_markers
 from rifml.labs import LabAdaptation, shrunk_median_offsets
 from rifml.model import CalibratedBoostedClassifier
-from rifml.subtypes import ConsensusClustering, name_clusters, profiles_from_signatures, subtype_effects, subtype_signatures
+from rifml.subtypes import (
+    ConsensusClustering,
+    name_clusters,
+    profiles_from_signatures,
+    split_by_profile,
+    subtype_effects,
+    subtype_signatures,
+)
 
-N_DRIVERS = 3
-# Probabilities and contributions are reported to 6 decimals: calibration and SHAP carry no
-# meaning beyond that, and shorter numbers make large calls files faster to write and read.
-# Rounding here, once, keeps the CLI, REST and Spark answers identical.
-REPORTED_DECIMALS = 6
-BOTH = "blood+endometrium"
 # Rounds of "assign panels to subtypes, then re-estimate the lab's offsets from the
 # residuals": the offsets settle after two or three.
 LAB_OFFSET_ROUNDS = 3
@@ -44,7 +47,7 @@ def mask_compartment(panel: pd.DataFrame, catalog: Catalog, compartment: str) ->
     for marker in catalog.compartment_markers(compartment):
         if marker.name in masked:  # all missing, same dtype (a categorical stays categorical)
             masked[marker.name] = masked[marker.name].where(np.zeros(len(masked), dtype=bool))
-        flag = f"{marker.name}__censored"
+        flag = censored_column(marker.name)
         if flag in masked:
             masked[flag] = False
     return masked
@@ -76,31 +79,6 @@ def _sized_classifier(template: CalibratedBoostedClassifier, classes: list[str],
         n_estimators=trees,
         learning_rate=min(template.learning_rate * template.n_estimators / trees, 0.5),
     )
-
-
-def profile_columns(catalog: Catalog) -> list[str]:
-    return [f"prob_{p}" for p in catalog.profiles]
-
-
-def calls_columns(catalog: Catalog) -> list[str]:
-    """The calls-file contract (design.md), then rifml's extra columns."""
-    drivers = [c for k in range(1, N_DRIVERS + 1) for c in (f"driver_{k}", f"driver_{k}_contribution")]
-    return [
-        catalog.id_column,
-        "immune_profile",
-        *profile_columns(catalog),
-        "subtype",
-        *drivers,
-        "compartments",
-        "subtype_profile",
-        "subtype_matches_profile",
-        "unknown_lab",
-        "lab_adapted",
-        "lab_adaptation_panels",
-        "outside_training_range",
-        "out_of_range_markers",
-        *[m.flag_at_or_above.flag for m in catalog.markers if m.flag_at_or_above],
-    ]
 
 
 class ImmuneProfiler(BaseEstimator):
@@ -219,13 +197,13 @@ class ImmuneProfiler(BaseEstimator):
             part._validate_params()
         catalog = self.catalog_
         coverage = self.features_.compartments(panel)
-        complete = panel.loc[(coverage == BOTH).to_numpy()]
+        complete = panel.loc[(coverage == complete_coverage(catalog)).to_numpy()]
         if len(complete) < 30:
             raise RifmlInputError(f"subtype discovery needs at least 30 complete panels (blood and biopsy), got {len(complete)}")
 
         self._discover_subtypes(complete, clustering)
         subtypes = self.subtype_table_.set_index("cluster")
-        cluster_subtype = subtypes["subtype"].to_numpy(dtype=object)[self.clustering_.labels_]
+        cluster_subtype = subtypes["subtype"].to_numpy(dtype=object)[self.subtype_labels_]
 
         augmented, groups = self._with_partial_copies(complete)
         X_aug = self.features_.transform(augmented)
@@ -242,7 +220,7 @@ class ImmuneProfiler(BaseEstimator):
             self.training_labels_ = labels[labeled].to_numpy(dtype=object)
             self.training_coverage_ = coverage[labeled].to_numpy(dtype=object)
             self.profile_model_ = _sized_classifier(classifier, list(catalog.profiles)).fit(X_train, self.training_labels_)
-            background_pool = panel.loc[labeled & (labels == BALANCED).to_numpy() & (coverage == BOTH).to_numpy()]
+            background_pool = panel.loc[labeled & (labels == BALANCED).to_numpy() & (coverage == complete_coverage(catalog)).to_numpy()]
         else:
             found = sorted(set(self.signature_profiles_))
             if len(found) < 2:
@@ -284,7 +262,7 @@ class ImmuneProfiler(BaseEstimator):
 
         # Lab offsets measured within subtypes (robust to each lab's case mix), on top of the
         # catalog-hinted ones PanelFeatures learned; then everything below uses aligned values.
-        labs = lab_ids(complete)
+        labs = lab_ids(complete, self.catalog_)
         offsets = self._lab_offsets(
             matrix, labs, measured_markers(complete, self.catalog_)[list(matrix.columns)], lambda aligned: labels,
             lambda aligned: aligned.groupby(labels).median(),
@@ -296,10 +274,23 @@ class ImmuneProfiler(BaseEstimator):
         self.features_.lab_shifts_ = shifts
         matrix = self.features_.marker_matrix(complete)
         self.cluster_fill_ = matrix[markers].median()
+        filled = matrix[markers].fillna(self.cluster_fill_)
+        scaled = self._scaled(filled)
+
+        # Cuts are judged, and the refined clusters named, against the consensus partition's reference.
+        consensus_reference = subtype_effects(filled, labels)
+
+        def profiles_of(candidate: np.ndarray) -> np.ndarray:
+            effects = consensus_reference.against(filled, candidate).effects
+            return name_clusters(effects, self.catalog_, min_effect=self.min_effect)["profile"].to_numpy()
+
+        with threadpool_limits(limits=1):
+            labels = split_by_profile(scaled, labels, profiles_of, self.clustering_.k_max, self.random_state)
+        self.subtype_labels_ = labels
+        self.subtype_centers_ = np.vstack([scaled[labels == c].mean(axis=0) for c in range(labels.max() + 1)])
         self.cluster_medians_ = matrix.groupby(labels).median()
 
-        filled = matrix[markers].fillna(self.cluster_fill_)
-        self.reference_ = subtype_effects(filled, labels)
+        self.reference_ = consensus_reference.against(filled, labels)
         self.subtype_effects_ = self.reference_.effects
         table = name_clusters(self.subtype_effects_, self.catalog_, min_effect=self.min_effect)
         deviations = self.reference_.deviations(filled)
@@ -311,6 +302,15 @@ class ImmuneProfiler(BaseEstimator):
             reference=table["cluster"] == self.reference_.nearest,
             size=table["cluster"].map(sizes).astype(int),
         )
+
+    def _scaled(self, filled: pd.DataFrame) -> np.ndarray:
+        """Clustering markers in the space the consensus clustering measured distances in."""
+        return (filled.to_numpy(dtype=float) - self.clustering_.center_) / self.clustering_.scale_
+
+    def _nearest_subtype(self, filled: pd.DataFrame) -> np.ndarray:
+        """The training cluster whose centre is nearest (what KMeans would assign)."""
+        scaled = self._scaled(filled)
+        return ((scaled[:, None, :] - self.subtype_centers_[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
 
     def _lab_offsets(self, matrix, labs, usable, assign, medians) -> dict[str, dict[str, float]]:
         """Offsets per lab and marker: median residual of its panels against their subtype's median.
@@ -339,11 +339,11 @@ class ImmuneProfiler(BaseEstimator):
         file do not depend on how it is chunked.
         """
         check_is_fitted(self, "cluster_medians_")
-        labs = lab_ids(panel)
+        labs = lab_ids(panel, self.catalog_)
         unknown = labs.notna().to_numpy() & ~labs.isin(self.features_.known_labs_).to_numpy()
         if not unknown.any():
             return LabAdaptation()
-        complete = unknown & (self.features_.compartments(panel) == BOTH).to_numpy()
+        complete = unknown & (self.features_.compartments(panel) == complete_coverage(self.catalog_)).to_numpy()
         counts = labs[complete].value_counts()
         chosen = counts[counts >= self.lab_min_panels]
         if chosen.empty:
@@ -351,8 +351,8 @@ class ImmuneProfiler(BaseEstimator):
         rows = panel.loc[complete & labs.isin(chosen.index).to_numpy()]
         markers = self._clustering_markers()
         shifts = self._lab_offsets(
-            self.features_.marker_matrix(rows), lab_ids(rows), measured_markers(rows, self.catalog_)[list(self.cluster_medians_.columns)],
-            lambda aligned: self.clustering_.predict(aligned[markers].fillna(self.cluster_fill_).to_numpy()),
+            self.features_.marker_matrix(rows), lab_ids(rows, self.catalog_), measured_markers(rows, self.catalog_)[list(self.cluster_medians_.columns)],
+            lambda aligned: self._nearest_subtype(aligned[markers].fillna(self.cluster_fill_)),
             lambda aligned: self.cluster_medians_,
         )
         return LabAdaptation({lab: shifts.get(str(lab), {}) for lab in chosen.index},
@@ -417,37 +417,37 @@ class ImmuneProfiler(BaseEstimator):
         subtype_names, subtype_profile_codes = self.subtype_names()
         flags = features.flags(panel)
         # float, not int: batch engines carry rejected rows as missing values in the same column
-        adapted_panels = lab_ids(panel).map(labs.panels).fillna(0).to_numpy(dtype=np.float64) if labs.panels else np.zeros(len(panel))
+        adapted_panels = lab_ids(panel, self.catalog_).map(labs.panels).fillna(0).to_numpy(dtype=np.float64) if labs.panels else np.zeros(len(panel))
 
         # Built as one dict in contract order, then one frame: no per-column inserts or reorder copy.
         # Names are categoricals (codes into a few labels): no Python string per row.
         profiles = list(catalog.profiles)
         columns: dict[str, object] = {
             catalog.id_column: panel[catalog.id_column].array,
-            "immune_profile": pd.Categorical.from_codes(called, categories=profiles),
+            catalog.label_column: pd.Categorical.from_codes(called, categories=profiles),
             **{column: np.round(proba[:, j], REPORTED_DECIMALS) for j, column in enumerate(profile_columns(catalog))},
-            "subtype": pd.Categorical.from_codes(subtype_index, categories=subtype_names),
+            contract.SUBTYPE: pd.Categorical.from_codes(subtype_index, categories=subtype_names),
         }
         for column in drivers.columns:
-            if column.endswith("_contribution"):
+            if column.endswith(contract.CONTRIBUTION_SUFFIX):
                 columns[column] = np.round(drivers[column].to_numpy(), REPORTED_DECIMALS)
             else:
                 columns[column] = drivers[column].array
-        columns["compartments"] = compartment_names(measured, catalog).array
-        columns["subtype_profile"] = pd.Categorical.from_codes(subtype_profile_codes[subtype_index], categories=profiles)
-        columns["subtype_matches_profile"] = matches
+        columns[contract.COMPARTMENTS] = compartment_names(measured, catalog).array
+        columns[contract.SUBTYPE_PROFILE] = pd.Categorical.from_codes(subtype_profile_codes[subtype_index], categories=profiles)
+        columns[contract.SUBTYPE_MATCHES_PROFILE] = matches
         columns.update({column: flags[column].array for column in flags.columns})
-        columns["lab_adapted"] = adapted_panels > 0
-        columns["lab_adaptation_panels"] = adapted_panels
+        columns[contract.LAB_ADAPTED] = adapted_panels > 0
+        columns[contract.LAB_ADAPTATION_PANELS] = adapted_panels
         for marker in catalog.markers:
             if marker.flag_at_or_above and marker.name in panel:
                 columns[marker.flag_at_or_above.flag] = (panel[marker.name] >= marker.flag_at_or_above.value).to_numpy()
         missing = np.full(len(panel), np.nan)
-        calls = pd.DataFrame({c: columns.get(c, missing) for c in calls_columns(catalog)}, index=panel.index)
+        calls = pd.DataFrame({name: columns.get(name, missing) for name in calls_columns(catalog)}, index=panel.index)
         if not compact:
-            text = [c for c in calls.columns if isinstance(calls[c].dtype, (pd.CategoricalDtype, pd.StringDtype))]
-            calls = calls.astype({c: object for c in text})
-        extra = [c for c in panel.columns if c not in set(catalog.known_columns) and not c.endswith("__censored")]
+            text = [name for name in calls.columns if isinstance(calls[name].dtype, (pd.CategoricalDtype, pd.StringDtype))]
+            calls = calls.astype({name: object for name in text})
+        extra = [name for name in panel.columns if name not in set(catalog.known_columns) and not name.endswith(contract.CENSORED_SUFFIX)]
         return pd.concat([calls, panel[extra]], axis=1) if extra else calls
 
     def _subtype_profile_codes(self) -> np.ndarray:

@@ -53,6 +53,15 @@ def new_figure(width: float, height: float) -> Figure:
     return figure
 
 
+def figure_png_bytes(figure: Figure, dpi: int = 100) -> bytes:
+    """A figure as PNG bytes, cropped to what is drawn (for a page that embeds or links it)."""
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()
+
+
 def figure_and_axes(ax: Axes | None, width: float, height: float) -> tuple[Figure, Axes]:
     """The figure and axes to draw on: ``ax`` and its figure when given, else a new figure's one axes."""
     if ax is not None:
@@ -248,13 +257,18 @@ def plot_k_selection(model: ConsensusClustering) -> Figure:
 
 
 @styled
-def plot_probabilities(calls: pd.DataFrame, profiles: list[str]) -> Figure:
-    """Per profile: the distribution of its probability among patients called it (top) and the rest (bottom)."""
+def plot_probabilities(calls: pd.DataFrame, profiles: list[str], profile_column: str) -> Figure:
+    """Per profile: the distribution of its probability among patients called it (top) and the rest (bottom).
+
+    ``calls`` holds the called profile in ``profile_column`` (the catalog's label column).
+    """
+    from rifml.contract import probability_column
+
     fig = new_figure(12, 4.6)
     axes = fig.subplots(2, len(profiles), sharex=True, squeeze=False)
     for column, profile in enumerate(profiles):
-        probability = calls[f"prob_{profile}"].to_numpy(dtype=float)
-        chosen = (calls["immune_profile"] == profile).to_numpy()
+        probability = calls[probability_column(profile)].to_numpy(dtype=float)
+        chosen = (calls[profile_column] == profile).to_numpy()
         colour = PROFILE_COLOURS.get(profile, OTHER_COLOUR)
         top, bottom = axes[0, column], axes[1, column]
         top.hist(probability[chosen], bins=20, range=(0, 1), color=colour)
@@ -304,4 +318,58 @@ def plot_lab_drift(drift: pd.DataFrame) -> Figure:
         ax.set_xlabel("lab median vs overall (%)")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=2, frameon=False)
+    return fig
+
+
+# -- outcomes (rifml outcomes: DIR/index.html) ---------------------------------------------------
+
+NO_EFFECT = 1.0  # odds ratio of no treatment effect
+
+
+@styled
+def plot_forest(effects: pd.DataFrame, level: str, ax: Axes | None = None) -> Figure:
+    """Adjusted ORs (filled, with 95% CI bars) and crude ORs (hollow) per group x treatment, log scale.
+
+    ``effects`` holds the estimable rows of one level of :data:`rifml.outcomes.contract.EFFECT_COLUMNS`.
+    """
+    labels = [f"{g}: {t}  (n={nt}/{nu})" for g, t, nt, nu in
+              zip(effects["group"], effects["treatment"], effects["n_treated"], effects["n_untreated"])]
+    y = np.arange(len(effects))[::-1]
+    fig, ax = figure_and_axes(ax, 8.5, 0.42 * len(effects) + 1.4)
+    odds, low, high = (effects[c].to_numpy(dtype=float) for c in ("odds_ratio", "ci_low", "ci_high"))
+    crude = effects["crude_odds_ratio"].to_numpy(dtype=float)
+    colours = np.where(low > NO_EFFECT, "#1a7f37", np.where(high < NO_EFFECT, "#c0392b", "#52606d"))
+    ax.hlines(y, low, high, colors=colours, lw=2)
+    ax.scatter(odds, y, c=colours, s=36, zorder=3, label="adjusted OR (95% CI)")
+    ax.scatter(crude, y, facecolors="none", edgecolors="#9aa5b1", s=36, zorder=2, label="crude OR")
+    ax.axvline(NO_EFFECT, color="#1f2933", lw=1, ls="--")
+    ax.set_xscale("log")
+    ax.set_yticks(y, labels)
+    lo = min(np.nanmin(low), np.nanmin(crude), 0.5)
+    hi = max(np.nanmax(high), np.nanmax(crude), 2.0)
+    ax.set_xlim(lo / 1.15, hi * 1.15)
+    ticks = [t for t in (0.1, 0.2, 0.5, 1, 2, 5, 10) if lo / 1.15 <= t <= hi * 1.15]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    adjusted_for = effects["adjusted_for"].iloc[0]
+    ax.set_xlabel("odds ratio of the outcome, treated vs no add-on (log scale; right of 1 = more often)")
+    ax.set_title(f"{level}: treatment effects within each group"
+                 + (f", adjusted for {adjusted_for.replace(',', ', ')}" if adjusted_for else " (unadjusted)"))
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3 / fig.get_figheight() - 0.05), ncol=2, frameon=False)
+    ax.grid(axis="x", color="#eef1f4")
+    return fig
+
+
+@styled
+def plot_outcome_rates(rates: pd.DataFrame, level: str, outcome: str, ax: Axes | None = None) -> Figure:
+    """Outcome rate per group of one level with its Wilson 95% interval (:data:`rifml.outcomes.contract.RATE_COLUMNS`)."""
+    y = np.arange(len(rates))[::-1]
+    fig, ax = figure_and_axes(ax, 7.5, 0.38 * len(rates) + 1.3)
+    ax.hlines(y, rates["rate_ci_low"], rates["rate_ci_high"], colors="#1d5fa8", lw=2)
+    ax.scatter(rates["rate"].to_numpy(dtype=float), y, color="#1d5fa8", s=30, zorder=3)
+    ax.set_yticks(y, [f"{g}  (n={n})" for g, n in zip(rates["group"], rates["n"])])
+    ax.set_xlim(0, min(1.0, max(0.6, float(np.nanmax(rates["rate_ci_high"])) + 0.05)))
+    ax.set_xlabel(f"{outcome} rate (all patients of the group, 95% Wilson interval)")
+    ax.set_title(f"{level}: {outcome} rate by group")
+    ax.grid(axis="x", color="#eef1f4")
     return fig

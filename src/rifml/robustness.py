@@ -19,6 +19,7 @@ import pandas as pd
 from sklearn.metrics import adjusted_rand_score, f1_score
 
 from rifml.catalog import BALANCED, Catalog, load_catalog
+from rifml.contract import SUBTYPE, SUBTYPE_PROFILE, driver_columns, profile_columns
 from rifml.evaluation import expected_calibration_error
 from rifml.simulate import SimulationConfig, simulate_cohort
 from rifml.validate import repeated_ids, validate_chunk
@@ -77,39 +78,44 @@ def subtype_ari(latent: pd.Series | np.ndarray, called: pd.Series | np.ndarray) 
     return float(adjusted_rand_score(np.asarray(latent, dtype=object), np.asarray(called, dtype=object)))
 
 
-def coherence(calls: pd.DataFrame) -> float:
-    """Share of calls whose subtype belongs to the called profile (``subtype_profile == immune_profile``)."""
+def coherence(calls: pd.DataFrame, catalog: Catalog | None = None) -> float:
+    """Share of calls whose subtype belongs to the called profile (``subtype_profile`` = the called profile)."""
     if len(calls) == 0:
         return float("nan")
-    return float((calls["subtype_profile"].astype(str) == calls["immune_profile"].astype(str)).mean())
+    profile = (catalog or load_catalog()).label_column
+    return float((calls[SUBTYPE_PROFILE].astype(str) == calls[profile].astype(str)).mean())
 
 
 def calibration_error(calls: pd.DataFrame, truth_profiles: pd.Series | np.ndarray, catalog: Catalog) -> float:
     """Expected calibration error of the called profile's probability against the true profile."""
-    proba = calls[[f"prob_{p}" for p in catalog.profiles]].to_numpy(dtype=float)
-    correct = calls["immune_profile"].astype(str).to_numpy() == np.asarray(truth_profiles, dtype=str)
+    proba = calls[profile_columns(catalog)].to_numpy(dtype=float)
+    correct = calls[catalog.label_column].astype(str).to_numpy() == np.asarray(truth_profiles, dtype=str)
     return expected_calibration_error(proba, correct)
 
 
-def driver_hit_rate(calls: pd.DataFrame, truth: pd.DataFrame) -> float:
+def driver_hit_rate(calls: pd.DataFrame, truth: pd.DataFrame, catalog: Catalog | None = None) -> float:
     """Among correctly called non-balanced rows, the share whose driver_1 is a truly shifted marker."""
-    right = (calls["immune_profile"].astype(str).to_numpy() == truth["immune_profile"].astype(str).to_numpy()) & (
-        truth["immune_profile"].astype(str).to_numpy() != BALANCED
+    profile = (catalog or load_catalog()).label_column
+    right = (calls[profile].astype(str).to_numpy() == truth[profile].astype(str).to_numpy()) & (
+        truth[profile].astype(str).to_numpy() != BALANCED
     )
     if not right.any():
         return float("nan")
     shifted = truth["shifted_markers"].fillna("").astype(str).str.split(";").to_numpy()
-    driver = calls["driver_1"].fillna("").astype(str).to_numpy()
+    driver = calls[driver_columns(1)[0]].fillna("").astype(str).to_numpy()
     hits = np.array([d != "" and d in s for d, s in zip(driver[right], shifted[right])])
     return float(hits.mean())
 
 
-def unseen_lab_gap(calls: pd.DataFrame, truth: pd.DataFrame, unseen_labs: set[str] | frozenset[str]) -> float:
+def unseen_lab_gap(calls: pd.DataFrame, truth: pd.DataFrame, unseen_labs: set[str] | frozenset[str],
+                   catalog: Catalog | None = None) -> float:
     """Macro-F1 on labs seen in training minus macro-F1 on scoring-only labs (NaN without any)."""
-    unseen = truth["lab_id"].astype(str).isin(set(unseen_labs)).to_numpy()
+    catalog = catalog or load_catalog()
+    unseen = truth[catalog.lab_column].astype(str).isin(set(unseen_labs)).to_numpy()
     if not unseen.any() or unseen.all():
         return float("nan")
-    truth_profiles, called = truth["immune_profile"].to_numpy(dtype=object), calls["immune_profile"].to_numpy(dtype=object)
+    profile = catalog.label_column
+    truth_profiles, called = truth[profile].to_numpy(dtype=object), calls[profile].to_numpy(dtype=object)
     return macro_f1(truth_profiles[~unseen], called[~unseen]) - macro_f1(truth_profiles[unseen], called[unseen])
 
 
@@ -133,8 +139,8 @@ def scenario_metrics(
     Parameters
     ----------
     truth : DataFrame
-        The simulator's truth for the called rows, same order (``immune_profile``,
-        ``subtype``, ``shifted_markers``, ``panel``, ``lab_id``).
+        The simulator's truth for the called rows, same order (the catalog's label column,
+        ``subtype``, ``shifted_markers``, ``panel``, the catalog's lab column).
     supervised, label_free : DataFrame
         Calls of the profiler trained with and without labels.
     unseen_labs : set of str
@@ -156,17 +162,18 @@ def scenario_metrics(
     supervised, label_free = supervised.reset_index(drop=True), label_free.reset_index(drop=True)
     complete = (truth["panel"] == COMPLETE).to_numpy()
     t, s, f = truth[complete], supervised[complete], label_free[complete]
+    profile = catalog.label_column
     return {
-        "supervised_f1": macro_f1(t["immune_profile"], s["immune_profile"]),
-        "label_free_f1": macro_f1(t["immune_profile"], f["immune_profile"]),
-        "subtype_ari": subtype_ari(t["subtype"], f["subtype"]),
-        "coherence": coherence(s),
-        "unseen_lab_gap": unseen_lab_gap(s, t, unseen_labs),
-        "driver_1": driver_hit_rate(s, t),
-        "ece_supervised": calibration_error(s, t["immune_profile"], catalog),
-        "ece_label_free": calibration_error(f, t["immune_profile"], catalog),
+        "supervised_f1": macro_f1(t[profile], s[profile]),
+        "label_free_f1": macro_f1(t[profile], f[profile]),
+        "subtype_ari": subtype_ari(t[SUBTYPE], f[SUBTYPE]),
+        "coherence": coherence(s, catalog),
+        "unseen_lab_gap": unseen_lab_gap(s, t, unseen_labs, catalog),
+        "driver_1": driver_hit_rate(s, t, catalog),
+        "ece_supervised": calibration_error(s, t[profile], catalog),
+        "ece_label_free": calibration_error(f, t[profile], catalog),
         "n_complete": float(complete.sum()),
-        "n_unseen_complete": float(t["lab_id"].astype(str).isin(set(unseen_labs)).sum()),
+        "n_unseen_complete": float(t[catalog.lab_column].astype(str).isin(set(unseen_labs)).sum()),
     }
 
 

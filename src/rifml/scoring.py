@@ -33,8 +33,8 @@ from rifml.validate import ValidatedChunk
 HELD_ROWS = 200_000
 
 
-def _unknown_lab_rows(panel: pd.DataFrame, known: set[str]) -> pd.Series:
-    labs = lab_ids(panel)
+def _unknown_lab_rows(panel: pd.DataFrame, known: set[str], catalog) -> pd.Series:
+    labs = lab_ids(panel, catalog)
     return labs.notna() & ~labs.isin(known)
 
 
@@ -81,7 +81,7 @@ def scored_chunks(
     held_count = 0
     unknown_rows: list[pd.DataFrame] = []
     for chunk in chunks:
-        unknown = _unknown_lab_rows(chunk.panel, known)
+        unknown = _unknown_lab_rows(chunk.panel, known, profiler.catalog_)
         if not unknown_rows and not unknown.any():
             yield chunk, _call(profiler, chunk, none, compact)
             yielded += 1
@@ -108,11 +108,12 @@ class Tally:
     reasons: Counter = field(default_factory=Counter)
     profiles: Counter = field(default_factory=Counter)
 
-    def add(self, rejects: pd.DataFrame, calls: pd.DataFrame | None, accepted_lines: int) -> None:
-        """Count one chunk: its rejects (``reason`` column), its calls and the input lines behind them."""
+    def add(self, rejects: pd.DataFrame, calls: pd.DataFrame | None, accepted_lines: int, profile_column: str) -> None:
+        """Count one chunk: its rejects (``reason`` column), its calls (called profile in ``profile_column``)
+        and the input lines behind them."""
         self.reasons.update(rejects["reason"].value_counts().to_dict())
         if calls is not None and len(calls):
-            self.profiles.update(calls["immune_profile"].value_counts().to_dict())
+            self.profiles.update(calls[profile_column].value_counts().to_dict())
             self.scored += accepted_lines
 
 
@@ -140,9 +141,8 @@ def score_file(
     -------
     Tally
     """
+    from rifml.contract import REJECT_COLUMNS, calls_columns
     from rifml.io.writer import AtomicCsvWriter
-    from rifml.pipeline import calls_columns
-    from rifml.validate import REJECT_COLUMNS
 
     tally = Tally()
     with AtomicCsvWriter(rejects_path, columns=REJECT_COLUMNS) as reject_writer, AtomicCsvWriter(calls_path) as calls_writer:
@@ -150,7 +150,7 @@ def score_file(
             reject_writer.write(chunk.rejects)
             if calls is not None:
                 calls_writer.write(calls)
-            tally.add(chunk.rejects, calls, chunk.accepted_lines)
+            tally.add(chunk.rejects, calls, chunk.accepted_lines, profiler.catalog_.label_column)
             if advance is not None:
                 advance(chunk.accepted_lines + len(chunk.rejects))
         if tally.scored == 0:  # still give the calls file its header

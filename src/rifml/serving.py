@@ -27,8 +27,9 @@ import numpy as np  # noqa: E402
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from rifml.contract import REJECT_REASON, REJECTED, SCORED, STATUS, calls_columns
 from rifml.labs import LabAdaptation
-from rifml.pipeline import ImmuneProfiler, calls_columns
+from rifml.pipeline import ImmuneProfiler
 from rifml.tracking import PROFILER_ARTIFACT
 from rifml.scoring import scored_chunks
 from rifml.validate import patient_ids, repeated_ids, validate_chunk
@@ -38,7 +39,7 @@ FIELD_COUNT_FLAG = "rifml_wrong_field_count"
 BATCH_FLAGS = (DUPLICATE_FLAG, FIELD_COUNT_FLAG)
 # Model parameter carrying whole-file lab offsets (LabAdaptation.to_json) to batch engines' workers.
 LAB_OFFSETS_PARAM = "lab_offsets"
-# Rejects-file fields (validate.REJECT_COLUMNS) beyond the reason, under their output names.
+# Rejects-file fields (contract.REJECT_COLUMNS) beyond the reason, under their output names.
 REJECT_DETAILS = {"column": "reject_column", "value": "reject_value", "all_problems": "reject_all_problems"}
 
 
@@ -89,8 +90,8 @@ def score_frame(profiler: ImmuneProfiler, raw: pd.DataFrame, labs: LabAdaptation
     out = calls.reindex(rows)
     out[catalog.id_column] = raw[catalog.id_column].to_numpy() if catalog.id_column in raw else None
     rejects = checked.rejects.set_index("row")
-    out["status"] = np.where(out.index.isin(rejects.index), "rejected", "scored")
-    out["reject_reason"] = rejects["reason"].reindex(out.index).fillna("").to_numpy()
+    out[STATUS] = np.where(out.index.isin(rejects.index), REJECTED, SCORED)
+    out[REJECT_REASON] = rejects["reason"].reindex(out.index).fillna("").to_numpy()
     for field, name in REJECT_DETAILS.items():
         out[name] = rejects[field].reindex(out.index).fillna("").astype(str).to_numpy()
     return out.reset_index(drop=True)

@@ -27,9 +27,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rifml.catalog import Catalog, Kind, Marker, Profile, load_catalog
+from rifml.catalog import BLOOD, ENDOMETRIUM, Catalog, Kind, Marker, Profile, load_catalog
 from rifml.config import load_validated, load_yaml, validate_mapping
-from rifml.scenarios import merge_patch, scenario_overlay, scenario_path
+from rifml.contract import DUPLICATE_ID, MISSING_ID, NEGATIVE, NO_MARKERS, NOT_A_NUMBER, PERCENT_ABOVE_100
+from rifml.scenarios import merge_patch, random_seed, scenario_overlay, scenario_path
 from rifml.errors import RifmlInputError
 from rifml.outcomes.simulate import OutcomesSpec
 
@@ -39,20 +40,14 @@ BATCHES: tuple[str, ...] = ("train", "score")
 
 # Which catalog compartments each panel kind measures.
 PANEL_COMPARTMENTS: dict[str, tuple[str, ...]] = {
-    "complete": ("blood", "endometrium"),
-    "blood_only": ("blood",),
-    "biopsy_only": ("endometrium",),
+    "complete": (BLOOD, ENDOMETRIUM),
+    "blood_only": (BLOOD,),
+    "biopsy_only": (ENDOMETRIUM,),
 }
 
-# Corruption kinds, in the order they are cycled through.
-CORRUPTION_KINDS: tuple[str, ...] = (
-    "negative value",
-    "percentage above 100",
-    "not a number",
-    "no markers",
-    "missing patient_id",
-    "duplicate patient_id",
-)
+# Corruption kinds, in the order they are cycled through: each is named by the reject reason
+# validation must give it.
+CORRUPTION_KINDS: tuple[str, ...] = (NEGATIVE, PERCENT_ABOVE_100, NOT_A_NUMBER, NO_MARKERS, MISSING_ID, DUPLICATE_ID)
 
 _SUM_TOLERANCE = 1e-3  # shares in the YAML are hand-written decimals
 _MAX_DECIMALS = 6  # smaller values are written as 0; markers never get that low
@@ -267,8 +262,10 @@ def load_simulation_config(path=None, scenario=None) -> SimulationConfig:
     """
     if scenario is None:
         return load_validated(SimulationConfig, path, "simulate.yaml", "simulation config")
-    merged = merge_patch(load_yaml(path, "simulate.yaml"), scenario_overlay(scenario))
-    source = f"{path or 'configs/simulate.yaml'} + {scenario_path(scenario)}"
+    base = load_yaml(path, "simulate.yaml")
+    merged = merge_patch(base, scenario_overlay(scenario, base))
+    drawn = random_seed(scenario) is not None
+    source = f"{path or 'configs/simulate.yaml'} + {scenario if drawn else scenario_path(scenario)}"
     return validate_mapping(SimulationConfig, merged, source, "simulation config")
 
 
@@ -502,8 +499,9 @@ def _categorical_cells(
     return columns
 
 
-def _context_cells(rng: np.random.Generator, config: SimulationConfig, lab_idx: np.ndarray) -> dict[str, np.ndarray]:
-    """Context column name -> column of cells."""
+def _context_cells(rng: np.random.Generator, config: SimulationConfig, lab_idx: np.ndarray,
+                   lab_column: str) -> dict[str, np.ndarray]:
+    """Context column name -> column of cells (the lab's column is the catalog's ``lab_column``)."""
     ctx = config.context
     n = len(lab_idx)
     ages = rng.integers(ctx.age_years.low, ctx.age_years.high + 1, size=n)
@@ -513,7 +511,7 @@ def _context_cells(rng: np.random.Generator, config: SimulationConfig, lab_idx: 
     days_in_year = int((np.datetime64(f"{ctx.sample_year + 1:04d}-01-01") - first_day).astype(np.int64))
     dates = first_day + rng.integers(0, days_in_year, size=n)
     return {
-        "lab_id": np.array(list(config.labs), dtype=object)[lab_idx],
+        lab_column: np.array(list(config.labs), dtype=object)[lab_idx],
         "sample_date": dates.astype(str).astype(object),
         "age_years": ages.astype(str).astype(object),
         "failed_transfers": transfers.astype(str).astype(object),
@@ -576,34 +574,34 @@ def _corrupt(
             spoiled[rows[sel], j] = True
 
     digits = config.significant_digits
-    rows = victims[kinds == "negative value"]
+    rows = victims[kinds == NEGATIVE]
     values = rng.uniform(*config.corruption.negative_range, size=len(rows))
     texts = np.array(["-" + t for t in _format_numbers(-values, digits)], dtype=object)
     overwrite(rows, pick_cells(rows, None), texts)
 
-    rows = victims[kinds == "percentage above 100"]
+    rows = victims[kinds == PERCENT_ABOVE_100]
     values = rng.uniform(*config.corruption.above_100_range, size=len(rows))
     overwrite(rows, pick_cells(rows, {"percent"}), _format_numbers(values, digits))
 
-    rows = victims[kinds == "not a number"]
+    rows = victims[kinds == NOT_A_NUMBER]
     tokens = np.array(config.corruption.not_a_number_tokens, dtype=object)
     overwrite(rows, pick_cells(rows, None), tokens[rng.integers(len(tokens), size=len(rows))])
 
-    rows = victims[kinds == "no markers"]
+    rows = victims[kinds == NO_MARKERS]
     for marker in all_markers:
         cells[marker.name][rows] = ""
     spoiled[rows] = True
 
-    ids[victims[kinds == "missing patient_id"]] = ""
+    ids[victims[kinds == MISSING_ID]] = ""
 
-    rows = victims[kinds == "duplicate patient_id"]
+    rows = victims[kinds == DUPLICATE_ID]
     clean = np.setdiff1d(np.arange(n), victims)
     if len(clean) < len(rows):
         raise RifmlInputError("bad_share is too high: not enough clean rows left to duplicate patient ids from")
     originals = rng.choice(clean, size=len(rows), replace=False)
     ids[rows] = ids[originals]
     corruption[victims] = kinds
-    corruption[originals] = "duplicate patient_id"
+    corruption[originals] = DUPLICATE_ID
     return corruption
 
 
@@ -657,9 +655,9 @@ def simulate_cohort(
         order, label column. Every cell is a ``str``; "" means missing.
     truth : pandas.DataFrame
         One row per cohort row, same order: ``row`` (CSV line, header = 1),
-        ``patient_id``, ``immune_profile``, ``subtype``, ``shifted_markers``
+        the catalog's id and label columns, ``subtype``, ``shifted_markers``
         (";"-joined, only markers whose simulated value is in the file),
-        ``panel``, ``lab_id``, ``corruption`` ("" for clean rows).
+        ``panel``, the catalog's lab column, ``corruption`` ("" for clean rows).
 
     Raises
     ------
@@ -701,7 +699,9 @@ def simulate_cohort(
 
     cells = _numeric_cells(values, measured, numeric, config)
     cells.update(_categorical_cells(rng, config, catalog.categorical_markers, subtype_idx, measured_compartments))
-    context = _context_cells(rng, config, lab_idx)
+    if catalog.lab_column is None:
+        raise RifmlInputError("the simulator writes each panel's lab: the marker catalog needs a lab_column")
+    context = _context_cells(rng, config, lab_idx, catalog.lab_column)
     ids = _patient_ids(n, config)
     profiles = np.array([s.profile for s in config.subtypes.values()], dtype=object)[subtype_idx]
 
@@ -723,12 +723,12 @@ def simulate_cohort(
     truth = pd.DataFrame(
         {
             "row": np.arange(n) + 2,
-            "patient_id": ids.copy(),
-            "immune_profile": profiles,
+            catalog.id_column: ids.copy(),
+            catalog.label_column: profiles,
             "subtype": np.array(list(config.subtypes), dtype=object)[subtype_idx],
             "shifted_markers": _joined_names((shifts != 0) & measured & ~spoiled, names),
             "panel": panel_names,
-            "lab_id": context["lab_id"],
+            catalog.lab_column: context[catalog.lab_column],
             "corruption": corruption,
         }
     )

@@ -29,12 +29,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from rifml.contract import REJECT_COLUMNS, calls_columns
 from rifml.errors import RifmlInputError
 from rifml.io.dialects import JAVA_CHARSETS
 from rifml.io.reader import PanelFile
 from rifml.labs import LabAdaptation
 from rifml.scoring import Tally, scored_chunks
-from rifml.validate import REJECT_COLUMNS, nfc, patient_ids, validate_chunk
+from rifml.validate import nfc, patient_ids, validate_chunk
 
 # Working columns; the prefix keeps them apart from whatever a panel file carries.
 ROW = "_rifml_row"
@@ -214,11 +215,10 @@ def unseen_lab_offsets(frame, panel_file: PanelFile, profiler, repeated: frozens
     """
     from pyspark.sql import functions as F
 
-    from rifml.features import LAB_COLUMN
-
-    if LAB_COLUMN not in panel_file.columns:
+    lab_column = panel_file.catalog.lab_column
+    if lab_column not in panel_file.columns:
         return LabAdaptation()
-    lab = F.trim(F.col(LAB_COLUMN))
+    lab = F.trim(F.col(lab_column))
     known = list(profiler.features_.known_labs_)
     rows = frame.where(lab.isNotNull() & (lab != "") & ~lab.isin(known)).select(*panel_file.columns, FIELD_COUNT).toPandas()
     if rows.empty:
@@ -349,7 +349,6 @@ def score_with_spark(panel_file: PanelFile, profiler, calls_path: Path, rejects_
     from pyspark import StorageLevel
 
     from rifml.io.writer import AtomicCsvWriter
-    from rifml.pipeline import calls_columns
 
     tally = Tally()
     last_row = 0
@@ -372,7 +371,7 @@ def score_with_spark(panel_file: PanelFile, profiler, calls_path: Path, rejects_
                 reject_writer.write(rejects)
                 if calls is not None:
                     calls_writer.write(calls)
-                tally.add(rejects, calls, answer.accepted_lines)
+                tally.add(rejects, calls, answer.accepted_lines, panel_file.catalog.label_column)
             answers.unpersist()
             shipped.destroy()
         finally:

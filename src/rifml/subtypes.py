@@ -21,7 +21,7 @@ evidence for the chosen number of subtypes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from numbers import Integral, Real
 
@@ -33,7 +33,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
-from rifml.catalog import BALANCED, HYPERACTIVE, HYPOACTIVE, MIXED, Catalog, Marker
+from rifml.catalog import BALANCED, ENDOMETRIUM, HYPERACTIVE, HYPOACTIVE, MIXED, Catalog, Marker
 
 __all__ = [
     "ConsensusClustering",
@@ -480,6 +480,11 @@ class SubtypeEffects:
         """Panels' deviations from the reference level, in within-cluster SDs."""
         return (values - self.level) / self.scale
 
+    def against(self, values: pd.DataFrame, labels: np.ndarray) -> "SubtypeEffects":
+        """Another partition of the same panels measured against this reference (level and scale kept)."""
+        effects = self.deviations(values).groupby(np.asarray(labels)).median()
+        return SubtypeEffects(effects, self.level, self.scale, _nearest(effects))
+
 
 def _capped_l1(difference: np.ndarray) -> np.ndarray:
     """L1 norm over the last axis with each term capped at ``REFERENCE_COST_CAP``."""
@@ -547,8 +552,11 @@ def subtype_effects(values: pd.DataFrame, labels: np.ndarray) -> SubtypeEffects:
     sizes = pd.Series(labels).value_counts().reindex(medians.index).to_numpy()
     level = np.array([_shared_level(standardized[:, j], sizes, medoid) for j in range(standardized.shape[1])])
     effects = pd.DataFrame(standardized - level, index=medians.index, columns=values.columns)
-    nearest = int(medians.index[np.argmin(_capped_l1(effects.to_numpy()))])
-    return SubtypeEffects(effects, pd.Series(level, index=values.columns) * scale, scale, nearest)
+    return SubtypeEffects(effects, pd.Series(level, index=values.columns) * scale, scale, _nearest(effects))
+
+
+def _nearest(effects: pd.DataFrame) -> int:
+    return int(effects.index[np.argmin(_capped_l1(effects.to_numpy()))])
 
 
 def _axis_part(marker: Marker, direction: str, signal: str) -> tuple[str, str, str]:
@@ -558,7 +566,7 @@ def _axis_part(marker: Marker, direction: str, signal: str) -> tuple[str, str, s
     signal they point to ("-over" for hyperactive, "-under" for hypoactive),
     because in the endometrium a low value can mean over-activation (few Tregs).
     """
-    if marker.compartment == "endometrium":
+    if marker.compartment == ENDOMETRIUM:
         suffix = "over" if signal == "hyperactive" else "under"
     else:
         suffix = "high" if direction == "above" else "low"
@@ -650,6 +658,82 @@ def name_clusters(effects: pd.DataFrame, catalog: Catalog, min_effect: float = 1
     out = pd.DataFrame(rows, columns=["cluster", "subtype", "profile", "abnormal_markers", "evidence", "signature"])
     out["subtype"] = _disambiguate(out["subtype"].tolist())
     return out
+
+
+# A cluster is split off only into halves of at least this share of the panels (and
+# MIN_SPLIT_PANELS): a subtype too small for this stays inside its neighbours.
+MIN_SPLIT_SHARE = 0.02
+MIN_SPLIT_PANELS = 20
+
+
+def split_by_profile(
+    scaled: np.ndarray,
+    labels: np.ndarray,
+    profiles_of: Callable[[np.ndarray], np.ndarray],
+    max_clusters: int,
+    random_state: int | np.random.RandomState | None = 0,
+) -> np.ndarray:
+    """Cut clusters that hold balanced and dysregulated panels in two.
+
+    Consensus stability picks k by whether the partition is reproducible, which can merge
+    a subtype that shifts few markers into the balanced cluster (an NK-high group moving
+    only NK cytotoxicity: the cluster's medians stayed balanced, so no subtype, no
+    signature and no panel read NK-high), or, with mild shifts, leave many balanced panels
+    inside a subtype's cluster (blurring its signature). The partition is therefore
+    refined by what the clusters *mean*: each cluster, largest first, is cut in two by
+    KMeans, and the cut is kept when, named against the same reference as the rest, a
+    half of a balanced cluster reads as dysregulated, or a half of a dysregulated one
+    reads as balanced; each half must hold at least ``MIN_SPLIT_SHARE`` of the panels
+    (and ``MIN_SPLIT_PANELS``). ``profiles_of`` must keep the reference fixed:
+    re-deriving it from the cut partition could rename every other cluster. A cut of one
+    homogeneous group names nothing (its halves sit 1.35 SD apart on one direction, under
+    the naming rule's floor), so it is not kept. Cuts between two dysregulated readings
+    (a Th1-high cluster holding mixed patients) are not made: such patients are read
+    from the signatures they show (:func:`profiles_from_signatures`), and a half-shifted
+    half would lower that signature's threshold for everybody. Repeats until no cut is
+    kept or there are ``max_clusters``.
+
+    Parameters
+    ----------
+    scaled : ndarray of shape (n_rows, n_markers)
+        Panels in the clustering's scaled space.
+    labels : ndarray of shape (n_rows,)
+        Clusters 0..k-1.
+    profiles_of : callable
+        Labels 0..k-1 -> the profile each cluster is named into (array of k).
+    max_clusters : int
+    random_state : int, RandomState or None
+
+    Returns
+    -------
+    ndarray
+        Labels 0..k'-1, k' >= k; clusters not split keep their ids, new ones come after.
+    """
+    from sklearn.cluster import KMeans
+
+    rng = check_random_state(random_state)
+    labels = np.asarray(labels).copy()
+    min_size = max(MIN_SPLIT_PANELS, int(np.ceil(MIN_SPLIT_SHARE * len(labels))))
+    while labels.max() + 1 < max_clusters:
+        current = profiles_of(labels)
+        new_id = labels.max() + 1
+        for cluster in np.argsort(-np.bincount(labels), kind="stable"):
+            rows = np.flatnonzero(labels == cluster)
+            if len(rows) < 2 * min_size:
+                continue
+            halves = KMeans(n_clusters=2, n_init=10, random_state=rng.randint(np.iinfo(np.int32).max)).fit(scaled[rows]).labels_
+            if np.bincount(halves, minlength=2).min() < min_size:
+                continue
+            candidate = labels.copy()
+            candidate[rows[halves == 1]] = new_id
+            named = profiles_of(candidate)
+            whole_balanced = current[cluster] == BALANCED
+            if (named[cluster] == BALANCED) != whole_balanced or (named[new_id] == BALANCED) != whole_balanced:
+                labels = candidate
+                break
+        else:
+            break
+    return labels
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ import pandas as pd
 import yaml
 
 from rifml import __version__
-from rifml.catalog import Catalog
-from rifml.config import load_yaml
+from rifml.catalog import ENDOMETRIUM, Catalog
+from rifml.config import load_train_config
 from rifml.errors import RifmlInputError
 
 QUIET_ENV = {
@@ -40,24 +40,26 @@ SQLITE_PREFIX = "sqlite:///"
 
 
 def registered_model_name(settings: dict | None = None) -> str:
-    """The registry name: ``registered_model`` of the given training settings, else of configs/train.yaml."""
-    settings = settings if settings is not None else load_yaml(None, "train.yaml")
+    """The registry name: ``registered_model`` of the given training settings, else of configs/train.yaml.
+
+    Read when asked (not at import), through the validated training config: a malformed
+    train.yaml is then one clear error from the command that needs the name.
+    """
+    settings = settings if settings is not None else load_train_config(None)
     name = settings.get("registered_model")
     if not name:
         raise RifmlInputError("training settings name no registered_model")
     return str(name)
 
 
-# The one registry name every command defaults to (configs/train.yaml's registered_model).
-REGISTERED_MODEL = registered_model_name()
+def champion_uri(name: str | None = None) -> str:
+    """``models:/NAME@champion``; NAME defaults to :func:`registered_model_name`."""
+    return f"models:/{name or registered_model_name()}@{CHAMPION}"
 
 
-def champion_uri(name: str = REGISTERED_MODEL) -> str:
-    return f"models:/{name}@{CHAMPION}"
-
-
-def version_uri(version: str, name: str = REGISTERED_MODEL) -> str:
-    return f"models:/{name}/{version}"
+def version_uri(version: str, name: str | None = None) -> str:
+    """``models:/NAME/VERSION``; NAME defaults to :func:`registered_model_name`."""
+    return f"models:/{name or registered_model_name()}/{version}"
 
 
 def quiet_mlflow() -> None:
@@ -187,9 +189,9 @@ def example_panel(catalog: Catalog) -> pd.DataFrame:
         else:
             row[marker.name] = next(iter(marker.categories))
     for ctx in catalog.context:
-        row[ctx.name] = "lab_example" if ctx.name == "lab_id" else ""
+        row[ctx.name] = "lab_example" if ctx.name == catalog.lab_column else ""
     blood_only = dict(row, **{catalog.id_column: "EXAMPLE-2"})
-    for marker in catalog.compartment_markers("endometrium"):
+    for marker in catalog.compartment_markers(ENDOMETRIUM):
         blood_only[marker.name] = ""
     return pd.DataFrame([row, blood_only], dtype=object)
 
@@ -227,9 +229,11 @@ def log_training(
     tables: dict[str, pd.DataFrame],
     floors_met: bool,
     tags: dict[str, str],
-    registered_model: str = REGISTERED_MODEL,
+    registered_model: str | None = None,
 ) -> LoggedModel:
-    """One run: params, metrics, plots and tables, the model (registered; champion if floors met)."""
+    """One run: params, metrics, plots and tables, the model (registered as ``registered_model``, default
+    :func:`registered_model_name`; champion if floors met)."""
+    registered_model = registered_model or registered_model_name()
     # The whole logging step holds the store's lock: creating the store, the experiment, the
     # registered model and the alias all race between concurrent runs; logging takes seconds.
     with store_lock(uri):

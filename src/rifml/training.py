@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 
 from rifml.config import TrainConfig, load_train_config, validate_mapping
+from rifml.contract import SUBTYPE_MATCHES_PROFILE
 from rifml.evaluation import classification_metrics, mean_abs_contributions, rule_metrics
-from rifml.features import PanelFeatures, band_position
+from rifml.features import PanelFeatures, band_position, complete_coverage
 from rifml.model import CalibratedBoostedClassifier
-from rifml.pipeline import BOTH, ImmuneProfiler
+from rifml.pipeline import ImmuneProfiler
 from rifml.plots import plot_calibration, plot_confusion, plot_consensus, plot_k_selection, plot_shap_summary
 from rifml.subtypes import ConsensusClustering, rule_profile
 
@@ -102,19 +103,19 @@ def train(panel: pd.DataFrame, labels: pd.Series | None, config: dict | TrainCon
     oof = model.oof_proba_
 
     metrics = classification_metrics(truth, oof, profiles, prefix="cv_")
-    complete = profiler.training_coverage_ == BOTH
+    complete = profiler.training_coverage_ == complete_coverage(catalog)
     metrics.update(classification_metrics(truth[complete], oof[complete], profiles, prefix="cv_complete_"))
     metrics.update(
         {
             "train_seconds": seconds,
             "n_panels": float(len(panel)),
             "n_training_rows": float(len(truth)),
-            "n_subtypes": float(profiler.clustering_.k_),
+            "n_subtypes": float(len(profiler.subtype_table_)),
             "subtype_stability": float(profiler.clustering_.stability_),
             "subtype_pac": float(profiler.clustering_.pac_[profiler.clustering_.k_]),
             "temperature": float(model.temperature_),
             # share of the training panels' calls whose subtype belongs to the called profile
-            "subtype_coherence": float(profiler.call(panel)["subtype_matches_profile"].mean()),
+            "subtype_coherence": float(profiler.call(panel)[SUBTYPE_MATCHES_PROFILE].mean()),
             "labs_normalized": float(len(profiler.features_.lab_shifts_)),
         }
     )

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from rifml.errors import RifmlInputError
-from rifml.tracking import QUIET_ENV, REGISTERED_MODEL, _artifact_root, require_store
+from rifml.tracking import QUIET_ENV, _artifact_root, registered_model_name, require_store
 
 LEAN_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
@@ -267,7 +267,7 @@ def wait_for_interrupt(server: UiServer) -> None:
     raise RuntimeError(f"the MLflow server stopped by itself: {last_log_line(server)} (log: {server.log_path})")
 
 
-def ui_links(server: UiServer, registered_model: str = REGISTERED_MODEL) -> dict[str, str]:
+def ui_links(server: UiServer, registered_model: str | None = None) -> dict[str, str]:
     """Direct links into the UI (classic runs and models sit outside its GenAI start page).
 
     Returns
@@ -276,6 +276,7 @@ def ui_links(server: UiServer, registered_model: str = REGISTERED_MODEL) -> dict
         Label -> URL: the registered model, the experiments list and, when the
         alias ``champion`` exists, the champion's training run.
     """
+    registered_model = registered_model or registered_model_name()
     links = {
         "registered model": f"{server.url}/#/models/{registered_model}",
         "experiments": f"{server.url}/#/experiments",

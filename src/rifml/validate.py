@@ -21,32 +21,25 @@ import pyarrow.compute as pc
 from pyarrow import types as pa_types
 
 from rifml.catalog import Catalog
+from rifml.contract import (
+    ABOVE_RANGE,
+    BELOW_RANGE,
+    CENSOR_LIMIT_ZERO,
+    CENSOR_NOT_ALLOWED,
+    DUPLICATE_ID,
+    MISSING_ID,
+    NEGATIVE,
+    NO_MARKERS,
+    NOT_A_CATEGORY,
+    NOT_A_NUMBER,
+    PERCENT_ABOVE_100,
+    REJECT_COLUMNS,
+    WRONG_FIELD_COUNT,
+    censored_column,
+)
 
-# Reasons, in plain words (design.md). Row-level reasons come first when a row has several problems.
-MISSING_ID = "missing patient_id"
-DUPLICATE_ID = "duplicate patient_id"
-NOT_A_NUMBER = "not a number"
-NEGATIVE = "negative value"
-PERCENT_ABOVE_100 = "percentage above 100"
-ABOVE_RANGE = "above the valid range (max {limit:g})"  # the catalog's bound, as the user can look it up
-BELOW_RANGE = "below the valid range (min {limit:g})"
-CENSOR_NOT_ALLOWED = "censored value not allowed for this column"
-CENSOR_LIMIT_ZERO = "censor limit must be above 0"
-NOT_A_CATEGORY = "not a valid category"
-NO_MARKERS = "no markers"
-WRONG_FIELD_COUNT = "wrong number of fields"
-UNCLOSED_QUOTE = "unclosed quote"
-MISPLACED_QUOTE = "misplaced quote"
-
-REJECT_COLUMNS = ["row", "patient_id", "column", "value", "reason", "all_problems"]
-CENSORED_SUFFIX = "__censored"
 # A plain decimal number. Python's float() would also take "nan", "inf" and "1_0"; labs mean none of those.
 NUMBER_PATTERN = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
-
-
-def censored_column(marker: str) -> str:
-    """Name of the boolean column telling which cells of ``marker`` were ``<x``."""
-    return f"{marker}{CENSORED_SUFFIX}"
 
 
 @dataclass

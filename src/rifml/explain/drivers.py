@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from rifml.contract import driver_columns
+
 
 def marker_contributions(
     phi: np.ndarray, feature_names: list[str], feature_markers: dict[str, tuple[str, ...]], markers: list[str]
@@ -51,7 +53,8 @@ def top_drivers(contributions: pd.DataFrame, measured: pd.DataFrame, k: int = 3)
         chosen = values.argmax(axis=1)
         push = values[rows, chosen]
         keep = push > 0
-        out[f"driver_{rank + 1}"] = pd.Categorical.from_codes(np.where(keep, chosen, len(markers)), categories=names)
-        out[f"driver_{rank + 1}_contribution"] = np.where(keep, push, np.nan)
+        name, contribution = driver_columns(rank + 1)
+        out[name] = pd.Categorical.from_codes(np.where(keep, chosen, len(markers)), categories=names)
+        out[contribution] = np.where(keep, push, np.nan)
         values[rows, chosen] = -np.inf
     return pd.DataFrame(out, index=contributions.index)

@@ -23,13 +23,11 @@ import numpy as np
 import pandas as pd
 
 from rifml.catalog import Catalog
+from rifml.contract import MISSING_ID, REJECT_COLUMNS, WRONG_FIELD_COUNT
 from rifml.errors import RifmlInputError
 from rifml.io.columns import ColumnMap, match_name, takes_unit
 from rifml.io.units import conversion, scale_column
 from rifml.validate import (
-    MISSING_ID,
-    REJECT_COLUMNS,
-    WRONG_FIELD_COUNT,
     ValidatedChunk,
     _as_text,
     parse_numeric,

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from rifml.validate import MISPLACED_QUOTE, UNCLOSED_QUOTE, WRONG_FIELD_COUNT
+from rifml.contract import MISPLACED_QUOTE, UNCLOSED_QUOTE, WRONG_FIELD_COUNT
 
 csv.field_size_limit(sys.maxsize)
 

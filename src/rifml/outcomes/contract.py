@@ -6,15 +6,19 @@ package imports them from here.
 
 from __future__ import annotations
 
+# The panel rejects' reasons for a missing or repeated id: the outcomes rejects say the same words.
+from rifml.contract import DUPLICATE_ID, MISSING_ID  # noqa: F401 (re-exported)
+from rifml.contract import SUBTYPE, SUBTYPE_PROFILE
+
 # The outcomes file.
 TREATMENT = "treatment"
 NO_TREATMENT = "none"  # the untreated arm: no add-on
 DEFAULT_OUTCOME = "live_birth"
 
-# Calls-file columns that define the groups of each level. The profile column is the
-# catalog's label column; "subtype" is the calls column written by rifml.pipeline.
-SUBTYPE_COLUMN = "subtype"
-SUBTYPE_PROFILE_COLUMN = "subtype_profile"
+# Calls-file columns that define the groups of each level (rifml.contract). The profile column
+# is the catalog's label column.
+SUBTYPE_COLUMN = SUBTYPE
+SUBTYPE_PROFILE_COLUMN = SUBTYPE_PROFILE
 LEVELS = ("profile", "subtype")
 
 # DIR/effects.csv: one row per (level, group, treatment).
@@ -37,8 +41,6 @@ INTERACTION_COLUMNS = ["level", "treatment", "groups", "n", "lr_statistic", "df"
 
 # DIR/rejects.csv
 REJECT_COLUMNS = ["row", "patient_id", "column", "value", "reason"]
-MISSING_ID = "missing patient_id"
-DUPLICATE_ID = "duplicate patient_id"
 UNKNOWN_ID = "patient_id not in the calls"
 MISSING_OUTCOME = "missing outcome"
 OUTCOME_NOT_BINARY = "outcome not 0/1"

@@ -7,7 +7,6 @@ text. Writing them to disk is the caller's (rifml.outcomes.files).
 from __future__ import annotations
 
 import base64
-import io
 import math
 from datetime import datetime, timezone
 
@@ -16,94 +15,32 @@ import pandas as pd
 
 from rifml import __version__
 from rifml.outcomes.analysis import OutcomeAnalysis
+from rifml.plots import figure_png_bytes, plot_forest, plot_outcome_rates
 
 TEMPLATE = "outcomes.html"  # extends base.html, the look of every rifml page
 RESEARCH_USE = ("Research use only: an observational analysis of a registry, not a diagnostic device and not a "
                 "treatment recommendation.")
-_NO_EFFECT = 1.0
-
-
-def _figure(width: float, height: float):
-    """A matplotlib Figure and its axes, without pyplot: no backend, no global state to close."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height))
-    return figure, figure.subplots()
-
-
-def forest_plot(effects: pd.DataFrame, level: str):
-    """Adjusted ORs (filled, with 95% CI bars) and crude ORs (hollow) per group x treatment, log scale.
-
-    Returns None when the level has no estimable effect.
-    """
-    shown = effects[(effects["level"] == level) & effects["estimable"].astype(bool)]
-    if shown.empty:
-        return None
-    labels = [f"{g}: {t}  (n={nt}/{nu})" for g, t, nt, nu in
-              zip(shown["group"], shown["treatment"], shown["n_treated"], shown["n_untreated"])]
-    y = np.arange(len(shown))[::-1]
-    fig, ax = _figure(8.5, 0.42 * len(shown) + 1.4)
-    odds, low, high = (shown[c].to_numpy(dtype=float) for c in ("odds_ratio", "ci_low", "ci_high"))
-    above = low > _NO_EFFECT
-    below = high < _NO_EFFECT
-    colours = np.where(above, "#1a7f37", np.where(below, "#c0392b", "#52606d"))
-    ax.hlines(y, low, high, colors=colours, lw=2)
-    ax.scatter(odds, y, c=colours, s=36, zorder=3, label="adjusted OR (95% CI)")
-    ax.scatter(shown["crude_odds_ratio"].to_numpy(dtype=float), y, facecolors="none", edgecolors="#9aa5b1",
-               s=36, zorder=2, label="crude OR")
-    ax.axvline(_NO_EFFECT, color="#1f2933", lw=1, ls="--")
-    ax.set_xscale("log")
-    ax.set_yticks(y, labels, fontsize=9)
-    lo = min(np.nanmin(low), np.nanmin(shown["crude_odds_ratio"]), 0.5)
-    hi = max(np.nanmax(high), np.nanmax(shown["crude_odds_ratio"]), 2.0)
-    ax.set_xlim(lo / 1.15, hi * 1.15)
-    ticks = [t for t in (0.1, 0.2, 0.5, 1, 2, 5, 10) if lo / 1.15 <= t <= hi * 1.15]
-    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-    ax.minorticks_off()
-    adjusted_for = shown["adjusted_for"].iloc[0]
-    ax.set_xlabel("odds ratio of the outcome, treated vs no add-on (log scale; right of 1 = more often)")
-    ax.set_title(f"{level}: treatment effects within each group"
-                 + (f", adjusted for {adjusted_for.replace(',', ', ')}" if adjusted_for else " (unadjusted)"), fontsize=10)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3 / fig.get_figheight() - 0.05), ncol=2, fontsize=8, frameon=False)
-    ax.grid(axis="x", color="#eef1f4")
-    fig.tight_layout()
-    return fig
-
-
-def rate_plot(rates: pd.DataFrame, level: str, outcome: str):
-    """Outcome rate per group with its Wilson 95% interval."""
-    shown = rates[rates["level"] == level]
-    y = np.arange(len(shown))[::-1]
-    fig, ax = _figure(7.5, 0.38 * len(shown) + 1.3)
-    rate = shown["rate"].to_numpy(dtype=float)
-    ax.hlines(y, shown["rate_ci_low"], shown["rate_ci_high"], colors="#1d5fa8", lw=2)
-    ax.scatter(rate, y, color="#1d5fa8", s=30, zorder=3)
-    ax.set_yticks(y, [f"{g}  (n={n})" for g, n in zip(shown["group"], shown["n"])], fontsize=9)
-    ax.set_xlim(0, min(1.0, max(0.6, float(np.nanmax(shown["rate_ci_high"])) + 0.05)))
-    ax.set_xlabel(f"{outcome} rate (all patients of the group, 95% Wilson interval)")
-    ax.set_title(f"{level}: {outcome} rate by group", fontsize=10)
-    ax.grid(axis="x", color="#eef1f4")
-    fig.tight_layout()
-    return fig
+PAGE_DPI = 110
 
 
 def figures(analysis: OutcomeAnalysis, levels: list[str], outcome: str) -> dict[str, object]:
-    """Every figure of the page, by file stem (forest_<level>, rates_<level>); absent when empty."""
+    """Every figure of the page (drawn by :mod:`rifml.plots`), by file stem (forest_<level>,
+    rates_<level>); absent when empty (a forest only for a level with an estimable effect)."""
     made = {}
     for level in levels:
-        forest = forest_plot(analysis.effects, level)
-        if forest is not None:
-            made[f"forest_{level}"] = forest
-        if (analysis.rates["level"] == level).any():
-            made[f"rates_{level}"] = rate_plot(analysis.rates, level, outcome)
+        effects = analysis.effects
+        estimable = effects[(effects["level"] == level) & effects["estimable"].astype(bool)]
+        if not estimable.empty:
+            made[f"forest_{level}"] = plot_forest(estimable, level)
+        rates = analysis.rates[analysis.rates["level"] == level]
+        if not rates.empty:
+            made[f"rates_{level}"] = plot_outcome_rates(rates, level, outcome)
     return made
 
 
 def png_bytes(figure) -> bytes:
-    """A figure as PNG bytes."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return buffer.getvalue()
+    """A figure as PNG bytes, at this page's resolution."""
+    return figure_png_bytes(figure, dpi=PAGE_DPI)
 
 
 def _number(value, digits: int = 2) -> str:

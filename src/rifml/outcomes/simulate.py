@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rifml.catalog import Profile
+from rifml.catalog import Profile, load_catalog
 from rifml.errors import RifmlInputError
 from rifml.outcomes.contract import DEFAULT_OUTCOME, NO_TREATMENT, TREATMENT
 
@@ -105,7 +105,8 @@ def _expit(x: np.ndarray) -> np.ndarray:
 
 
 def simulate_outcomes(
-    cohort: pd.DataFrame, truth: pd.DataFrame, spec: OutcomesSpec, id_column: str, seed: int = 0
+    cohort: pd.DataFrame, truth: pd.DataFrame, spec: OutcomesSpec, id_column: str, seed: int = 0,
+    label_column: str | None = None,
 ) -> pd.DataFrame:
     """Treatments, embryo quality and live births for each row of a simulated cohort.
 
@@ -114,12 +115,14 @@ def simulate_outcomes(
     cohort : DataFrame
         The cohort as written (text cells); supplies ids and ``spec.age_column``.
     truth : DataFrame
-        Its latent truth, same rows: ``subtype`` and ``immune_profile``.
+        Its latent truth, same rows: ``subtype`` and the profile in ``label_column``.
     spec : OutcomesSpec
     id_column : str
         The catalog's id column.
     seed : int
         Equal seeds give equal registries (independent of the cohort's draws).
+    label_column : str, optional
+        The catalog's label column (default: the installed catalog's).
 
     Returns
     -------
@@ -167,7 +170,7 @@ def simulate_outcomes(
         _logit(birth.reference_rate)
         + birth.age_log_odds_per_year * centred_age
         + np.array([birth.embryo_quality_log_odds[q] for q in quality])
-        + np.array([birth.profile_log_odds[p] for p in truth["immune_profile"]])
+        + np.array([birth.profile_log_odds[p] for p in truth[label_column or load_catalog().label_column]])
         + effect
     )
     outcome = (rng.random(n) < _expit(log_odds)).astype(int)

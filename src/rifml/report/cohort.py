@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from rifml.features import INCOMPATIBILITY_FEATURE, LAB_COLUMN, band_position
-from rifml.pipeline import REPORTED_DECIMALS, ImmuneProfiler, profile_columns
+from rifml import contract
+from rifml.contract import REPORTED_DECIMALS, censored_column, profile_columns
+from rifml.features import band_position
+from rifml.pipeline import ImmuneProfiler
 from rifml.report.geometry import format_value
 from rifml.report.interventions import FindingHits, Interventions, find_findings
-from rifml.validate import censored_column
 
 # Calls files carry probabilities rounded to REPORTED_DECIMALS (error at most half a unit of the last place).
 PROBABILITY_TOLERANCE = 10.0**-REPORTED_DECIMALS
@@ -111,12 +112,14 @@ def build_cohort(
     panel = panel.reset_index(drop=True)
     X = profiler.features_.transform(panel)
     index = {p: i for i, p in enumerate(catalog.profiles)}
-    called_index = calls["immune_profile"].map(index).to_numpy(dtype=int)
+    called_index = calls[catalog.label_column].map(index).to_numpy(dtype=int)
     contributions = profiler.contributions(X, called_index)
     now = profiler.profile_model_.predict_proba(X)
     changed = np.abs(now - calls[profile_columns(catalog)].to_numpy(dtype=float)) > PROBABILITY_TOLERANCE
-    incompatible = (X[INCOMPATIBILITY_FEATURE] == 1).to_numpy() if INCOMPATIBILITY_FEATURE in X else np.zeros(len(X), bool)
-    findings = find_findings(band_position(panel, catalog), calls["immune_profile"].to_numpy(dtype=object),
+    # the catalog's interactions (NK/HLA-C incompatibility): any one of them holding
+    interactions = [i.name for i in catalog.interactions]
+    incompatible = (X[interactions] == 1).any(axis=1).to_numpy() if interactions else np.zeros(len(X), bool)
+    findings = find_findings(band_position(panel, catalog), calls[catalog.label_column].to_numpy(dtype=object),
                              incompatible, catalog, interventions)
     ids = calls[catalog.id_column].astype(str).tolist()
     return CohortData(profiler, calls, panel, contributions, findings, patient_file_names(ids), model, rejects,
@@ -142,9 +145,10 @@ def lab_drift(panel: pd.DataFrame, profiler: ImmuneProfiler) -> pd.DataFrame:
     features = profiler.features_
     learned_markers = {name for shifts in features.lab_shifts_.values() for name, shift in shifts.items() if shift}
     drifting = [m for m in profiler.catalog_.numeric_markers if m.drifts or m.name in learned_markers]
-    if LAB_COLUMN not in panel or not drifting:
+    lab_column = profiler.catalog_.lab_column
+    if lab_column not in panel or not drifting:
         return pd.DataFrame(columns=["lab", "marker", "n", "batch_pct", "learned_pct", "known"])
-    labs = panel[LAB_COLUMN].astype(object).where(panel[LAB_COLUMN].notna(), "(no lab)").astype(str)
+    labs = panel[lab_column].astype(object).where(panel[lab_column].notna(), "(no lab)").astype(str)
     rows = []
     for marker in drifting:
         values = panel[marker.name].astype(float)
@@ -186,10 +190,12 @@ def patient_flags(data: CohortData) -> list[list[dict]]:
             value = format_value(float(data.panel.at[i, marker.name]))
             flags[i].append({"title": words, "text": f"{marker.name} = {value} {marker.unit} (at or above "
                              f"{format_value(rule.value)}): {words}, a distinct diagnosis to check; it is not an immune profile."})
-    labs = data.panel[LAB_COLUMN] if LAB_COLUMN in data.panel else pd.Series([None] * len(calls))
-    adapted = _flag_column(calls, "lab_adapted") if "lab_adapted" in calls else np.zeros(len(calls), dtype=bool)
-    panels = pd.to_numeric(calls["lab_adaptation_panels"], errors="coerce") if "lab_adaptation_panels" in calls else None
-    for i in np.flatnonzero(_flag_column(calls, "unknown_lab")):
+    lab_column = catalog.lab_column
+    labs = data.panel[lab_column] if lab_column in data.panel else pd.Series([None] * len(calls))
+    adapted = _flag_column(calls, contract.LAB_ADAPTED) if contract.LAB_ADAPTED in calls else np.zeros(len(calls), dtype=bool)
+    panels = (pd.to_numeric(calls[contract.LAB_ADAPTATION_PANELS], errors="coerce")
+              if contract.LAB_ADAPTATION_PANELS in calls else None)
+    for i in np.flatnonzero(_flag_column(calls, contract.UNKNOWN_LAB)):
         lab = labs.iloc[i]
         name = f"lab {lab}" if isinstance(lab, str) and lab else "the lab (not given)"
         if adapted[i]:
@@ -204,8 +210,8 @@ def patient_flags(data: CohortData) -> list[list[dict]]:
         if features.known_labs_:
             text += f" Labs seen in training: {', '.join(features.known_labs_)}."
         flags[i].append({"title": title, "text": text})
-    outside = calls["out_of_range_markers"].fillna("").astype(str).tolist()
-    for i in np.flatnonzero(_flag_column(calls, "outside_training_range")):
+    outside = calls[contract.OUT_OF_RANGE_MARKERS].fillna("").astype(str).tolist()
+    for i in np.flatnonzero(_flag_column(calls, contract.OUTSIDE_TRAINING_RANGE)):
         markers = outside[i].replace(";", ", ") or "some markers"
         flags[i].append({"title": "outside training range",
                          "text": f"{markers}: outside the values the model saw in training; the call extrapolates there."})

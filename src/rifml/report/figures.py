@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import base64
-import io
 
 import numpy as np
 import pandas as pd
 
-from rifml.plots import plot_lab_drift, plot_probabilities, plot_shap_summary, plot_subtype_heatmap
+from rifml.contract import SUBTYPE
+from rifml.plots import figure_png_bytes, plot_lab_drift, plot_probabilities, plot_shap_summary, plot_subtype_heatmap
 from rifml.report.cohort import CohortData, subtype_marker_table
 
 SHAP_SAMPLE = 3000  # per profile: a beeswarm of more points shows nothing new and plots slowly
@@ -16,14 +16,12 @@ SHAP_SAMPLE = 3000  # per profile: a beeswarm of more points shows nothing new a
 
 def figure_png(fig) -> str:
     """A matplotlib figure as base64 PNG text."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return base64.b64encode(figure_png_bytes(fig)).decode("ascii")
 
 
 def plot_profile_shap(data: CohortData, profile: str):
     """Beeswarm of per-marker contributions toward ``profile`` for the patients called it (sampled)."""
-    rows = np.flatnonzero((data.calls["immune_profile"] == profile).to_numpy())
+    rows = np.flatnonzero((data.calls[data.profiler.catalog_.label_column] == profile).to_numpy())
     if len(rows) > SHAP_SAMPLE:
         rows = np.sort(np.random.default_rng(0).choice(rows, SHAP_SAMPLE, replace=False))
     contributions = data.contributions.iloc[rows].reset_index(drop=True)
@@ -36,12 +34,13 @@ def cohort_figures(data: CohortData, drift: pd.DataFrame, subtype_profile: dict[
     """The cohort page's figures as base64 PNG: probabilities, subtype heatmap, lab drift (when some
     lab drifts), and one SHAP beeswarm per profile that was called."""
     calls = data.calls
-    profiles = list(data.profiler.catalog_.profiles)
-    figures = {"probabilities": figure_png(plot_probabilities(calls, profiles))}
-    heat = subtype_marker_table(data.profiler, data.panel, calls["subtype"])
-    figures["subtypes"] = figure_png(plot_subtype_heatmap(heat, calls["subtype"].value_counts(), subtype_profile))
+    catalog = data.profiler.catalog_
+    profiles = list(catalog.profiles)
+    figures = {"probabilities": figure_png(plot_probabilities(calls, profiles, catalog.label_column))}
+    heat = subtype_marker_table(data.profiler, data.panel, calls[SUBTYPE])
+    figures["subtypes"] = figure_png(plot_subtype_heatmap(heat, calls[SUBTYPE].value_counts(), subtype_profile))
     shap = [{"profile": p, "png": figure_png(plot_profile_shap(data, p))}
-            for p in profiles if (calls["immune_profile"] == p).any()]
+            for p in profiles if (calls[catalog.label_column] == p).any()]
     if len(drift):
         figures["drift"] = figure_png(plot_lab_drift(drift))
     return figures, shap

@@ -24,7 +24,8 @@ from rifml import __version__
 from rifml.catalog import Catalog
 from rifml.errors import RifmlInputError
 from rifml.io.paths import PART_SUFFIX, temp_prefix
-from rifml.pipeline import REPORTED_DECIMALS, ImmuneProfiler, calls_columns, profile_columns
+from rifml.contract import CONTRIBUTION_SUFFIX, REPORTED_DECIMALS, calls_columns, profile_columns
+from rifml.pipeline import ImmuneProfiler
 from rifml.report.cohort import ModelCard, build_cohort
 from rifml.report.interventions import load_interventions
 from rifml.report.render import render_index, render_patient_pages
@@ -44,15 +45,16 @@ def read_calls(path: Path, catalog: Catalog) -> pd.DataFrame:
     missing = [c for c in calls_columns(catalog) if c not in calls.columns]
     if missing:
         raise RifmlInputError(f"{path}: not a rifml calls file (missing columns: {', '.join(missing[:6])})")
-    bad = ~calls["immune_profile"].isin(catalog.profiles)
+    profile = catalog.label_column
+    bad = ~calls[profile].isin(catalog.profiles)
     if bad.any():
         raise RifmlInputError(
-            f"{path}: line {_line(bad)}: immune_profile {calls['immune_profile'][bad].iloc[0]!r} is not a profile"
+            f"{path}: line {_line(bad)}: {profile} {calls[profile][bad].iloc[0]!r} is not a profile"
         )
     duplicated = calls[catalog.id_column].duplicated()
     if duplicated.any():
-        raise RifmlInputError(f"{path}: patient_id {calls[catalog.id_column][duplicated].iloc[0]!r} appears twice")
-    numeric = [*profile_columns(catalog), *[c for c in calls.columns if c.endswith("_contribution")]]
+        raise RifmlInputError(f"{path}: {catalog.id_column} {calls[catalog.id_column][duplicated].iloc[0]!r} appears twice")
+    numeric = [*profile_columns(catalog), *[c for c in calls.columns if c.endswith(CONTRIBUTION_SUFFIX)]]
     for column in numeric:
         calls[column] = pd.to_numeric(calls[column].replace("", np.nan), errors="coerce")
     _check_probabilities(path, calls, catalog)
@@ -92,7 +94,7 @@ def _check_probabilities(path: Path, calls: pd.DataFrame, catalog: Catalog) -> N
             row = int(np.flatnonzero(bad)[0])
             values = ", ".join(f"{c}={calls[c].iloc[row]}" for c in columns)
             raise RifmlInputError(
-                f"{path}: line {row + 2} (patient_id {calls[catalog.id_column].iloc[row]!r}): {what} ({values});"
+                f"{path}: line {row + 2} ({catalog.id_column} {calls[catalog.id_column].iloc[row]!r}): {what} ({values});"
                 " pass the calls file exactly as `rifml score` wrote it"
             )
 

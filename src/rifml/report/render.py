@@ -16,16 +16,15 @@ import numpy as np
 import pandas as pd
 
 from rifml import __version__
+from rifml.contract import COMPARTMENTS, SUBTYPE, censored_column, driver_columns, profile_columns
 from rifml.catalog import Marker
 from rifml.explain import COVERAGE
 from rifml.features import band_position
-from rifml.pipeline import profile_columns
 from rifml.plots import PROFILE_COLOURS
 from rifml.report.cohort import CohortData, lab_drift, patient_flags
 from rifml.report.figures import cohort_figures
 from rifml.report.geometry import DOT_PX, TRACK_PAD, TRACK_PX, MarkerBand, format_value, marker_bands, signed, waterfall
 from rifml.report.interventions import Interventions
-from rifml.validate import censored_column
 
 RESEARCH_USE = (
     "Research use only. rifml sorts panels into immune profiles and shows why. It is not a diagnostic "
@@ -123,7 +122,7 @@ def _context(data: CohortData, i: int, bands: list[MarkerBand], values: dict, fl
     """The template data of patient page ``i``."""
     catalog = data.profiler.catalog_
     calls = values["calls"]
-    profile = calls["immune_profile"][i]
+    profile = calls[catalog.label_column][i]
     probabilities = [{"profile": p, "pct": 100 * values["proba"][i, j], "called": p == profile,
                       "colour": PROFILE_COLOURS.get(p, "#555")} for j, p in enumerate(catalog.profiles)]
     contribution = values["contributions"][i]
@@ -144,9 +143,9 @@ def _context(data: CohortData, i: int, bands: list[MarkerBand], values: dict, fl
         next=data.files[i + 1] if i + 1 < len(data.files) else None,
         profile=profile, colour=PROFILE_COLOURS.get(profile, "#555"),
         probability=100 * values["proba"][i, catalog.profiles.index(profile)],
-        probabilities=probabilities, subtype=calls["subtype"][i],
-        subtype_profile=subtype_profile.get(calls["subtype"][i], ""),
-        compartments=calls["compartments"][i],
+        probabilities=probabilities, subtype=calls[SUBTYPE][i],
+        subtype_profile=subtype_profile.get(calls[SUBTYPE][i], ""),
+        compartments=calls[COMPARTMENTS][i],
         details=[(name, column[i]) for name, column in values["context"].items() if column[i]],
         flags=flags[i], waterfall=waterfall(contribution, values["shap_labels"][i]),
         sections=sections, findings=findings,
@@ -176,7 +175,7 @@ def _columns(data: CohortData, bands: list[MarkerBand]) -> dict:
     context = {c.name.replace("_", " "): [_context_text(v) for v in panel[c.name].tolist()]
                for c in catalog.context if c.name in panel}
     return {
-        "calls": {c: calls[c].tolist() for c in [catalog.id_column, "immune_profile", "subtype", "compartments"]},
+        "calls": {c: calls[c].tolist() for c in [catalog.id_column, catalog.label_column, SUBTYPE, COMPARTMENTS]},
         "proba": calls[profile_columns(catalog)].to_numpy(dtype=float),
         "contributions": data.contributions.to_numpy(dtype=float),
         "shap_column": {n: j for j, n in enumerate(shap_names)}, "shap_labels": shap_labels,
@@ -272,6 +271,7 @@ class IndexPage:
     shap: list[dict]
     drift: list[dict]
     drifting: list[str]
+    lab_column: str | None
     rejects: list[dict]
     rejects_total: int
     rejects_source: str
@@ -295,9 +295,9 @@ def render_index(data: CohortData, interventions: Interventions, generated: str)
                  "probability": 100 * prob, "subtype": sub, "compartments": comp, "driver": drv,
                  "flags": ", ".join(flag["title"] for flag in fl)}
                 for f, pid, prof, prob, sub, comp, drv, fl in zip(
-                    data.files, calls[catalog.id_column], calls["immune_profile"],
-                    calls[profile_columns(catalog)].max(axis=1), calls["subtype"], calls["compartments"],
-                    calls["driver_1"].fillna(""), flags)]
+                    data.files, calls[catalog.id_column], calls[catalog.label_column],
+                    calls[profile_columns(catalog)].max(axis=1), calls[SUBTYPE], calls[COMPARTMENTS],
+                    calls[driver_columns(1)[0]].fillna(""), flags)]
     flag_counts = Counter(flag["title"] for fl in flags for flag in fl)
     findings = [{"finding": h.finding.finding, "treatments": h.finding.treatments, "profiles": h.finding.profiles,
                  "n": int(h.applies.sum())} for h in data.findings]
@@ -306,10 +306,10 @@ def render_index(data: CohortData, interventions: Interventions, generated: str)
                                      aggfunc="first", dropna=False) if len(drift) else None)
     page = IndexPage(
         shared=_shared(data, interventions, generated), n=len(calls), sources=data.sources,
-        profiles=_counts(calls["immune_profile"], profiles), colours=PROFILE_COLOURS,
-        subtypes=[dict(row, profile=subtype_profile.get(row["name"], "")) for row in _counts(calls["subtype"])],
+        profiles=_counts(calls[catalog.label_column], profiles), colours=PROFILE_COLOURS,
+        subtypes=[dict(row, profile=subtype_profile.get(row["name"], "")) for row in _counts(calls[SUBTYPE])],
         figures=figures, shap=shap, drift=_drift_rows(drift_table),
-        drifting=list(dict.fromkeys(drift["marker"])) if len(drift) else [],
+        drifting=list(dict.fromkeys(drift["marker"])) if len(drift) else [], lab_column=catalog.lab_column,
         rejects=[{"reason": r, "n": c} for r, c in data.rejects.most_common()],
         rejects_total=sum(data.rejects.values()), rejects_source=data.rejects_source,
         flag_counts=sorted(flag_counts.items()), findings=findings, model=_model_section(data),
