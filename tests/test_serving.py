@@ -215,3 +215,30 @@ def test_pyfunc_predict_matches_score_frame_for_text_and_numbers(pyfunc, panels)
     got = pyfunc.predict(numbers)
     assert_same_answer(got.drop(columns="reject_value"), expected.drop(columns="reject_value"))
     assert got.loc[where["corrupt"], "status"] == "rejected"
+
+
+def test_the_pyfunc_answers_as_local_scoring_of_the_same_rows(pyfunc, panels, catalog, tmp_path):
+    """One scoring path: a request's answer equals what `rifml score` writes for the same rows as a file."""
+    from rifml.io.reader import PanelFile, validated_chunks
+    from rifml.scoring import score_file
+
+    frame, _ = panels
+    profiler = pyfunc.unwrap_python_model().profiler
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    panel_file = PanelFile(tmp_path / "rows.csv", catalog)
+    tally = score_file(profiler, validated_chunks(panel_file), lambda: validated_chunks(panel_file),
+                       tmp_path / "calls.csv", tmp_path / "rejects.csv")
+    calls = pd.read_csv(tmp_path / "calls.csv", dtype=str, keep_default_na=False)
+    rejects = pd.read_csv(tmp_path / "rejects.csv", dtype=str, keep_default_na=False)
+    answer = score_frame(profiler, frame)
+    scored, rejected = answer[answer["status"] == "scored"], answer[answer["status"] == "rejected"]
+    assert tally.scored == len(scored) == len(calls) and sum(tally.reasons.values()) == len(rejects) == len(rejected) > 0
+    assert rejects["row"].astype(int).tolist() == (rejected.index + 2).tolist()
+    assert rejects["reason"].tolist() == rejected["reject_reason"].tolist()
+    for column in calls_columns(catalog):
+        if pd.api.types.is_numeric_dtype(scored[column]):
+            np.testing.assert_allclose(pd.to_numeric(calls[column].replace("", np.nan)), scored[column].astype(float),
+                                       rtol=0, atol=1e-12, err_msg=column)
+        else:
+            text = scored[column].astype(object).where(scored[column].notna(), "").astype(str)
+            assert calls[column].tolist() == text.tolist(), column

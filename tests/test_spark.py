@@ -1,4 +1,4 @@
-"""`rifml score --engine spark`: the pyfunc model as a Spark UDF gives the local engine's calls and rejects."""
+"""`rifml score --engine spark`: Arrow batches on Spark write the local engine's calls and rejects files, byte for byte."""
 
 import os
 import shutil
@@ -17,16 +17,18 @@ if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
     pytest.skip("Spark needs Java 17+: no java on PATH and no JAVA_HOME", allow_module_level=True)
 
 from rifml.cli import app  # noqa: E402
-from rifml.pipeline import calls_columns, profile_columns  # noqa: E402
+from rifml.pipeline import calls_columns  # noqa: E402
 from rifml.io.reader import PanelFile  # noqa: E402
-from rifml.serving import FIELD_COUNT_FLAG  # noqa: E402
-from rifml.spark_engine import read_panel, spark_session, with_row_numbers  # noqa: E402
+from rifml.spark_engine import FIELD_COUNT, read_panel, spark_session, with_row_numbers, worker_run  # noqa: E402
 from rifml.validate import validate_chunk  # noqa: E402
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-CHUNK_ROWS = 50  # several Spark partitions and several local chunks for a 300-row file
+CHUNK_ROWS = 50  # several Arrow batches per partition and several local chunks for a 300-row file
 N_SIMULATED = 296
+SPLIT_BYTES = "8k"  # Spark splits the ~38 kB batch file into several partitions (the default is 128 MB)
+UNSEEN_LAB = "lab_unseen"
+NFC_ID, NFD_ID = "Jos\u00e9-7", "Jose\u0301-7"  # one patient, typed on Windows and on a Mac
 
 
 
@@ -51,6 +53,8 @@ def work(trained_store, spark, tmp_path_factory):
     run("simulate", "--n", N_SIMULATED, "--seed", 22, "--bad-share", 0.1, "--output", "sim.csv", cwd=work)
     batch = pd.read_csv(work / "sim.csv", dtype=str, keep_default_na=False)
     batch["site_note"] = [f'note {i}, "quoted"' if i % 7 == 0 else "" for i in range(len(batch))]
+    batch.loc[batch.index % 3 == 1, "lab_id"] = UNSEEN_LAB  # ~100 panels of a lab the model never saw: adapted
+    batch.loc[60, "patient_id"], batch.loc[240, "patient_id"] = NFC_ID, NFD_ID
     first, middle = batch.iloc[[0]], batch.iloc[[150]]
     batch = pd.concat([batch, middle, first, middle], ignore_index=True)
     batch.to_csv(work / "batch.csv", index=False)
@@ -72,31 +76,39 @@ def score(work, uri, engine):
     return calls, rejects, summary
 
 
-def assert_same_calls(spark_calls: pd.DataFrame, local_calls: pd.DataFrame, catalog) -> None:
-    assert list(spark_calls.columns) == list(local_calls.columns)
-    numbers = [*profile_columns(catalog), *(c for c in local_calls.columns if c.endswith("_contribution"))]
-    for column in local_calls.columns:
-        if column in numbers:
-            got = pd.to_numeric(spark_calls[column].replace("", np.nan))
-            expected = pd.to_numeric(local_calls[column].replace("", np.nan))
-            np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9, err_msg=column)
-        else:
-            assert spark_calls[column].tolist() == local_calls[column].tolist(), column
-
-
 @pytest.fixture(scope="module")
 def both_engines(work):
     folder, uri = work
-    with mlflow_store(uri):  # the in-process CLI points MLflow at the store: leave no trace for other tests
-        return score(folder, uri, "local"), score(folder, uri, "spark")
+    spark = spark_session()
+    spark.conf.set("spark.sql.files.maxPartitionBytes", SPLIT_BYTES)
+    try:
+        with mlflow_store(uri):  # the in-process CLI points MLflow at the store: leave no trace for other tests
+            return score(folder, uri, "local"), score(folder, uri, "spark")
+    finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
 
 
-def test_spark_calls_equal_local_calls(both_engines, catalog):
-    (local_calls, _, _), (spark_calls, _, _) = both_engines
+def test_spark_writes_the_local_engines_files_byte_for_byte(both_engines, work, catalog):
+    folder, _ = work
+    (local_calls, _, _), _ = both_engines
+    assert (folder / "spark_calls.csv").read_bytes() == (folder / "local_calls.csv").read_bytes()
+    assert (folder / "spark_rejects.csv").read_bytes() == (folder / "local_rejects.csv").read_bytes()
+    # what the files hold: the calls contract, an extra column carried through, an unseen lab adapted
     assert list(local_calls.columns[: len(calls_columns(catalog))]) == calls_columns(catalog)
-    assert "site_note" in local_calls.columns  # extra columns are carried through by both
+    assert "site_note" in local_calls.columns
     assert len(local_calls) > 200
-    assert_same_calls(spark_calls, local_calls, catalog)
+    batch = pd.read_csv(folder / "batch.csv", dtype=str, keep_default_na=False)
+    unseen = local_calls["patient_id"].map(batch.drop_duplicates("patient_id").set_index("patient_id")["lab_id"]) == UNSEEN_LAB
+    assert unseen.sum() > 50 and (local_calls.loc[unseen, "lab_adapted"] == "True").sum() >= 30
+    assert (local_calls.loc[~unseen, "lab_adapted"] == "False").all()
+
+
+def test_the_file_was_read_in_several_partitions(work, spark, catalog):
+    spark.conf.set("spark.sql.files.maxPartitionBytes", SPLIT_BYTES)
+    try:
+        assert read_panel(spark, PanelFile(work[0] / "batch.csv", catalog)).rdd.getNumPartitions() >= 3
+    finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
 
 
 def test_spark_rejects_equal_local_rejects_including_whole_file_rules(both_engines, work):
@@ -105,6 +117,9 @@ def test_spark_rejects_equal_local_rejects_including_whole_file_rules(both_engin
     assert spark_summary == local_summary
     reasons = set(spark_rejects["reason"])
     assert {"duplicate patient_id", "wrong number of fields", "negative value", "missing patient_id"} <= reasons
+    # two spellings of one id (NFC, NFD) are one patient on both engines: both rows rejected, named in NFC
+    assert spark_rejects.loc[spark_rejects["row"].isin(["62", "242"]), "reason"].tolist() == ["duplicate patient_id"] * 2
+    assert spark_rejects.loc[spark_rejects["row"].isin(["62", "242"]), "patient_id"].tolist() == [NFC_ID] * 2
     batch = pd.read_csv(work[0] / "batch.csv", dtype=str, keep_default_na=False)
     for position, copies in [(0, [N_SIMULATED + 3]), (150, [N_SIMULATED + 2, N_SIMULATED + 4])]:
         repeated = spark_rejects[spark_rejects["patient_id"] == batch["patient_id"].iloc[position]]
@@ -132,7 +147,7 @@ def test_parquet_cells_read_as_the_csv_cells(work, spark, catalog):
 
     def validated(path):
         cells = read_panel(spark, PanelFile(path, catalog)).toPandas()
-        return validate_chunk(cells.drop(columns=FIELD_COUNT_FLAG), np.arange(2, len(cells) + 2), catalog)
+        return validate_chunk(cells.drop(columns=FIELD_COUNT), np.arange(2, len(cells) + 2), catalog)
 
     from_csv, from_parquet = validated(panel_file.path), validated(folder / "typed.parquet")
     for checked in (from_csv, from_parquet):  # an empty extra cell is "" in Parquet, None from CSV: both write ""
@@ -150,3 +165,22 @@ def test_row_numbers_are_consecutive_across_partitions(spark):
     rows = numbered.orderBy("id").toPandas()
     assert total == 1000
     assert (rows["_rifml_row"].to_numpy() == rows["id"].to_numpy() + 2).all()
+
+
+def test_a_worker_unpickles_the_profiler_once_per_run(monkeypatch):
+    import pickle
+
+    import rifml.spark_engine as engine
+
+    loads, real_loads = [], pickle.loads
+    monkeypatch.setattr(engine, "_WORKER_RUNS", {})
+    monkeypatch.setattr(engine.pickle, "loads", lambda data: loads.append(data) or real_loads(data))
+
+    class Shipped:  # a Broadcast's face: .value
+        value = pickle.dumps(({"fitted": 1}, frozenset({"P1"})))
+
+    first = [worker_run("run-1", Shipped) for _ in range(5)]
+    assert len(loads) == 1 and all(run is first[0] for run in first)
+    assert first[0] == ({"fitted": 1}, frozenset({"P1"}))
+    worker_run("run-2", Shipped)  # a later run in a reused worker: its own profiler, the first one dropped
+    assert len(loads) == 2 and list(engine._WORKER_RUNS) == ["run-2"]

@@ -406,7 +406,7 @@ def score(
     catalog: CatalogOption = None,
     engine: Annotated[
         Literal["local", "spark"],
-        typer.Option("--engine", help="local: this process, in chunks; spark: a Spark UDF (see README, Spark and REST)."),
+        typer.Option("--engine", help="local: this process, in chunks; spark: Arrow batches on a Spark cluster (see README, Spark and REST)."),
     ] = "local",
     sep: SepOption = None,
     decimal: DecimalOption = None,
@@ -421,25 +421,19 @@ def score(
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if engine == "local":
         _warm_kernels_in_background()
-    # Local scoring reads the model's files without MLflow (tracking.load_profiler); Spark's UDF needs it connected.
+    # Both engines read the model's files without MLflow (tracking.load_profiler); Spark ships the profiler itself.
     uri, model_uri = _open_store(tracking_uri, model, [("--input", input), ("--catalog", catalog), ("--columns", columns)],
-                                 [("--output", output), ("--rejects", rejects)], connect_store=engine == "spark")
+                                 [("--output", output), ("--rejects", rejects)], connect_store=False)
     from rifml.catalog import load_catalog
-    from rifml.contract import calls_columns
     from rifml.io.reader import PanelFile, Prefetcher, validated_chunks
-    from rifml.scoring import scored_chunks
+    from rifml.scoring import score_file
     from rifml.tracking import load_profiler
-    from rifml.contract import REJECT_COLUMNS
-    from rifml.io.writer import AtomicCsvWriter
 
     installed = load_catalog(catalog)
     reading = read_options(sep, decimal, encoding, sheet, columns, layout)
     panel_file = PanelFile(input, installed, chunk_rows=chunk_rows, options=reading)  # a bad file fails before the slow load
     if engine == "spark" and (panel_file.layout == "long" or any(f != 1 for f in panel_file.conversions.values())):
         raise RifmlInputError(f"{input}: long layout and units in headers are read by --engine local only")
-    reasons: Counter[str] = Counter()
-    profiles: Counter[str] = Counter()
-    scored = 0
     with ExitStack() as stack:
         # Local scoring starts reading and validating while the model loads (seconds of imports).
         chunks = stack.enter_context(Prefetcher(validated_chunks(panel_file))) if engine == "local" else None
@@ -459,28 +453,17 @@ def score(
         if engine == "spark":
             from rifml.spark_engine import score_with_spark
 
-            spark_run = score_with_spark(panel_file, model_uri, output, rejects, profiler)
-            scored, reasons, profiles = spark_run.scored, spark_run.reasons, spark_run.profiles
+            tally = score_with_spark(panel_file, profiler, output, rejects)
         else:
-            reject_writer = stack.enter_context(AtomicCsvWriter(rejects, columns=REJECT_COLUMNS))
-            calls_writer = stack.enter_context(AtomicCsvWriter(output))
             progress = stack.enter_context(RowProgress("scoring", quiet))
-            for chunk, calls in scored_chunks(profiler, chunks, lambda: validated_chunks(panel_file)):
-                reject_writer.write(chunk.rejects)
-                reasons.update(chunk.rejects["reason"])
-                if calls is not None:
-                    calls_writer.write(calls)
-                    profiles.update(calls[model_catalog.label_column].value_counts().to_dict())
-                    scored += chunk.accepted_lines
-                progress.advance(chunk.accepted_lines + len(chunk.rejects), panel_file.row_count)
-            if scored == 0:  # still give the calls file its header
-                calls_writer.columns = calls_columns(model_catalog)
+            tally = score_file(profiler, chunks, lambda: validated_chunks(panel_file), output, rejects,
+                               advance=lambda lines: progress.advance(lines, panel_file.row_count))
     # Run as the command itself (not inside `demo`), local scoring leaves nothing to tear down.
     _state["skip_teardown"] = engine == "local" and _state["command"] == "score"
     print_reading(panel_file)
-    if profiles:
-        out.print("calls: " + ", ".join(f"{p} {profiles[p]:,}" for p in model_catalog.profiles if profiles[p]))
-    print_accounting(scored, reasons, verb="scored", rows_in=panel_file.row_count, source=panel_file.describe())
+    if tally.profiles:
+        out.print("calls: " + ", ".join(f"{p} {tally.profiles[p]:,}" for p in model_catalog.profiles if tally.profiles[p]))
+    print_accounting(tally.scored, tally.reasons, verb="scored", rows_in=panel_file.row_count, source=panel_file.describe())
 
 
 def _warm_kernels_in_background() -> None:

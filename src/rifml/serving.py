@@ -5,11 +5,12 @@ them exactly as the CLI does, and answers one row per input row: the calls
 columns for accepted rows, and ``status`` / ``reject_reason`` (plus the rejects-file
 details) for all rows, so a serving client or a Spark UDF always gets a same-length answer.
 
-A batch is self-contained unless the caller says otherwise: an engine that splits a
-file into batches (Spark) passes the file-level facts a batch cannot see as two
-optional boolean columns, :data:`DUPLICATE_FLAG` and :data:`FIELD_COUNT_FLAG`, and the
-offsets of labs unseen in training, estimated on the whole file, as the model parameter
-:data:`LAB_OFFSETS_PARAM`.
+A batch is self-contained unless the caller says otherwise: a caller that splits a
+file into batches (``mlflow.pyfunc.spark_udf`` over a file) passes the file-level facts
+a batch cannot see as two optional boolean columns, :data:`DUPLICATE_FLAG` and
+:data:`FIELD_COUNT_FLAG`, and the offsets of labs unseen in training, estimated on the
+whole file, as the model parameter :data:`LAB_OFFSETS_PARAM`. Validation and calling are
+those of every engine (:func:`rifml.validate.validate_chunk`, :func:`rifml.scoring.scored_chunks`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from rifml.contract import REJECT_REASON, REJECTED, SCORED, STATUS, calls_column
 from rifml.labs import LabAdaptation
 from rifml.pipeline import ImmuneProfiler
 from rifml.tracking import PROFILER_ARTIFACT
-from rifml.validate import repeated_ids, validate_chunk
+from rifml.scoring import scored_chunks
+from rifml.validate import patient_ids, repeated_ids, validate_chunk
 
 DUPLICATE_FLAG = "rifml_duplicate_patient_id"
 FIELD_COUNT_FLAG = "rifml_wrong_field_count"
@@ -74,16 +76,15 @@ def score_frame(profiler: ImmuneProfiler, raw: pd.DataFrame, labs: LabAdaptation
     duplicated, bad_field_count = (_batch_flag(raw, name) for name in BATCH_FLAGS)
     raw = raw.drop(columns=[name for name in BATCH_FLAGS if name in raw])
     rows = np.arange(2, len(raw) + 2)
-    ids = (
-        raw[catalog.id_column].astype("string").str.strip()
-        if catalog.id_column in raw
-        else pd.Series(pd.NA, index=raw.index, dtype="string")
-    )
-    duplicates = repeated_ids(ids)
+    duplicates = repeated_ids(raw[catalog.id_column]) if catalog.id_column in raw else frozenset()
     if duplicated is not None:  # repeated elsewhere in the whole file
-        duplicates |= frozenset(ids[ids.notna() & (ids != "") & duplicated])
+        ids = patient_ids(raw[catalog.id_column])
+        duplicates |= frozenset(ids[(ids != "").to_numpy(dtype=bool) & duplicated])
     checked = validate_chunk(raw, rows, catalog, duplicates, bad_field_count)
-    calls = profiler.call(checked.panel, labs=labs) if len(checked.panel) else pd.DataFrame(columns=calls_columns(catalog))
+    # A request is its own batch: its unseen labs are adapted on its own rows unless the caller passed offsets.
+    _, calls = next(scored_chunks(profiler, [checked], labs=labs, compact=False))  # plain text for JSON answers
+    if calls is None:
+        calls = pd.DataFrame(columns=calls_columns(catalog))
     calls = calls.reindex(columns=calls_columns(catalog))
     calls.index = checked.panel.index
     out = calls.reindex(rows)

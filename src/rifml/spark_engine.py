@@ -1,44 +1,47 @@
-"""Batch scoring on Spark (``rifml score --engine spark``): the logged pyfunc model as a Spark UDF.
+"""Batch scoring on Spark (``rifml score --engine spark``): the scoring path of the local engine, over Arrow batches.
 
-The edge that runs the same model as ``score``, ``mlflow models serve`` and the
-Python API, spread over Spark executors through ``mlflow.pyfunc.spark_udf``.
-Every row gets its 1-based line number (input index + 2) before anything moves;
-the facts a batch cannot see on its own (a patient_id repeated anywhere in the
-file, a row whose field count does not match the header) are computed over the
-whole file and handed to the model as the boolean columns of
-:data:`rifml.serving.BATCH_FLAGS`, so the calls and rejects equal the local
-engine's. Results come back to the driver partition by partition, in input
-order, and are written as one calls CSV and one rejects CSV.
+Spark's own CSV/Parquet reader splits the file across executors; every row gets its
+1-based line number (input index + 2) from its partition's offset, without moving.
+The facts a batch cannot see on its own are settled over the whole file first: the
+patient_ids repeated anywhere (a Spark aggregation on :func:`rifml.validate.patient_ids`),
+a row whose field count does not match the header (the reader's corrupt-record column),
+and the offsets of labs unseen in training (estimated on the driver from those labs'
+rows). Then ``mapInArrow`` validates and scores large Arrow batches exactly as the local
+engine does (:func:`rifml.validate.validate_chunk`, :func:`rifml.scoring.scored_chunks`),
+with the profiler and the repeated ids broadcast and unpickled once per Python worker.
+Each batch comes back as one row holding its calls and rejects (Arrow IPC); the driver
+writes them in input order as one calls CSV and one rejects CSV, as the local engine does.
 """
 
 from __future__ import annotations
 
-import math
 import os
+import pickle
 import re
 import sys
-from collections import Counter
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from rifml.contract import REJECT_COLUMNS, REJECT_REASON, REJECTED, STATUS, calls_columns
+from rifml.contract import REJECT_COLUMNS, calls_columns
 from rifml.errors import RifmlInputError
 from rifml.io.dialects import JAVA_CHARSETS
 from rifml.io.reader import PanelFile
-from rifml.serving import BATCH_FLAGS, DUPLICATE_FLAG, FIELD_COUNT_FLAG, LAB_OFFSETS_PARAM, REJECT_DETAILS
-from rifml.validate import validate_chunk
-from rifml.io.writer import AtomicCsvWriter
+from rifml.labs import LabAdaptation
+from rifml.scoring import Tally, scored_chunks
+from rifml.validate import nfc, patient_ids, validate_chunk
 
 # Working columns; the prefix keeps them apart from whatever a panel file carries.
 ROW = "_rifml_row"
 CLEAN_ID = "_rifml_patient_id"
 CORRUPT = "_rifml_corrupt_record"
-PREDICTION = "_rifml_prediction"
+FIELD_COUNT = "_rifml_wrong_field_count"
 # Bits of monotonically_increasing_id() that count records within one partition.
 RECORD_BITS = 33
 LOCAL_SETTINGS = {
@@ -49,15 +52,11 @@ LOCAL_SETTINGS = {
     "spark.sql.shuffle.partitions": "2",
     "spark.log.level": "ERROR",
 }
-
-
-@dataclass
-class SparkScoring:
-    """What a Spark scoring run wrote: rows scored, reject reasons and called profiles (counts)."""
-
-    scored: int
-    reasons: Counter
-    profiles: Counter
+# What a Python worker answers per Arrow batch: its first and last line, and its calls and
+# rejects as Arrow IPC streams (empty bytes: no calls), so the driver writes them as they are.
+BATCH_SCHEMA = "first_row long, last_row long, accepted_lines long, calls binary, rejects binary"
+# Arrow record batches handed to a Python worker hold at most --chunk-rows rows.
+BATCH_ROWS_SETTING = "spark.sql.execution.arrow.maxRecordsPerBatch"
 
 
 def configured_master() -> str | None:
@@ -106,11 +105,15 @@ def _session():
 
 
 def read_panel(spark, panel_file: PanelFile):
-    """The panel file as a Spark DataFrame of text cells (None when empty), plus :data:`FIELD_COUNT_FLAG`.
+    """The panel file as a Spark DataFrame of text cells (None when empty), plus :data:`FIELD_COUNT`.
 
-    CSV is parsed like the local reader (RFC 4180 quoting, cells may span lines);
-    a row with too few or too many fields is padded or cut and flagged. Parquet
-    values are turned into text (NaN into empty) so validation sees what a CSV would give.
+    CSV is parsed like the local reader (RFC 4180 quoting); a row with too few or too
+    many fields is padded or cut and flagged. Parquet values are turned into text (NaN
+    into empty) so validation sees what a CSV would give.
+
+    A file Spark reads holds one record per line (:func:`spark_can_read` refuses cells
+    spanning lines), so it is read line by line and split across executors; only an
+    encoding whose line ends are not ASCII bytes (UTF-16) needs the whole-file parse.
     """
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
@@ -120,15 +123,16 @@ def read_panel(spark, panel_file: PanelFile):
     if panel_file.format == "parquet":
         frame = spark.read.parquet(path).toDF(*panel_file.columns)
         text = [_as_text(field.dataType, field.name) for field in frame.schema.fields]
-        return frame.select(*text).withColumn(FIELD_COUNT_FLAG, F.lit(False))
+        return frame.select(*text).withColumn(FIELD_COUNT, F.lit(False))
     schema = T.StructType(
         [T.StructField(name, T.StringType()) for name in panel_file.columns] + [T.StructField(CORRUPT, T.StringType())]
     )
     frame = spark.read.csv(
-        path, schema=schema, header=True, multiLine=True, quote='"', escape='"', mode="PERMISSIVE",
-        columnNameOfCorruptRecord=CORRUPT, encoding=JAVA_CHARSETS.get(panel_file.dialect.encoding, panel_file.dialect.encoding), sep=panel_file.dialect.sep,
+        path, schema=schema, header=True, multiLine=panel_file.dialect.encoding.lower().startswith("utf-16"), quote='"',
+        escape='"', mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT,
+        encoding=JAVA_CHARSETS.get(panel_file.dialect.encoding, panel_file.dialect.encoding), sep=panel_file.dialect.sep,
     )
-    return frame.withColumn(FIELD_COUNT_FLAG, F.col(CORRUPT).isNotNull()).drop(CORRUPT)
+    return frame.withColumn(FIELD_COUNT, F.col(CORRUPT).isNotNull()).drop(CORRUPT)
 
 
 def spark_can_read(panel_file: PanelFile) -> None:
@@ -181,159 +185,200 @@ def with_row_numbers(frame):
     return frame.withColumn(ROW, offset + within + 2).drop("_rifml_id"), total
 
 
-def flag_duplicates(frame, id_column: str):
-    """Add :data:`CLEAN_ID` (the id as validation reads it) and :data:`DUPLICATE_FLAG` over the whole file."""
+def repeated_patient_ids(frame, id_column: str) -> frozenset[str]:
+    """The patient ids (as :func:`rifml.validate.patient_ids` reads them) on more than one row of the whole file.
+
+    A Spark aggregation: ids are read on the executors, counted per id across all
+    partitions, and only the repeated ones come to the driver (every row holding one of
+    them is rejected, as :meth:`rifml.io.reader.PanelFile.duplicate_ids` makes the local engine do).
+    """
     from pyspark.sql import functions as F
     from pyspark.sql.functions import pandas_udf
 
+    if id_column not in frame.columns:
+        return frozenset()
+
     @pandas_udf("string")
     def clean(ids: pd.Series) -> pd.Series:
-        # Same reading of an id as reader.PanelFile.duplicate_ids and validate_chunk.
-        return ids.astype("string").fillna("").str.strip()
+        return patient_ids(ids)
 
-    frame = frame.withColumn(CLEAN_ID, clean(F.col(id_column)))
-    repeated = (
-        frame.where(F.col(CLEAN_ID) != "")
-        .groupBy(CLEAN_ID)
-        .count()
-        .where(F.col("count") > 1)
-        .select(CLEAN_ID, F.lit(True).alias(DUPLICATE_FLAG))
-    )
-    # A broadcast join keeps every row in its partition, so input order survives.
-    frame = frame.join(F.broadcast(repeated), on=CLEAN_ID, how="left")
-    return frame.withColumn(DUPLICATE_FLAG, F.coalesce(F.col(DUPLICATE_FLAG), F.lit(False)))
+    ids = frame.select(clean(F.col(id_column)).alias(CLEAN_ID))
+    repeated = ids.where(F.col(CLEAN_ID) != "").groupBy(CLEAN_ID).count().where(F.col("count") > 1)
+    return frozenset(row[0] for row in repeated.select(CLEAN_ID).toLocalIterator())
 
 
-def _model_inputs(udf, model_uri: str) -> list[str]:
-    schema = udf.metadata.get_input_schema()
-    names = schema.input_names() if schema is not None else []
-    missing = [name for name in BATCH_FLAGS if name not in names]
-    if missing:
-        raise RifmlInputError(
-            f"model {model_uri} predates whole-file checks on Spark (its signature lacks {', '.join(missing)}): "
-            "retrain it with this rifml, or score with --engine local"
-        )
-    return names
+def unseen_lab_offsets(frame, panel_file: PanelFile, profiler, repeated: frozenset[str]) -> LabAdaptation:
+    """Offsets of labs unseen in training, estimated on the driver from the whole file.
 
-
-def unseen_lab_offsets(frame, panel_file: PanelFile, profiler) -> str:
-    """Offsets of labs unseen in training, estimated on the driver from the whole file (JSON, "" for none).
-
-    Only rows of such labs come to the driver (validated as usual, whole-file rejects
-    left out), so every Spark batch scores with the same offsets as the local engine.
+    Only rows of such labs come to the driver, validated as the batches will be (whole-file
+    rejects included), so every Spark batch scores with the same offsets as the local engine.
     """
     from pyspark.sql import functions as F
 
     lab_column = panel_file.catalog.lab_column
     if lab_column not in panel_file.columns:
-        return ""
+        return LabAdaptation()
     lab = F.trim(F.col(lab_column))
     known = list(profiler.features_.known_labs_)
-    unseen = frame.where(lab.isNotNull() & (lab != "") & ~lab.isin(known) & ~F.col(DUPLICATE_FLAG) & ~F.col(FIELD_COUNT_FLAG))
-    rows = unseen.select(*panel_file.columns).toPandas()
+    rows = frame.where(lab.isNotNull() & (lab != "") & ~lab.isin(known)).select(*panel_file.columns, FIELD_COUNT).toPandas()
     if rows.empty:
-        return ""
-    checked = validate_chunk(rows, np.arange(2, len(rows) + 2), panel_file.catalog)
-    return profiler.lab_adaptation(checked.panel).to_json()
+        return LabAdaptation()
+    checked = validate_chunk(
+        rows[panel_file.columns], np.arange(2, len(rows) + 2), panel_file.catalog, repeated, rows[FIELD_COUNT].to_numpy(dtype=bool)
+    )
+    return profiler.lab_adaptation(checked.panel)
 
 
-def scored_frame(spark, panel_file: PanelFile, model_uri: str, profiler=None):
-    """Every input row with its line number, clean id, and the model's answer (calls or reject details).
+# What this Python worker unpickled for a run (profiler, repeated ids), by run token. Spark reuses
+# a worker for many tasks (spark.python.worker.reuse), so every batch after the first finds them here.
+_WORKER_RUNS: dict[str, tuple] = {}
+
+
+def worker_run(token: str, shipped) -> tuple:
+    """Run ``token``'s broadcast ``shipped`` (profiler, repeated ids), unpickled the first time this worker needs it."""
+    run = _WORKER_RUNS.get(token)
+    if run is None:
+        _WORKER_RUNS.clear()  # a worker reused by a later run drops the earlier run's profiler
+        run = _WORKER_RUNS[token] = pickle.loads(shipped.value)
+    return run
+
+
+def _ipc(frame: pd.DataFrame | None) -> bytes:
+    if frame is None:
+        return b""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as stream:
+        stream.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _frame(blob: bytes) -> pd.DataFrame:
+    # Text stays Arrow-backed, as the local engine hands it to the writer.
+    table = pa.ipc.open_stream(pa.py_buffer(blob)).read_all()
+    return table.to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow")}.get)
+
+
+def score_batches(
+    batches: Iterator[pa.RecordBatch], token: str, shipped, columns: list[str], labs: LabAdaptation
+) -> Iterator[pa.RecordBatch]:
+    """``mapInArrow`` body: validate and score each Arrow batch of raw rows, one answer row per batch.
+
+    Parameters
+    ----------
+    batches : iterator of pyarrow.RecordBatch
+        The file's text cells (``columns``) with :data:`ROW` and :data:`FIELD_COUNT`.
+    token, shipped :
+        The run's profiler and repeated patient ids (see :func:`worker_run`).
+    labs : LabAdaptation
+        Offsets of unseen labs, from the whole file.
+
+    Yields
+    ------
+    pyarrow.RecordBatch
+        :data:`BATCH_SCHEMA`.
+    """
+    import numba
+    from pyspark import TaskContext
+
+    profiler, repeated = worker_run(token, shipped)
+    # Spark runs as many tasks at once as an executor has cores, each owning spark.task.cpus of them:
+    # the compiled kernels' threads stay within the task's share (else every worker spawns one per core).
+    numba.set_num_threads(max(1, min(TaskContext.get().cpus(), numba.config.NUMBA_NUM_THREADS)))
+    id_column = profiler.catalog_.id_column
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        raw = batch.to_pandas(types_mapper=pd.ArrowDtype)  # Arrow-backed cells, as the local reader gives them
+        if id_column in raw:  # ids in NFC as the local reader gives them (a reject's value shows the id so)
+            raw[id_column] = nfc(raw[id_column])
+        rows = raw[ROW].to_numpy(dtype=np.int64)
+        checked = validate_chunk(raw[columns], rows, profiler.catalog_, repeated, raw[FIELD_COUNT].to_numpy(dtype=bool))
+        [(_, calls)] = scored_chunks(profiler, [checked], labs=labs)
+        yield pa.RecordBatch.from_pydict(
+            {"first_row": [int(rows[0])], "last_row": [int(rows[-1])], "accepted_lines": [checked.accepted_lines],
+             "calls": [_ipc(calls)], "rejects": [_ipc(checked.rejects)]},
+            schema=pa.schema([("first_row", pa.int64()), ("last_row", pa.int64()), ("accepted_lines", pa.int64()),
+                              ("calls", pa.binary()), ("rejects", pa.binary())]),
+        )
+
+
+def scored_batches(spark, panel_file: PanelFile, profiler):
+    """The file's batches scored on the executors: a DataFrame of :data:`BATCH_SCHEMA`, in input order.
 
     Returns
     -------
-    (DataFrame, list of str)
-        Rows in input order (range-partitioned on :data:`ROW`, sorted within partitions),
-        and the calls-file columns (the calls contract, then the file's extra columns).
+    (DataFrame, Broadcast)
+        The answers (one row per batch, partitions in input order), and the broadcast
+        to ``destroy`` when they have been read.
     """
-    import mlflow.pyfunc
     from pyspark.sql import functions as F
 
     catalog = panel_file.catalog
-    frame, total = with_row_numbers(read_panel(spark, panel_file))
-    frame = flag_duplicates(frame, catalog.id_column)
-    offsets = unseen_lab_offsets(frame, panel_file, profiler) if profiler is not None else ""
-    udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=None, env_manager="local",
-                                  params={LAB_OFFSETS_PARAM: offsets} if offsets else None)
-    inputs = [name for name in _model_inputs(udf, model_uri) if name in panel_file.columns or name in BATCH_FLAGS]
-    parts = max(spark.sparkContext.defaultParallelism, math.ceil(total / panel_file.chunk_rows))
-    frame = frame.repartitionByRange(max(1, min(parts, total)), ROW)
-    frame = frame.withColumn(PREDICTION, udf(F.struct(*inputs)))
-
-    extras = [name for name in panel_file.columns if name not in set(catalog.known_columns)]
-    calls = calls_columns(catalog)
-    answer = [F.col(f"{PREDICTION}.{name}").alias(name) for name in calls[1:]]
-    answer += [F.col(f"{PREDICTION}.{name}").alias(name) for name in [STATUS, REJECT_REASON, *REJECT_DETAILS.values()]]
-    result = frame.select(ROW, CLEAN_ID, *answer, *extras)
-    # MLflow casts a missing boolean to True: a flag whose marker the file lacks is unknown, not raised.
-    for marker in catalog.markers:
-        if marker.flag_at_or_above and marker.name not in panel_file.columns:
-            result = result.withColumn(marker.flag_at_or_above.flag, F.lit(None).cast("boolean"))
-    return result.sortWithinPartitions(ROW), calls + extras
+    frame = read_panel(spark, panel_file)
+    repeated = repeated_patient_ids(frame, catalog.id_column)
+    labs = unseen_lab_offsets(frame, panel_file, profiler, repeated)
+    frame, total = with_row_numbers(frame)
+    parallelism = spark.sparkContext.defaultParallelism
+    if frame.rdd.getNumPartitions() < parallelism and total > panel_file.chunk_rows:
+        # One unsplittable file (gzip, UTF-16) would be scored by one core: spread it, keeping line order.
+        frame = frame.repartitionByRange(min(parallelism, -(-total // panel_file.chunk_rows)), ROW).sortWithinPartitions(ROW)
+    shipped = spark.sparkContext.broadcast(pickle.dumps((profiler, repeated), protocol=pickle.HIGHEST_PROTOCOL))
+    body = partial(score_batches, token=uuid.uuid4().hex, shipped=shipped, columns=list(panel_file.columns), labs=labs)
+    inputs = [*panel_file.columns, ROW, FIELD_COUNT]
+    return frame.select(*[F.col(f"`{name}`") for name in inputs]).mapInArrow(body, BATCH_SCHEMA), shipped
 
 
-def local_chunks(frame, size: int) -> Iterator[pd.DataFrame]:
-    """The frame on the driver as pandas chunks of at most ``size`` rows, partition by partition."""
-    records = []
-    for record in frame.toLocalIterator(prefetchPartitions=True):
-        records.append(tuple(record))
-        if len(records) >= size:
-            yield pd.DataFrame.from_records(records, columns=frame.columns)
-            records = []
-    if records:
-        yield pd.DataFrame.from_records(records, columns=frame.columns)
-
-
-def _rejects_records(chunk: pd.DataFrame) -> pd.DataFrame:
-    fields = {"row": ROW, "patient_id": CLEAN_ID, "reason": REJECT_REASON, **REJECT_DETAILS}
-    return pd.DataFrame({column: chunk[fields[column]].to_numpy() for column in REJECT_COLUMNS})
-
-
-def score_with_spark(panel_file: PanelFile, model_uri: str, calls_path: Path, rejects_path: Path, profiler=None) -> SparkScoring:
+def score_with_spark(panel_file: PanelFile, profiler, calls_path: Path, rejects_path: Path) -> Tally:
     """Score a panel file on Spark; write the calls and rejects CSVs exactly as the local engine does.
 
     Parameters
     ----------
     panel_file : PanelFile
         The opened input, with the model's catalog.
-    model_uri : str
-        Any MLflow model URI the driver and executors can reach.
+    profiler : ImmuneProfiler
+        The model's fitted profiler, loaded on the driver; it reaches the executors as a
+        broadcast (they need rifml installed, not access to the model's store).
     calls_path, rejects_path : Path
         Output CSVs (written atomically).
-    profiler : ImmuneProfiler, optional
-        The model's profiler, loaded on the driver: labs unseen in training are adapted on
-        the whole file (:func:`unseen_lab_offsets`) before the batches are scored.
 
     Returns
     -------
-    SparkScoring
+    Tally
     """
     from pyspark import StorageLevel
 
-    id_column = panel_file.catalog.id_column
-    reasons: Counter[str] = Counter()
-    profiles: Counter[str] = Counter()
-    scored = 0
+    from rifml.io.writer import AtomicCsvWriter
+
+    tally = Tally()
     last_row = 0
     with _session() as spark, AtomicCsvWriter(rejects_path, columns=REJECT_COLUMNS) as reject_writer, AtomicCsvWriter(
         calls_path
     ) as calls_writer:
-        result, columns = scored_frame(spark, panel_file, model_uri, profiler)
-        calls_writer.columns = columns
-        # Score every partition at once (one job across the cluster), then bring them home one by one.
-        result = result.persist(StorageLevel.MEMORY_AND_DISK)
-        result.count()
-        for chunk in local_chunks(result, panel_file.chunk_rows):
-            rows = chunk[ROW].to_numpy()
-            if rows[0] <= last_row or (rows[1:] <= rows[:-1]).any():
-                raise RuntimeError("Spark returned rows out of input order")
-            last_row = rows[-1]
-            rejected = chunk[STATUS] == REJECTED
-            reject_writer.write(_rejects_records(chunk[rejected]))
-            reasons.update(chunk.loc[rejected, REJECT_REASON])
-            calls = chunk[~rejected].rename(columns={CLEAN_ID: id_column})
-            calls_writer.write(calls)
-            profiles.update(calls[panel_file.catalog.label_column])
-            scored += len(calls)
-        result.unpersist()
-    return SparkScoring(scored, reasons, profiles)
+        before = spark.conf.get(BATCH_ROWS_SETTING, None)
+        spark.conf.set(BATCH_ROWS_SETTING, str(panel_file.chunk_rows))
+        try:
+            answers, shipped = scored_batches(spark, panel_file, profiler)
+            # Score every partition at once (one job across the cluster), then bring the answers home in order.
+            answers = answers.persist(StorageLevel.MEMORY_AND_DISK)
+            answers.count()
+            for answer in answers.toLocalIterator(prefetchPartitions=True):
+                if answer.first_row <= last_row or answer.last_row < answer.first_row:
+                    raise RuntimeError("Spark returned rows out of input order")
+                last_row = answer.last_row
+                rejects = _frame(answer.rejects)
+                calls = _frame(answer.calls) if answer.calls else None
+                reject_writer.write(rejects)
+                if calls is not None:
+                    calls_writer.write(calls)
+                tally.add(rejects, calls, answer.accepted_lines, panel_file.catalog.label_column)
+            answers.unpersist()
+            shipped.destroy()
+        finally:
+            if before is None:
+                spark.conf.unset(BATCH_ROWS_SETTING)
+            else:
+                spark.conf.set(BATCH_ROWS_SETTING, before)
+        if tally.scored == 0:  # still give the calls file its header
+            calls_writer.columns = calls_columns(panel_file.catalog)
+    return tally

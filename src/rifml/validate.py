@@ -11,6 +11,7 @@ bounds declared once from the catalog (:func:`range_rules`), each named by its r
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
@@ -299,17 +300,48 @@ def _range_problems(numbers: dict[str, np.ndarray], catalog: Catalog) -> dict[st
     return problems
 
 
+def nfc(ids: pd.Series) -> pd.Series:
+    """Text ids in Unicode NFC, so ``José`` typed on a Mac (NFD) and on Windows is one patient."""
+    if _is_arrow_text(ids) or ids.dtype == "string[pyarrow]":
+        cells = ids.array._pa_array
+    elif ids.dtype == object:
+        try:
+            cells = pa.chunked_array([pa.array(ids.to_numpy(), type=pa.string(), from_pandas=True)])
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed Python objects: left to validation
+            return ids
+    else:
+        return ids  # numbers (Parquet) need no normalizing
+    cells = cells.combine_chunks()
+    other = pc.invert(pc.fill_null(pc.string_is_ascii(cells), True))
+    if not pc.any(other).as_py():
+        return ids
+    # Only the non-ASCII ids, in Python: pyarrow's utf8_normalize gave NFD for "NFC" (pyarrow 25).
+    spelled = [unicodedata.normalize("NFC", text) for text in pc.filter(cells, other).to_pylist()]
+    normalized = pc.replace_with_mask(cells, other, pa.array(spelled, type=cells.type))
+    return pd.Series(pd.arrays.ArrowExtensionArray(normalized), index=ids.index, name=ids.name)
+
+
+def patient_ids(column: pd.Series) -> pd.Series:
+    """The patient id as every engine reads it (local files, REST, Spark): NFC text, stripped, "" where missing.
+
+    Duplicates, missing ids and the ids written to the calls and rejects files all come
+    from this one reading, so two spellings of one id never count as two patients.
+    Arrow-backed: a million ids make no Python string per row.
+    """
+    return _as_text(nfc(column))
+
+
 def repeated_ids(*parts: pd.Series) -> frozenset[str]:
-    """Patient ids (stripped, non-empty) that occur on more than one row across ``parts``.
+    """Patient ids (as :func:`patient_ids` reads them, non-empty) that occur on more than one row across ``parts``.
 
     Counted in Arrow, so a million ids stay compact (no Python string per row).
     """
-    # the same reading of an id as validate_chunk's: _as_text (stripped, "" where missing). Counted over
-    # the chunks as they are (no combined copy, no wider layout): a whole file's ids are held a few
-    # times over here, and at 10M panels each copy is ~150 MB.
+    # the one reading of an id (patient_ids: NFC, stripped, "" where missing). Counted over the chunks as
+    # they are (no combined copy, no wider layout): a whole file's ids are held a few times over here,
+    # and at 10M panels each copy is ~150 MB.
     chunks = []
     for ids in parts:
-        for chunk in _as_text(ids).array._pa_array.chunks:
+        for chunk in patient_ids(ids).array._pa_array.chunks:
             chunks.append(chunk.filter(pc.not_equal(chunk, "")))
     if not sum(len(c) for c in chunks):
         return frozenset()
@@ -359,7 +391,7 @@ def validate_chunk(
     panel: dict[str, object] = {}
 
     # Text stays Arrow-backed (ids, lab, dates): no Python string per row.
-    id_text = _as_text(raw[catalog.id_column]) if catalog.id_column in raw else pd.Series([""] * n, dtype="string[pyarrow]")
+    id_text = patient_ids(raw[catalog.id_column]) if catalog.id_column in raw else pd.Series([""] * n, dtype="string[pyarrow]")
     missing_id = (id_text == "").to_numpy(dtype=bool)
     id_problem = np.full(n, None, dtype=object)
     id_problem[missing_id] = MISSING_ID
@@ -472,4 +504,5 @@ def _cell_text(raw: pd.DataFrame, column: str, position: int) -> str:
     if not column or column not in raw:
         return ""
     value = raw[column].iloc[position]
-    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+    # pd.NA: an empty cell of Arrow-backed text (Spark's reader, Parquet) reads "" as in a CSV
+    return "" if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)) else str(value)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import codecs
 import csv
 import functools
-import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,7 +27,7 @@ from rifml.io.accounting import AccountingError, Survey, Tiling, survey
 from rifml.io.dialects import Dialect, ReadOptions, detect_dialect, guess_single_byte, open_bytes, text_stream
 from rifml.io.excel import XLSX_MAGIC, Sheet, read_sheet
 from rifml.io.records import Record, records
-from rifml.validate import ValidatedChunk, repeated_ids, validate_chunk
+from rifml.validate import ValidatedChunk, nfc, repeated_ids, validate_chunk
 
 DEFAULT_CHUNK_ROWS = 50_000
 PARQUET_MAGIC = b"PAR1"
@@ -371,28 +370,6 @@ class PanelFile:
         return repeated
 
 
-def nfc(ids: pd.Series) -> pd.Series:
-    """Text ids in Unicode NFC, so ``José`` typed on a Mac (NFD) and on Windows is one patient."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if isinstance(ids.dtype, pd.ArrowDtype) and pa.types.is_string(ids.dtype.pyarrow_dtype):
-        cells = ids.array._pa_array
-    elif ids.dtype == object:
-        try:
-            cells = pa.chunked_array([pa.array(ids.to_numpy(), type=pa.string(), from_pandas=True)])
-        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed Python objects: left to validation
-            return ids
-    else:
-        return ids  # numbers (Parquet) need no normalizing
-    cells = cells.combine_chunks()
-    other = pc.invert(pc.fill_null(pc.string_is_ascii(cells), True))
-    if not pc.any(other).as_py():
-        return ids
-    # Only the non-ASCII ids, in Python: pyarrow's utf8_normalize gave NFD for "NFC" (pyarrow 25).
-    spelled = [unicodedata.normalize("NFC", text) for text in pc.filter(cells, other).to_pylist()]
-    normalized = pc.replace_with_mask(cells, other, pa.array(spelled, type=cells.type))
-    return pd.Series(pd.arrays.ArrowExtensionArray(normalized), index=ids.index, name=ids.name)
 
 
 def validated_chunks(panel_file: PanelFile) -> Iterator[ValidatedChunk]:
@@ -499,5 +476,3 @@ class Prefetcher:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-
