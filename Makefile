@@ -38,9 +38,9 @@ REPEATS ?= 3
 bench-reference: $(STAMP)
 	$(BIN)/python benchmarks/bench_score.py --n $(REFERENCE_N) --repeats $(REPEATS)
 
-# rifml trained and called on every scenario in configs/scenarios (plus the default world):
-# one table row per scenario, saved with the commit to benchmarks/robustness.csv.
-ROBUSTNESS_ARGS ?= --jobs 2
+# rifml trained and called on every scenario in configs/scenarios (plus the default world) and
+# ten worlds drawn at random: one table row per world, saved with the commit to benchmarks/robustness.csv.
+ROBUSTNESS_ARGS ?= --random 10 --jobs 2
 robustness: $(STAMP)
 	$(BIN)/python benchmarks/robustness.py $(ROBUSTNESS_ARGS)
 

@@ -107,7 +107,7 @@ def main(
         Optional[str], typer.Option("--scenarios", help="Comma-separated scenario names or files (default: default + all shipped).")
     ] = None,
     random: Annotated[
-        int, typer.Option("--random", min=0, help="Also run this many worlds drawn at random (random-1 ... random-K; alone: only those).")
+        int, typer.Option("--random", min=0, help="Also run this many worlds drawn at random (random-1 ... random-K).")
     ] = 0,
     n_train: Annotated[int, typer.Option("--n-train", min=50, help="Panels in each training batch.")] = 2000,
     n_test: Annotated[int, typer.Option("--n-test", min=50, help="Panels in each scoring batch.")] = 2500,
@@ -120,8 +120,7 @@ def main(
     """Train and call rifml on many simulated worlds; print and save one row per scenario."""
     if train_seed == test_seed:
         raise typer.BadParameter("train and test cohorts need separate seeds", param_hint="--test-seed")
-    shipped = [DEFAULT, *available_scenarios()] if not random else []  # `--random K` alone: only drawn worlds
-    given = [s.strip() for s in scenarios.split(",") if s.strip()] if scenarios else shipped
+    given = [s.strip() for s in scenarios.split(",") if s.strip()] if scenarios else [DEFAULT, *available_scenarios()]
     names = list(dict.fromkeys([*given, *(f"{RANDOM_PREFIX}{seed}" for seed in range(1, random + 1))]))
     try:  # fail on a bad name before any training starts
         descriptions = {n: "" if n == DEFAULT else scenario_description(n) for n in names}

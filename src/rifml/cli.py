@@ -169,7 +169,7 @@ def simulate(
     catalog: CatalogOption = None,
     scenario: Annotated[
         Optional[str],
-        typer.Option("--scenario", help="Overlay merged over the config: a name in configs/scenarios/ or a YAML file."),
+        typer.Option("--scenario", help="Overlay merged over the config: a name in configs/scenarios/, a YAML file, or random-<seed> (a world drawn at random)."),
     ] = None,
     batch: Annotated[
         str, typer.Option("--batch", help="train: no scoring-only labs; score: every lab, scoring-only ones included.")

@@ -49,6 +49,7 @@ def scenario_path(name_or_file) -> Path:
     if not named.is_file():
         raise RifmlInputError(
             f"unknown scenario {str(name_or_file)!r}; known: {', '.join(available_scenarios()) or 'none'}"
+            f", or {RANDOM_PREFIX}<seed> for a world drawn at random"
         )
     return named
 
