@@ -177,17 +177,23 @@ def test_the_survey_gathers_a_column_as_arrow_parses_it(tmp_path, position, crlf
 
 
 def test_duplicate_ids_from_the_survey_equal_those_of_the_id_pass(tmp_path, catalog):
+    path = file_with_duplicates(tmp_path)
+    panel_file = PanelFile(path, catalog)
+    assert panel_file.simple and panel_file.survey.column_cells is not None
+    from_survey = panel_file.duplicate_ids()
+    assert from_survey == frozenset({"P0100", "Jos\u00e9"})
+    assert repeated_ids_of(panel_file) == from_survey
+
+
+def file_with_duplicates(tmp_path):
+    """A CRLF file where P0100 and José (once NFD, once NFC) are on two rows each: data lines 8/102 and 10/12."""
     lines = lab_file(400)
     lines[7] = lines[7].replace("P0006", "P0100")  # P0100 twice
     lines[9] = lines[9].replace("P0008", "Jose\u0301")  # NFD, and NFC below: one patient
     lines[11] = lines[11].replace("P0010", "Jos\u00e9")
     path = tmp_path / "dups.csv"
     path.write_bytes(("\r\n".join(lines) + "\r\n").encode())
-    panel_file = PanelFile(path, catalog)
-    assert panel_file.simple and panel_file.survey.column_cells is not None
-    from_survey = panel_file.duplicate_ids()
-    assert from_survey == frozenset({"P0100", "Jos\u00e9"})
-    assert repeated_ids_of(panel_file) == from_survey
+    return path
 
 
 def repeated_ids_of(panel_file):
@@ -200,12 +206,7 @@ def test_the_line_scan_keeps_8_bytes_per_id_and_a_collision_rejects_no_one(tmp_p
     """Issue 13: the duplicate rule held every id's text (1.5 GiB at 10M ids); it keeps uint64 hashes now."""
     import rifml.validate as v
 
-    lines = lab_file(400)
-    lines[7] = lines[7].replace("P0006", "P0100")  # P0100 twice
-    lines[9] = lines[9].replace("P0008", "Jose\u0301")  # NFD, and NFC below: one patient
-    lines[11] = lines[11].replace("P0010", "Jos\u00e9")
-    path = tmp_path / "dups.csv"
-    path.write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    path = file_with_duplicates(tmp_path)
     cells = PanelFile(path, catalog).survey.column_cells
     assert all(c.dtype == np.uint64 for c in cells) and sum(len(c) for c in cells) == 400
     monkeypatch.setattr(v, "_hash64", lambda text: np.zeros(len(text), dtype=np.uint64))  # every id collides
