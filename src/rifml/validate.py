@@ -399,20 +399,26 @@ def _hash64(text: pa.Array) -> np.ndarray:
     offset_type = np.int64 if pa_types.is_large_string(text.type) else np.int32
     _, offset_buffer, data_buffer = text.buffers()
     offsets = np.frombuffer(offset_buffer, dtype=offset_type)[text.offset : text.offset + len(text) + 1].astype(np.int64)
-    data = np.frombuffer(data_buffer, dtype=np.uint8)[offsets[0] : offsets[-1]]
+    data = np.frombuffer(data_buffer, dtype=np.uint8)
     lengths = np.diff(offsets)
-    starts = offsets[:-1] - offsets[0]
-    position = np.arange(len(data), dtype=np.int64) - np.repeat(starts, lengths)  # each byte's place in its id
-    powers = np.cumprod(np.full(int(lengths.max()), _BASE, dtype=np.uint64))
-    hashed = np.add.reduceat((data.astype(np.uint64) + np.uint64(1)) * powers[position], starts)
-    hashed ^= lengths.astype(np.uint64) * _MIX2
+    # Horner's rule one byte place at a time over all ids, longest first, so place j works on
+    # just the ids longer than j (a prefix): n-sized temporaries, not one per byte.
+    order = np.argsort(-lengths, kind="stable")
+    starts, shorter = offsets[:-1][order], -lengths[order]
+    hashed = np.zeros(len(text), dtype=np.uint64)
+    for place in range(int(-shorter[0])):
+        longer = int(np.searchsorted(shorter, -place))
+        hashed[:longer] = hashed[:longer] * _BASE + data[starts[:longer] + place] + np.uint64(1)
+    hashed ^= (-shorter).astype(np.uint64) * _MIX2
     # splitmix64's finalizer: spreads the polynomial's low bits over the whole word
     hashed ^= hashed >> np.uint64(30)
     hashed *= _MIX1
     hashed ^= hashed >> np.uint64(27)
     hashed *= _MIX2
     hashed ^= hashed >> np.uint64(31)
-    return hashed
+    in_order = np.empty_like(hashed)
+    in_order[order] = hashed
+    return in_order
 
 
 def validate_chunk(
