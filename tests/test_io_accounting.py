@@ -177,12 +177,7 @@ def test_the_survey_gathers_a_column_as_arrow_parses_it(tmp_path, position, crlf
 
 
 def test_duplicate_ids_from_the_survey_equal_those_of_the_id_pass(tmp_path, catalog):
-    lines = lab_file(400)
-    lines[7] = lines[7].replace("P0006", "P0100")  # P0100 twice
-    lines[9] = lines[9].replace("P0008", "Jose\u0301")  # NFD, and NFC below: one patient
-    lines[11] = lines[11].replace("P0010", "Jos\u00e9")
-    path = tmp_path / "dups.csv"
-    path.write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    path = file_with_duplicates(tmp_path)
     panel_file = PanelFile(path, catalog)
     assert panel_file.simple and panel_file.survey.column_cells is not None
     from_survey = panel_file.duplicate_ids()
@@ -190,7 +185,51 @@ def test_duplicate_ids_from_the_survey_equal_those_of_the_id_pass(tmp_path, cata
     assert repeated_ids_of(panel_file) == from_survey
 
 
+def file_with_duplicates(tmp_path):
+    """A CRLF file where P0100 and José (once NFD, once NFC) are on two rows each: data lines 8/102 and 10/12."""
+    lines = lab_file(400)
+    lines[7] = lines[7].replace("P0006", "P0100")  # P0100 twice
+    lines[9] = lines[9].replace("P0008", "Jose\u0301")  # NFD, and NFC below: one patient
+    lines[11] = lines[11].replace("P0010", "Jos\u00e9")
+    path = tmp_path / "dups.csv"
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    return path
+
+
 def repeated_ids_of(panel_file):
     from rifml.validate import repeated_ids
 
     return repeated_ids(*panel_file.patient_ids())
+
+
+def test_the_line_scan_keeps_8_bytes_per_id_and_a_collision_rejects_no_one(tmp_path, catalog, monkeypatch):
+    """Issue 13: the duplicate rule held every id's text (1.5 GiB at 10M ids); it keeps uint64 hashes now."""
+    import rifml.validate as v
+
+    path = file_with_duplicates(tmp_path)
+    cells = PanelFile(path, catalog).survey.column_cells
+    assert all(c.dtype == np.uint64 for c in cells) and sum(len(c) for c in cells) == 400
+    monkeypatch.setattr(v, "_hash64", lambda text: np.zeros(len(text), dtype=np.uint64))  # every id collides
+    panel_file = PanelFile(path, catalog)
+    assert panel_file.duplicate_ids() == frozenset({"P0100", "Jos\u00e9"})
+    rejects = pd.concat([c.rejects for c in validated_chunks(panel_file)])
+    assert sorted(rejects["row"]) == [8, 10, 12, 102]
+
+
+def test_a_file_that_is_not_utf8_keeps_no_cells_from_the_line_scan(tmp_path, catalog):
+    lines = lab_file(50)
+    lines[30] = lines[30].replace("P0029", "Jos\u00e9")
+    lines[40] = lines[40].replace("P0039", "Jos\u00e9")
+    path = tmp_path / "latin.csv"
+    path.write_bytes(("\r\n".join(lines)).encode("latin-1"))  # and the last line ends in a Latin-1 byte
+    path.write_bytes(path.read_bytes() + "\u00e9".encode("latin-1"))
+    panel_file = PanelFile(path, catalog)
+    assert panel_file.survey.column_cells is None
+    assert panel_file.duplicate_ids() == frozenset({"Jos\u00e9"})
+
+
+def test_a_file_cut_inside_a_character_keeps_no_cells_from_the_line_scan(tmp_path, catalog):
+    path = tmp_path / "cut.csv"
+    path.write_bytes(("\n".join(lab_file(20)) + "\n").encode() + "Jos\u00e9".encode()[:-1])  # the last id's é half written
+    found = PanelFile(path, catalog).survey
+    assert found.column_cells is None

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from rifml import validate as v
@@ -194,3 +195,43 @@ def test_the_arrow_parse_of_sliced_chunks_matches_the_pandas_parse(large):
     assert got.present.tolist() == expected.present.tolist() == [False, True, True, False, True, True, False, True]
     assert got.problem.tolist() == expected.problem.tolist()
     assert got.censored.tolist() == expected.censored.tolist()
+
+
+def test_repeated_ids_are_settled_on_the_text_when_hashes_collide(monkeypatch):
+    """Every id hashed alike: only ids whose text repeats are duplicates, never two patients sharing a hash."""
+    monkeypatch.setattr(v, "_hash64", lambda text: np.zeros(len(text), dtype=np.uint64))
+    first = pd.Series(["A", "B", "Jose\u0301", " C"])
+    second = pd.Series(["D", "Jos\u00e9", "C", ""])
+    assert v.repeated_ids(first, second) == frozenset({"Jos\u00e9", "C"})
+    assert v.repeated_ids(pd.Series(["A", "B", "E"])) == frozenset()
+
+
+def test_repeated_ids_in_reads_the_ids_again_only_when_a_hash_repeats():
+    reads = []
+
+    def read(chunks):
+        def again():
+            reads.append(1)
+            return iter(chunks)
+        return again
+
+    distinct = [pd.Series(["A", "B"]), pd.Series(["C"])]
+    assert v.repeated_ids_in(read(distinct)) == frozenset() and len(reads) == 1
+    reads.clear()
+    hashes = [v.id_hashes(ids) for ids in distinct]
+    assert v.repeated_ids_in(read(distinct), hashes) == frozenset() and reads == []
+    twice = [pd.Series(["A", "B"]), pd.Series(["B "])]
+    assert v.repeated_ids_in(read(twice), [v.id_hashes(ids) for ids in twice]) == frozenset({"B"}) and len(reads) == 1
+
+
+def test_id_hashes_are_8_bytes_per_filled_id_and_follow_the_id_reading():
+    ids = pd.Series([f"P{i:07d}" for i in range(200_000)] + ["", None, " Zoe\u0308", "Zo\u00eb"])
+    hashed = v.id_hashes(ids)
+    assert hashed.dtype == np.uint64 and len(hashed) == 200_002
+    assert np.all(hashed[1:] >= hashed[:-1])  # sorted
+    assert len(np.unique(hashed)) == 200_001  # distinct ids, distinct hashes; the two spellings of Zoë one
+    text = pa.array(["x", "ab", "abc", "b\u00e9"] * 3)
+    sliced = v._hash64(text.slice(3, 6))
+    assert np.array_equal(sliced, v._hash64(pa.array(["b\u00e9", "x", "ab", "abc", "b\u00e9", "x"])))
+    assert np.array_equal(sliced, v._hash64(text.slice(3, 6).cast(pa.large_string())))
+    assert len(set(v._hash64(pa.array(["ab", "ba", "a", "aa", "b\u00e9"])).tolist())) == 5

@@ -12,6 +12,7 @@ bounds declared once from the catalog (:func:`range_rules`), each named by its r
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -332,22 +333,92 @@ def patient_ids(column: pd.Series) -> pd.Series:
 
 
 def repeated_ids(*parts: pd.Series) -> frozenset[str]:
-    """Patient ids (as :func:`patient_ids` reads them, non-empty) that occur on more than one row across ``parts``.
+    """Patient ids (as :func:`patient_ids` reads them, non-empty) that occur on more than one row across ``parts``."""
+    return repeated_ids_in(lambda: parts)
 
-    Counted in Arrow, so a million ids stay compact (no Python string per row).
+
+def repeated_ids_in(read: Callable[[], Iterable[pd.Series]], hashes: Iterable[np.ndarray] | None = None) -> frozenset[str]:
+    """:func:`repeated_ids` over ids read chunk by chunk (``read()`` gives the chunks anew each call).
+
+    Memory stays at 8 bytes per id whatever the ids' text: each id is first counted by a
+    64-bit hash (:func:`id_hashes`; ``hashes`` when the caller already has them, e.g. from
+    the file's line scan), then ``read()`` is gone through a second time, only when some
+    hash repeats, keeping the text of just those ids; their exact counts settle the
+    duplicates, so two patients whose ids share a hash are never rejected.
     """
-    # the one reading of an id (patient_ids: NFC, stripped, "" where missing). Counted over the chunks as
-    # they are (no combined copy, no wider layout): a whole file's ids are held a few times over here,
-    # and at 10M panels each copy is ~150 MB.
-    chunks = []
-    for ids in parts:
-        for chunk in patient_ids(ids).array._pa_array.chunks:
-            chunks.append(chunk.filter(pc.not_equal(chunk, "")))
-    if not sum(len(c) for c in chunks):
+    wanted = _repeated_hashes([id_hashes(ids) for ids in read()] if hashes is None else hashes)
+    if not len(wanted):
         return frozenset()
-    kind = pa.large_string() if any(pa_types.is_large_string(c.type) for c in chunks) else pa.string()
-    counts = pc.value_counts(pa.chunked_array([c.cast(kind) for c in chunks], type=kind))
+    candidates = []
+    for ids in read():
+        for chunk in _filled_ids(ids):
+            hashed = _hash64(chunk)
+            at = np.minimum(np.searchsorted(wanted, hashed), len(wanted) - 1)
+            keep = wanted[at] == hashed
+            if keep.any():
+                candidates.append(chunk.filter(pa.array(keep)))
+    if not candidates:
+        return frozenset()
+    kind = pa.large_string() if any(pa_types.is_large_string(c.type) for c in candidates) else pa.string()
+    counts = pc.value_counts(pa.chunked_array([c.cast(kind) for c in candidates], type=kind))
     return frozenset(pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1)).to_pylist())
+
+
+def id_hashes(ids: pd.Series) -> np.ndarray:
+    """A 64-bit hash (uint64) of each non-empty id as :func:`patient_ids` reads it, sorted."""
+    hashed = [_hash64(chunk) for chunk in _filled_ids(ids)]
+    return np.sort(np.concatenate(hashed)) if hashed else np.zeros(0, dtype=np.uint64)
+
+
+def _filled_ids(ids: pd.Series) -> Iterator[pa.Array]:
+    """The non-empty ids of ``ids`` (as :func:`patient_ids` reads them), one Arrow array per chunk."""
+    for chunk in patient_ids(ids).array._pa_array.chunks:
+        yield chunk.filter(pc.not_equal(chunk, ""))
+
+
+def _repeated_hashes(hashes: Iterable[np.ndarray]) -> np.ndarray:
+    """The hashes found more than once across ``hashes``, sorted, each once."""
+    every = np.concatenate(list(hashes) or [np.zeros(0, dtype=np.uint64)])
+    every.sort()
+    return np.unique(every[1:][every[1:] == every[:-1]])
+
+
+# Odd 64-bit multipliers (splitmix64's) for a polynomial hash over each id's bytes.
+_BASE, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def _hash64(text: pa.Array) -> np.ndarray:
+    """A 64-bit hash per string of ``text`` (all non-empty), vectorized over the UTF-8 bytes.
+
+    Arrow has no per-value hash kernel (pyarrow 25) and pandas' hashes make a Python
+    string per row; this reads the array's own buffers. Not collision-free: callers settle
+    exact equality on the text.
+    """
+    if not len(text):
+        return np.zeros(0, dtype=np.uint64)
+    offset_type = np.int64 if pa_types.is_large_string(text.type) else np.int32
+    _, offset_buffer, data_buffer = text.buffers()
+    offsets = np.frombuffer(offset_buffer, dtype=offset_type)[text.offset : text.offset + len(text) + 1].astype(np.int64)
+    data = np.frombuffer(data_buffer, dtype=np.uint8)
+    lengths = np.diff(offsets)
+    # Horner's rule one byte place at a time over all ids, longest first, so place j works on
+    # just the ids longer than j (a prefix): n-sized temporaries, not one per byte.
+    order = np.argsort(-lengths, kind="stable")
+    starts, shorter = offsets[:-1][order], -lengths[order]
+    hashed = np.zeros(len(text), dtype=np.uint64)
+    for place in range(int(-shorter[0])):
+        longer = int(np.searchsorted(shorter, -place))
+        hashed[:longer] = hashed[:longer] * _BASE + data[starts[:longer] + place] + np.uint64(1)
+    hashed ^= (-shorter).astype(np.uint64) * _MIX2
+    # splitmix64's finalizer: spreads the polynomial's low bits over the whole word
+    hashed ^= hashed >> np.uint64(30)
+    hashed *= _MIX1
+    hashed ^= hashed >> np.uint64(27)
+    hashed *= _MIX2
+    hashed ^= hashed >> np.uint64(31)
+    in_order = np.empty_like(hashed)
+    in_order[order] = hashed
+    return in_order
 
 
 def validate_chunk(

@@ -19,7 +19,7 @@ property of the file: it raises, so no wrong total is ever printed.
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -60,10 +60,11 @@ class Survey:
     undecodable_sample : bytes
         Empty when the bytes decode in the expected encoding; else lines that do not
         (for choosing a single-byte code page).
-    column_cells : list of pyarrow arrays, or None
+    column_cells : list, or None
         The cells of one column (``survey(..., column=k)``) of every non-blank data line,
         as UTF-8 text, read from the bytes as they are (no quote handling): right for a
-        ``plain`` UTF-8 file, where they spare the reader a parse of the whole file.
+        ``plain`` UTF-8 file, where they spare the reader a parse of the whole file. One
+        entry per scanned block: a pyarrow array, or what ``digest`` made of it.
     """
 
     lines: int = 0
@@ -160,13 +161,17 @@ def utf8_blocks(stream: BinaryIO, encoding: str) -> Iterator[bytes]:
         yield decoder.decode(b"", final=True).encode("utf-8")
 
 
-def survey(stream: BinaryIO, encoding: str, sep: str, width: int, column: int | None = None) -> Survey:
+def survey(
+    stream: BinaryIO, encoding: str, sep: str, width: int, column: int | None = None, digest: Callable | None = None
+) -> Survey:
     """Count the lines of a text stream and note what a fast parser could not handle.
 
     With ``column`` (a field position) and a UTF-8 stream, also gathers that column's
-    cells (:attr:`Survey.column_cells`).
+    cells (:attr:`Survey.column_cells`), each block's passed through ``digest`` when given
+    (so a 10M-line file need not hold all its cells' text at once).
     """
     result = Survey()
+    digest = digest or _as_is
     check_utf8 = codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
     if column is not None and check_utf8:
         result.column_cells = []
@@ -180,20 +185,25 @@ def survey(stream: BinaryIO, encoding: str, sep: str, width: int, column: int | 
             except UnicodeDecodeError:
                 decoder = None
                 sample = [b""]  # from here on, gather non-ASCII lines
+                result.column_cells = None  # not UTF-8 text: its cells are never used (and a digest may not read them)
         block = carry + block
         cut = block.rfind(b"\n")
         if cut < 0:
             carry = block
             continue
         carry = block[cut + 1 :]
-        _scan(block[: cut + 1], result, sep, width, (blanks, odds, narrows), sample, column)
-    if carry:
-        _scan(carry + b"\n", result, sep, width, (blanks, odds, narrows), sample, column)  # a last line without a line end
+        _scan(block[: cut + 1], result, sep, width, (blanks, odds, narrows), sample, column, digest)
+    cut_short = False
     if decoder is not None:
         try:
             decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            sample = [carry or b"?"]
+        except UnicodeDecodeError:  # the text ends inside a character
+            cut_short = True
+            result.column_cells = None
+    if carry:
+        _scan(carry + b"\n", result, sep, width, (blanks, odds, narrows), sample, column, digest)  # a last line without a line end
+    if cut_short:
+        sample = [carry or b"?"]
     result.blank = np.concatenate(blanks) if blanks else result.blank
     result.odd = np.concatenate(odds) if odds else result.odd
     result.narrow = np.concatenate(narrows) if narrows else result.narrow
@@ -202,7 +212,8 @@ def survey(stream: BinaryIO, encoding: str, sep: str, width: int, column: int | 
 
 
 def _scan(
-    block: bytes, result: Survey, sep: str, width: int, found: tuple[list, list, list], sample: list, column: int | None = None
+    block: bytes, result: Survey, sep: str, width: int, found: tuple[list, list, list], sample: list,
+    column: int | None = None, digest: Callable | None = None,
 ) -> None:
     """One block of whole lines (ending in LF, or a bare CR before the block's end).
 
@@ -236,7 +247,7 @@ def _scan(
     separators = _per_line(separator_at, starts, ends)
     if result.column_cells is not None:
         keep = data_line & ~blank
-        result.column_cells.append(_cells(data, separator_at, starts[keep], content_end[keep], column, width))
+        result.column_cells.append((digest or _as_is)(_cells(data, separator_at, starts[keep], content_end[keep], column, width)))
     blanks, odds, narrows = found
     narrow = data_line & (separators != width - 1)
     blanks.append(numbers[data_line & blank])
@@ -248,6 +259,10 @@ def _scan(
         high = _per_line(np.flatnonzero(data >= 0x80), starts, ends) > 0
         for i in np.flatnonzero(high)[:200]:
             sample.append(block[starts[i] : ends[i] + 1])
+
+
+def _as_is(cells):
+    return cells
 
 
 def _cells(data: np.ndarray, separator_at: np.ndarray, starts: np.ndarray, ends: np.ndarray, column: int, width: int):

@@ -27,7 +27,7 @@ from rifml.io.accounting import AccountingError, Survey, Tiling, survey
 from rifml.io.dialects import Dialect, ReadOptions, detect_dialect, guess_single_byte, open_bytes, text_stream
 from rifml.io.excel import XLSX_MAGIC, Sheet, read_sheet
 from rifml.io.records import Record, records
-from rifml.validate import ValidatedChunk, nfc, repeated_ids, validate_chunk
+from rifml.validate import ValidatedChunk, id_hashes, nfc, repeated_ids_in, validate_chunk
 
 DEFAULT_CHUNK_ROWS = 50_000
 PARQUET_MAGIC = b"PAR1"
@@ -155,7 +155,7 @@ class PanelFile:
         else:
             id_position = self.columns.index(self.catalog.id_column)  # gathered in the scan: no id pass to parse
             with open_bytes(self.path) as handle:
-                found = survey(handle, self.dialect.encoding, self.dialect.sep, len(self.columns), id_position)
+                found = survey(handle, self.dialect.encoding, self.dialect.sep, len(self.columns), id_position, _cell_hashes)
             if found.undecodable_sample and self.options.encoding is None:
                 self.dialect = replace(self.dialect, encoding=guess_single_byte(found.undecodable_sample))
                 found.undecodable_sample = b""
@@ -353,23 +353,26 @@ class PanelFile:
             yield nfc(pd.Series([r.cells[position] for r in self._records()], dtype=object))
 
     def duplicate_ids(self) -> frozenset[str]:
-        """Ids (stripped, NFC, non-empty) that occur on more than one row of the whole file."""
+        """Ids (stripped, NFC, non-empty) that occur on more than one row of the whole file.
+
+        Held as 8-byte hashes (the line scan's, for a plain file), so memory does not grow
+        with the ids' text; the file's ids are read again only when some hash repeats.
+        """
         import pyarrow as pa
 
         found = self.survey  # settles the encoding before any text is read
-        if self.simple and found.column_cells is not None:  # the ids the line scan gathered, as Arrow would read them
-            ids = [nfc(pd.Series(pd.arrays.ArrowExtensionArray(cells))) for cells in found.column_cells]
-        else:
-            ids = list(self.patient_ids())
+        hashes = found.column_cells if self.simple else None  # the line scan's hashes of the ids, as Arrow reads them
         found.column_cells = None  # read once; no need to hold them through the run
-        repeated = repeated_ids(*ids)
-        del ids
-        # Arrow's allocator keeps freed memory for reuse; the id pass's hash tables are not
-        # needed again, and keeping them would raise the whole run's peak by ~150 MiB per million ids.
+        repeated = repeated_ids_in(self.patient_ids, hashes)
+        del hashes
+        # Arrow's allocator keeps freed memory for reuse; the id pass's buffers are not needed again.
         pa.default_memory_pool().release_unused()
         return repeated
 
 
+def _cell_hashes(cells) -> np.ndarray:
+    """The line scan keeps 8 bytes per id (:func:`rifml.validate.id_hashes`), not the id's text."""
+    return id_hashes(pd.Series(pd.arrays.ArrowExtensionArray(cells)))
 
 
 def validated_chunks(panel_file: PanelFile) -> Iterator[ValidatedChunk]:
