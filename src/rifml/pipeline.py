@@ -27,6 +27,7 @@ from rifml.model import CalibratedBoostedClassifier
 from rifml.subtypes import (
     ConsensusClustering,
     name_clusters,
+    nearest_centre,
     profiles_from_signatures,
     split_by_profile,
     subtype_effects,
@@ -240,12 +241,8 @@ class ImmuneProfiler(BaseEstimator):
             X_train = self.features_.transform(panel.loc[labeled])
             self.training_labels_ = labels[labeled].to_numpy(dtype=object)
             self.training_coverage_ = coverage[labeled].to_numpy(dtype=object)
-            weights = np.ones(len(X_train))
-            complete_labeled = self.training_coverage_ == complete_coverage(catalog)
-            if complete_labeled.any():
-                weights[complete_labeled] = _rare_profile_weights(self.training_labels_[complete_labeled])
             self.profile_model_ = _sized_classifier(classifier, list(catalog.profiles)).fit(
-                X_train, self.training_labels_, sample_weight=weights
+                X_train, self.training_labels_, sample_weight=self._profile_weights()
             )
             background_pool = panel.loc[labeled & (labels == BALANCED).to_numpy() & (coverage == complete_coverage(catalog)).to_numpy()]
         else:
@@ -259,10 +256,8 @@ class ImmuneProfiler(BaseEstimator):
             X_train = X_aug
             self.training_labels_ = np.tile(self.signature_profiles_, repeat)
             self.training_coverage_ = self.features_.compartments(augmented).to_numpy(dtype=object)
-            weights = np.ones(len(X_train))
-            weights[: len(complete)] = _rare_profile_weights(self.signature_profiles_)
             self.profile_model_ = _sized_classifier(classifier, list(catalog.profiles)).fit(
-                X_train, self.training_labels_, sample_weight=weights, groups=groups
+                X_train, self.training_labels_, sample_weight=self._profile_weights(), groups=groups
             )
             background_pool = complete.loc[self.signature_profiles_ == BALANCED]
 
@@ -334,14 +329,21 @@ class ImmuneProfiler(BaseEstimator):
             size=table["cluster"].map(sizes).astype(int),
         )
 
+    def _profile_weights(self) -> np.ndarray:
+        """Training weights of the profile model: complete panels by :func:`_rare_profile_weights`, the rest 1."""
+        weights = np.ones(len(self.training_labels_))
+        complete = self.training_coverage_ == complete_coverage(self.catalog_)
+        if complete.any():
+            weights[complete] = _rare_profile_weights(self.training_labels_[complete])
+        return weights
+
     def _scaled(self, filled: pd.DataFrame) -> np.ndarray:
         """Clustering markers in the space the consensus clustering measured distances in."""
         return (filled.to_numpy(dtype=float) - self.clustering_.center_) / self.clustering_.scale_
 
     def _nearest_subtype(self, filled: pd.DataFrame) -> np.ndarray:
         """The training cluster whose centre is nearest (what KMeans would assign)."""
-        scaled = self._scaled(filled)
-        return ((scaled[:, None, :] - self.subtype_centers_[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
+        return nearest_centre(self._scaled(filled), self.subtype_centers_)
 
     def _lab_offsets(self, matrix, labs, usable, assign, medians) -> dict[str, dict[str, float]]:
         """Offsets per lab and marker: median residual of its panels against their subtype's median.

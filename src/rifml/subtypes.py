@@ -329,10 +329,12 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
         """
         check_is_fitted(self, "centers_")
         X = validate_data(self, X, dtype=np.float64, reset=False)
-        Z = (X - self.center_) / self.scale_
-        C = (self.centers_ - self.center_) / self.scale_
-        distance = ((Z[:, None, :] - C[None, :, :]) ** 2).sum(axis=2)
-        return distance.argmin(axis=1)
+        return nearest_centre((X - self.center_) / self.scale_, (self.centers_ - self.center_) / self.scale_)
+
+
+def nearest_centre(scaled: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Index of the nearest centre (squared Euclidean) for every row, as KMeans assigns."""
+    return ((scaled[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
 
 
 def select_k(pac: Mapping[int, float], tolerance: float = 0.05) -> int:
