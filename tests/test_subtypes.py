@@ -21,6 +21,7 @@ from rifml.subtypes import (
     rule_profile,
     select_k,
 )
+from rifml.subtypes.naming import bulk_location
 
 # Bar for recovering known synthetic groups: adjusted Rand index >= 0.9.
 ARI_BAR = 0.9
@@ -328,6 +329,40 @@ def test_reference_is_the_balanced_hub_whatever_its_label(catalog, order):
     assert out.loc[order[1], "subtype"] == "nk-high"
     assert out.loc[order[2], "subtype"] == "th1-high"
     assert out.loc[order[3], "subtype"] == "endometrial-under" and out.loc[order[3], "profile"] == "hypoactive"
+
+
+def test_cluster_location_is_its_reweighted_densest_half_not_its_median():
+    rng = np.random.default_rng(0)
+    bulk, arm = rng.normal(0.0, 1.0, 600), rng.normal(-3.0, 1.0, 400)  # 40% of the cluster 3 SD off
+    column = np.concatenate([bulk, arm])
+    location = bulk_location(pd.DataFrame({"m": column}), np.zeros(len(column), dtype=int), 1.0).loc[0, "m"]
+    assert abs(location) < 0.25 < 0.7 < abs(np.median(column))
+    # exact on a small case: the densest half of [0, 1, 2, 9, 10] (3 values) is 0, 1, 2; values
+    # within 2.24 (the cut-off at scale 1) of its mean 1 are the same three
+    small = pd.DataFrame({"m": [10.0, 0.0, 9.0, 2.0, 1.0]})
+    assert bulk_location(small, np.zeros(5, dtype=int), 1.0).loc[0, "m"] == 1.0
+    # and with a wider scale the reweighting reaches the far values: (0 + 1 + 2 + 9 + 10) / 5
+    assert bulk_location(small, np.zeros(5, dtype=int), 5.0).loc[0, "m"] == pytest.approx(4.4)
+
+
+def test_mixed_patients_inside_blood_clusters_do_not_drag_the_reference(catalog):
+    """Mixed patients cluster by their blood arm (NK, Th1) and carry an endometrial shift with them:
+    40% of those clusters sit 3.3 SD low on the endometrial-under markers. The reference level stays
+    with the balanced panels, so the endometrial-under cluster keeps its whole effect."""
+    values, labels = _star_cohort(catalog)
+    under = _markers(catalog, "endometrial", "endometrium", "below", "hypoactive")
+    rng = np.random.default_rng(1)
+    for blood_cluster in (1, 2):
+        rows = np.flatnonzero(labels == blood_cluster)
+        mixed = rng.choice(rows, size=int(0.4 * len(rows)), replace=False)
+        values.loc[mixed, under] -= 1.0
+    found = subtype_effects(values, labels)
+    # with cluster medians the level sat 0.23-0.30 low: balanced read +0.5 to +0.7 SD, the under cluster -1.4 to -1.7
+    np.testing.assert_allclose(found.level[under], 0.0, atol=0.15)
+    effects = found.effects
+    assert (effects.loc[0, under].abs() < 0.35).all()  # the balanced cluster reads balanced
+    assert (effects.loc[3, under] < -1.9).all()  # 1.0 log units at a scale the mixed panels widen to ~0.42
+    assert name_clusters(effects, catalog).set_index("cluster").loc[3, "subtype"] == "endometrial-under"
 
 
 def test_mild_subtypes_without_a_balanced_cluster_are_all_named(catalog):
