@@ -7,12 +7,14 @@ need them so that ``rifml --help`` stays instant.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import signal
 import sys
 import traceback
 from collections import Counter
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Callable, Literal, Optional, TypeVar
 
@@ -119,20 +121,48 @@ LayoutOption = Annotated[
 ]
 
 
-def read_options(
-    sep: str | None = None,
-    decimal: str | None = None,
-    encoding: str | None = None,
-    sheet: str | None = None,
-    columns: Path | None = None,
-    layout: str | None = None,
-):
-    """The reading options as one value for :class:`rifml.io.reader.PanelFile`."""
-    from rifml.io.columns import load_column_map
-    from rifml.io.dialects import ReadOptions
+@dataclass(frozen=True)
+class Reading:
+    """How a command was told to read its panel file (``None``: detected), as given on the command line."""
 
-    return ReadOptions(sep=sep, decimal=decimal, encoding=encoding, sheet=sheet,
-                       column_map=load_column_map(columns) if columns else None, layout=layout)
+    sep: str | None = None
+    decimal: str | None = None
+    encoding: str | None = None
+    sheet: str | None = None
+    columns: Path | None = None
+    layout: str | None = None
+
+    def options(self):
+        """The reading options as one value for :class:`rifml.io.reader.PanelFile` (reads the --columns map)."""
+        from rifml.io.columns import load_column_map
+        from rifml.io.dialects import ReadOptions
+
+        return ReadOptions(sep=self.sep, decimal=self.decimal, encoding=self.encoding, sheet=self.sheet,
+                           column_map=load_column_map(self.columns) if self.columns else None, layout=self.layout)
+
+
+_READING_OPTIONS = {"sep": SepOption, "decimal": DecimalOption, "encoding": EncodingOption, "sheet": SheetOption,
+                    "columns": ColumnsOption, "layout": LayoutOption}
+
+
+def reads_panels(command: Command) -> Command:
+    """Give a command the reading options (--sep, --decimal, --encoding, --sheet, --columns, --layout).
+
+    They are declared once, here: the command takes one ``reading`` argument (a :class:`Reading`)
+    in their place, and typer sees the six options through the wrapper's signature.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    kept = [parameter for name, parameter in signature.parameters.items() if name != "reading"]
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+             for name, annotation in _READING_OPTIONS.items()]
+
+    @functools.wraps(command)
+    def with_reading(*args, **kwargs):
+        reading = Reading(**{name: kwargs.pop(name, None) for name in _READING_OPTIONS})
+        return command(*args, reading=reading, **kwargs)
+
+    with_reading.__signature__ = signature.replace(parameters=kept + added)
+    return with_reading
 
 
 def print_reading(panel_file) -> None:
@@ -208,6 +238,7 @@ def simulate(
 
 @app.command()
 @reports_errors
+@reads_panels
 def validate(
     input: Annotated[Path, typer.Option("--input", help="Panel file (.csv or .parquet).")],
     rejects: Annotated[Path, typer.Option("--rejects", help="Where refused rows go, with reasons (CSV).")],
@@ -216,12 +247,7 @@ def validate(
     ] = None,
     chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, help="Rows per chunk.")] = 50_000,
     catalog: CatalogOption = None,
-    sep: SepOption = None,
-    decimal: DecimalOption = None,
-    encoding: EncodingOption = None,
-    sheet: SheetOption = None,
-    columns: ColumnsOption = None,
-    layout: LayoutOption = None,
+    reading: Reading = Reading(),
 ) -> None:
     """Check a batch against the marker catalog: every row is accepted or rejected with a reason."""
     from rifml.catalog import load_catalog
@@ -230,8 +256,8 @@ def validate(
     from rifml.contract import REJECT_COLUMNS
     from rifml.io.writer import AtomicCsvWriter
 
-    prepare_outputs([("--input", input), ("--catalog", catalog), ("--columns", columns)], [("--rejects", rejects), ("--output", output)])
-    panel_file = PanelFile(input, load_catalog(catalog), chunk_rows=chunk_rows, options=read_options(sep, decimal, encoding, sheet, columns, layout))
+    prepare_outputs([("--input", input), ("--catalog", catalog), ("--columns", reading.columns)], [("--rejects", rejects), ("--output", output)])
+    panel_file = PanelFile(input, load_catalog(catalog), chunk_rows=chunk_rows, options=reading.options())
     reasons: Counter[str] = Counter()
     accepted = 0
     with ExitStack() as stack:
@@ -277,6 +303,7 @@ def read_clean_panel(path: Path, catalog, chunk_rows: int = 50_000, options=None
 
 @app.command()
 @reports_errors
+@reads_panels
 def train(
     data: Annotated[Path, typer.Option("--data", help="Training panels (.csv or .parquet).")],
     label_column: Annotated[
@@ -293,12 +320,7 @@ def train(
         bool, typer.Option("--champion/--no-champion", help="Point the champion alias here when the floors are met.")
     ] = True,
     catalog: CatalogOption = None,
-    sep: SepOption = None,
-    decimal: DecimalOption = None,
-    encoding: EncodingOption = None,
-    sheet: SheetOption = None,
-    columns: ColumnsOption = None,
-    layout: LayoutOption = None,
+    reading: Reading = Reading(),
 ) -> None:
     """Learn subtypes and the calibrated profile call; log everything to MLflow and register the model."""
     from rifml.config import load_train_config
@@ -306,8 +328,6 @@ def train(
     settings = load_train_config(config)  # first: a bad setting is one line before any data or model stack loads
 
     import hashlib
-
-    import pandas as pd
 
     from rifml.catalog import load_catalog
     from rifml.tracking import (check_experiment_name, connect, log_training, registered_model_name, require_store,
@@ -319,7 +339,7 @@ def train(
     cat = load_catalog(catalog)
     label_column = label_column or cat.label_column
     err.print(f"reading {data} ...")
-    panel, reasons = read_clean_panel(data, cat, options=read_options(sep, decimal, encoding, sheet, columns, layout))
+    panel, reasons = read_clean_panel(data, cat, options=reading.options())
     if len(panel) == 0:
         raise RifmlInputError(
             f"{data}: no rows left to train on: all {sum(reasons.values()):,} were rejected"
@@ -395,6 +415,7 @@ def _print_training(result, logged, reasons, uri, champion: bool, registered_mod
 
 @app.command()
 @reports_errors
+@reads_panels
 def score(
     input: Annotated[Path, typer.Option("--input", help="Panels to call (.csv or .parquet).")],
     output: Annotated[Path, typer.Option("--output", help="Calls file to write (CSV).")],
@@ -408,12 +429,7 @@ def score(
         Literal["local", "spark"],
         typer.Option("--engine", help="local: this process, in chunks; spark: Arrow batches on a Spark cluster (see README, Spark and REST)."),
     ] = "local",
-    sep: SepOption = None,
-    decimal: DecimalOption = None,
-    encoding: EncodingOption = None,
-    sheet: SheetOption = None,
-    columns: ColumnsOption = None,
-    layout: LayoutOption = None,
+    reading: Reading = Reading(),
 ) -> None:
     """Call immune profiles for a batch, with probabilities, subtype and the markers that drove each call."""
     # OpenMP threads (the compiled kernels) otherwise spin between chunks, taking the core the
@@ -422,7 +438,7 @@ def score(
     if engine == "local":
         _warm_kernels_in_background()
     # Both engines read the model's files without MLflow (tracking.load_profiler); Spark ships the profiler itself.
-    uri, model_uri = _open_store(tracking_uri, model, [("--input", input), ("--catalog", catalog), ("--columns", columns)],
+    uri, model_uri = _open_store(tracking_uri, model, [("--input", input), ("--catalog", catalog), ("--columns", reading.columns)],
                                  [("--output", output), ("--rejects", rejects)], connect_store=False)
     from rifml.catalog import load_catalog
     from rifml.io.reader import PanelFile, Prefetcher, validated_chunks
@@ -430,8 +446,7 @@ def score(
     from rifml.tracking import load_profiler
 
     installed = load_catalog(catalog)
-    reading = read_options(sep, decimal, encoding, sheet, columns, layout)
-    panel_file = PanelFile(input, installed, chunk_rows=chunk_rows, options=reading)  # a bad file fails before the slow load
+    panel_file = PanelFile(input, installed, chunk_rows=chunk_rows, options=reading.options())  # a bad file fails before the slow load
     if engine == "spark" and (panel_file.layout == "long" or any(f != 1 for f in panel_file.conversions.values())):
         raise RifmlInputError(f"{input}: long layout and units in headers are read by --engine local only")
     with ExitStack() as stack:
@@ -598,6 +613,7 @@ def ui(
 
 @app.command()
 @reports_errors
+@reads_panels
 def report(
     input: Annotated[Path, typer.Option("--input", help="The panel file that was scored (.csv or .parquet).")],
     calls: Annotated[Path, typer.Option("--calls", help="Calls file written by `rifml score` for that panel file.")],
@@ -605,24 +621,19 @@ def report(
     model: ModelOption = None,
     tracking_uri: TrackingOption = None,
     rejects: Annotated[Optional[Path], typer.Option("--rejects", help="Rejects file of that run, summarized by reason.")] = None,
-    sep: SepOption = None,
-    decimal: DecimalOption = None,
-    encoding: EncodingOption = None,
-    sheet: SheetOption = None,
-    columns: ColumnsOption = None,
-    layout: LayoutOption = None,
+    reading: Reading = Reading(),
 ) -> None:
     """Write a self-contained HTML report: the cohort page and one page per patient (a local folder; ids stay out of MLflow)."""
     from rifml.report import generate_report
     from rifml.tracking import load_profiler
 
     _, model_uri = _open_store(tracking_uri, model, [("--input", input), ("--calls", calls), ("--rejects", rejects),
-                                                     ("--columns", columns)],
+                                                     ("--columns", reading.columns)],
                                [("--output", output)], folders=("--output",))
     profiler, metadata = load_profiler(model_uri)
     summary = generate_report(
         profiler, model_uri, metadata, panels=input, calls=calls, output=output, rejects=rejects,
-        read_options=read_options(sep, decimal, encoding, sheet, columns, layout),
+        read_options=reading.options(),
     )
     if summary.changed_calls:
         err.print(f"warning: {summary.changed_calls:,} calls are not reproduced by {model_uri}: were they scored with another model?")
@@ -656,6 +667,7 @@ OutcomesFileOption = Annotated[
 
 @app.command()
 @reports_errors
+@reads_panels
 def outcomes(
     panels: Annotated[Path, typer.Option("--panels", help="The panel file that was scored (covariates such as age_years).")],
     calls: Annotated[Path, typer.Option("--calls", help="Calls file written by `rifml score` for those panels.")],
@@ -671,12 +683,7 @@ def outcomes(
     model: Annotated[Optional[str], typer.Option("--model", help="URI of the model that made the calls (recorded in the run).")] = None,
     tracking_uri: TrackingOption = None,
     catalog: CatalogOption = None,
-    sep: SepOption = None,
-    decimal: DecimalOption = None,
-    encoding: EncodingOption = None,
-    sheet: SheetOption = None,
-    columns: ColumnsOption = None,
-    layout: LayoutOption = None,
+    reading: Reading = Reading(),
 ) -> None:
     """Outcome rates and treatment effects by immune profile and subtype (observational; adjusted odds ratios)."""
     from rifml.catalog import load_catalog
@@ -693,7 +700,7 @@ def outcomes(
     from rifml.outcomes.files import OUTPUT_FILES
 
     inputs = [("--panels", panels), ("--calls", calls), ("--outcomes", outcomes_file), ("--catalog", catalog),
-              ("--columns", columns)]
+              ("--columns", reading.columns)]
     if Path(output).is_dir():  # files are written into it one by one: only their names may not clash
         prepare_outputs(inputs, [("--output", Path(output) / name) for name in OUTPUT_FILES])
     else:  # a new folder (or a file in the way, refused as a folder given where a folder is expected)
@@ -703,7 +710,7 @@ def outcomes(
     calls_table, _ = read_table(calls, "calls")
     from_panels = [name for name in covariates if name not in registry_rows]
     panel_table, panel_reasons = read_panel_columns(
-        panels, cat, from_panels, options=read_options(sep, decimal, encoding, sheet, columns, layout)
+        panels, cat, from_panels, options=reading.options()
     )
     levels = {"profile": cat.label_column, "subtype": contract.SUBTYPE_COLUMN}
     matched = match_registry(
