@@ -6,7 +6,7 @@ batch (where a scoring-only lab appears for the first time). rifml is trained wi
 without, through the public API, and measured by rifml.robustness on complete panels. The
 table goes to the terminal and, with the commit it was measured on, to benchmarks/robustness.csv.
 
-    .venv/bin/python benchmarks/robustness.py [--scenarios a,b] [--random K] [--n-train 2000] [--n-test 2500] [--jobs 2]
+    .venv/bin/python benchmarks/robustness.py [--scenarios a,b] [--random K] [--n-train 2000] [--n-test 10000] [--jobs 2]
 
 `--random K` draws K worlds at random (rifml.scenarios.random_overlay: every knob moved at
 once, by amounts no one chose); `random-<seed>` is also a scenario name anywhere one is taken.
