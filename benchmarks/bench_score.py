@@ -5,8 +5,10 @@
 
 Simulates N panels, trains once (2,000 panels) into a SQLite MLflow store, then
 times both scorers as separate processes (process start included), REPEATS times
-each, interleaved. Prints panels per second, the time ratio and peak resident
-memory, and appends a dated line to benchmarks/RESULTS.md.
+each, interleaved, on the same file (by default as labs write it: CRLF, the issue's
+bar). Prints panels per second, the time ratio of each interleaved pair and of the
+medians, the machine's load, and peak resident memory, and appends a dated line to
+benchmarks/RESULTS.md. With ``--workdir`` an existing batch and model there are reused.
 
 The same rows are also written as lab exports write them (CRLF line ends; ';' separated
 with decimal commas and CRLF, as European Excel does), and `rifml validate` and
@@ -150,6 +152,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each scorer (median reported)")
     parser.add_argument("--skip-reference", action="store_true", help="time rifml only")
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temp folder)")
+    parser.add_argument("--dialect", choices=list(DIALECTS), default="CRLF",
+                        help="the file both scorers read (default CRLF, as labs export)")
+    parser.add_argument("--skip-dialects", action="store_true", help="no validate/score timing per dialect")
+    parser.add_argument("--skip-explain", action="store_true", help="no explanation step vs shap (minutes at 100k)")
+    parser.add_argument("--no-save", action="store_true", help="print only; RESULTS.md unchanged")
     args = parser.parse_args()
 
     os.environ.update({"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"})
@@ -158,19 +165,31 @@ def main() -> None:
     uri = f"sqlite:///{work / 'mlflow.db'}"
     rifml = str(BIN / "rifml")
     print(f"workdir {work}")
-    subprocess.run([rifml, "simulate", "--n", "2000", "--seed", "1", "--output", "train.csv"], cwd=work, check=True, capture_output=True)
-    subprocess.run([rifml, "simulate", "--n", str(args.n), "--seed", "2", "--output", "batch.csv"], cwd=work, check=True, capture_output=True)
-    subprocess.run([rifml, "train", "--data", "train.csv", "--tracking-uri", uri, "--experiment", "bench"], cwd=work, check=True, capture_output=True)
+    batch = work / DIALECTS["plain"]
+    if not (batch.exists() and sum(1 for _ in batch.open("rb")) == args.n + 1):  # reused only at the same size
+        subprocess.run([rifml, "simulate", "--n", str(args.n), "--seed", "2", "--output", batch.name], cwd=work, check=True, capture_output=True)
+        write_dialects(work)
+    elif not all((work / name).exists() for name in DIALECTS.values()):
+        write_dialects(work)
+    if not (work / "mlflow.db").exists():
+        subprocess.run([rifml, "simulate", "--n", "2000", "--seed", "1", "--output", "train.csv"], cwd=work, check=True, capture_output=True)
+        subprocess.run([rifml, "train", "--data", "train.csv", "--tracking-uri", uri, "--experiment", "bench"], cwd=work, check=True, capture_output=True)
     model = "models:/rifml-immune-profile@champion"
 
-    ours = [rifml, "score", "--input", "batch.csv", "--output", "calls.csv", "--rejects", "rejects.csv", "--tracking-uri", uri, "--quiet"]
-    reference = [sys.executable, str(HERE / "reference_scorer.py"), model, uri, "batch.csv", "reference_calls.csv"]
+    scored = DIALECTS[args.dialect]
+    ours = [rifml, "score", "--input", scored, "--output", "calls.csv", "--rejects", "rejects.csv", "--tracking-uri", uri, "--quiet"]
+    reference = [sys.executable, str(HERE / "reference_scorer.py"), model, uri, scored, "reference_calls.csv"]
     runs: dict[str, list[tuple[float, float]]] = {"rifml": [], "reference": []}
+    loads = [os.getloadavg()[0]]
+    print(f"both scorers read {scored} ({args.dialect}); load {loads[0]:.1f}")
     for repeat in range(args.repeats):
         runs["rifml"].append(run_measured(ours, work))
         if not args.skip_reference:
             runs["reference"].append(run_measured(reference, work))
-        print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1][0]:.1f} s" for k, v in runs.items() if v))
+        loads.append(os.getloadavg()[0])
+        pair = f", ratio {runs['rifml'][-1][0] / runs['reference'][-1][0]:.3f}" if runs["reference"] else ""
+        print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1][0]:.1f} s" for k, v in runs.items() if v)
+              + f"{pair} (load {loads[-1]:.1f})")
 
     ours_s = statistics.median(s for s, _ in runs["rifml"])
     ours_mb = max(m for _, m in runs["rifml"])
@@ -181,18 +200,23 @@ def main() -> None:
         ref_mb = max(m for _, m in runs["reference"])
         first_ratio = runs["rifml"][0][0] / runs["reference"][0][0]
         print(f"reference (shap.TreeExplainer): {ref_s:.2f} s ({args.n / ref_s:,.0f} panels/s), peak RSS {ref_mb:,.0f} MiB")
-        print(f"time ratio rifml/reference: {ours_s / ref_s:.3f} (median), {first_ratio:.3f} (first repeat); speed-up {ref_s / ours_s:.1f}x")
+        print(f"time ratio rifml/reference: {ours_s / ref_s:.3f} (median), {first_ratio:.3f} (first repeat); speed-up {ref_s / ours_s:.1f}x"
+              f" ({args.dialect} file, load {min(loads):.1f}-{max(loads):.1f})")
         line += f" {ref_s:.2f} | {ours_s / ref_s:.3f} | {ref_s / ours_s:.1f}x | {ref_mb:,.0f} |"
     else:
         line += " - | - | - | - |"
-    line += f" {args.repeats} | {platform.machine()}, {os.cpu_count()} cores |"
-    explain_rows = min(args.n, 100_000)
-    ours_x, shap_x = explain_only(uri, model, work / "batch.csv", explain_rows)
-    print(f"explanation step alone, {explain_rows:,} rows: rifml {ours_x:.3f} s, shap.TreeExplainer {shap_x:.2f} s ({shap_x / ours_x:.0f}x)")
-    line += f" {shap_x / ours_x:.0f}x |"
-    write_dialects(work)
-    dialect_row = time_dialects(rifml, uri, work, args.repeats, args.n)
+    line += f" {args.repeats} | {platform.machine()}, {os.cpu_count()} cores, {args.dialect}, load {min(loads):.1f}-{max(loads):.1f} |"
+    if args.skip_explain:
+        line += " - |"
+    else:
+        explain_rows = min(args.n, 100_000)
+        ours_x, shap_x = explain_only(uri, model, batch, explain_rows)
+        print(f"explanation step alone, {explain_rows:,} rows: rifml {ours_x:.3f} s, shap.TreeExplainer {shap_x:.2f} s ({shap_x / ours_x:.0f}x)")
+        line += f" {shap_x / ours_x:.0f}x |"
+    dialect_row = None if args.skip_dialects else time_dialects(rifml, uri, work, args.repeats, args.n)
     results = HERE / "RESULTS.md"
+    if args.no_save:
+        return
     if not results.exists():
         results.write_text(
             "# Benchmark results (`make bench`)\n\n`make bench` appends one line per run.\n\n"
@@ -206,7 +230,8 @@ def main() -> None:
     else:
         with results.open("a") as handle:
             handle.write(line + "\n")
-    append_dialect_row(results, dialect_row)
+    if dialect_row is not None:
+        append_dialect_row(results, dialect_row)
     print(f"appended to {results}")
 
 
