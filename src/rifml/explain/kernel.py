@@ -116,6 +116,7 @@ def score_kernel(Xt, classes, explain, n_classes, n_features, copy_feature, copy
         masks = np.empty((max_nodes, BLOCK_ROWS), dtype=np.int64)
         reached = np.empty((max_leaves, BLOCK_ROWS), dtype=np.int64)
         scratch = np.empty(MAX_PATH_FEATURES + 1)
+        table_row = np.empty(BLOCK_ROWS, dtype=np.int64)
         for t in range(n_trees):
             c = tree_class[t]
             lo = class_start[c]
@@ -128,10 +129,12 @@ def score_kernel(Xt, classes, explain, n_classes, n_features, copy_feature, copy
                 u0 = used_start[t]
                 width_t = n_used[t]
                 routes = route[t]
+                for i in range(nk):  # each row's table row, located once for all the tree's features
+                    table_row[i] = p0 + routes[rows[i]] * width_t
                 for u in range(width_t):
                     into = acc[used[u0 + u]]
                     for i in range(nk):
-                        into[lo + i] += ptable[p0 + routes[rows[i]] * width_t + u]
+                        into[lo + i] += ptable[table_row[i] + u]
                 continue
             # each row's mask for every leaf, in one pre-order pass (leaves.leaf_masks)
             o = node_start[t]
