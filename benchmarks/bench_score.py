@@ -5,8 +5,11 @@
 
 Simulates N panels, trains once (2,000 panels) into a SQLite MLflow store, then
 times both scorers as separate processes (process start included), REPEATS times
-each, interleaved. Prints panels per second, the time ratio and peak resident
-memory, and appends a dated line to benchmarks/RESULTS.md.
+each, interleaved, on the same file (by default as labs write it: CRLF, the issue's
+bar); rifml runs before and after each reference run, and each reference run is set
+against the mean of the two (the load can change in the minutes the reference takes).
+Prints panels per second, wall and CPU-time ratios, the machine's load, and peak
+resident memory, and appends a dated line to benchmarks/RESULTS.md. With ``--workdir`` an existing batch and model there are reused.
 
 The same rows are also written as lab exports write them (CRLF line ends; ';' separated
 with decimal commas and CRLF, as European Excel does), and `rifml validate` and
@@ -20,6 +23,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -36,6 +40,16 @@ BIN = Path(sys.executable).parent
 
 def run_measured(command: list[str], cwd: Path) -> tuple[float, float]:
     """Wall seconds and peak RSS (MiB, the process and its children) of one command."""
+    return run_timed(command, cwd)[:2]
+
+
+def run_timed(command: list[str], cwd: Path) -> tuple[float, float, float]:
+    """Wall seconds, peak RSS (MiB, the process and its children) and CPU seconds (user + system) of one command.
+
+    CPU seconds move far less than wall seconds with other work on the machine: on a shared
+    machine they are the steadier yardstick of the two.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     process = psutil.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = 0
@@ -57,9 +71,11 @@ def run_measured(command: list[str], cwd: Path) -> tuple[float, float]:
     done.set()
     sampler.join()
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{stderr.decode()[-2000:]}")
-    return seconds, peak / 2**20
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return seconds, peak / 2**20, cpu
 
 
 def explain_only(uri: str, model: str, batch: Path, rows: int) -> tuple[float, float]:
@@ -150,6 +166,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each scorer (median reported)")
     parser.add_argument("--skip-reference", action="store_true", help="time rifml only")
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temp folder)")
+    parser.add_argument("--dialect", choices=list(DIALECTS), default="CRLF",
+                        help="the file both scorers read (default CRLF, as labs export)")
+    parser.add_argument("--skip-dialects", action="store_true", help="no validate/score timing per dialect")
+    parser.add_argument("--skip-explain", action="store_true", help="no explanation step vs shap (minutes at 100k)")
+    parser.add_argument("--no-save", action="store_true", help="print only; RESULTS.md unchanged")
     args = parser.parse_args()
 
     os.environ.update({"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"})
@@ -158,41 +179,71 @@ def main() -> None:
     uri = f"sqlite:///{work / 'mlflow.db'}"
     rifml = str(BIN / "rifml")
     print(f"workdir {work}")
-    subprocess.run([rifml, "simulate", "--n", "2000", "--seed", "1", "--output", "train.csv"], cwd=work, check=True, capture_output=True)
-    subprocess.run([rifml, "simulate", "--n", str(args.n), "--seed", "2", "--output", "batch.csv"], cwd=work, check=True, capture_output=True)
-    subprocess.run([rifml, "train", "--data", "train.csv", "--tracking-uri", uri, "--experiment", "bench"], cwd=work, check=True, capture_output=True)
+    batch = work / DIALECTS["plain"]
+    if not (batch.exists() and sum(1 for _ in batch.open("rb")) == args.n + 1):  # reused only at the same size
+        subprocess.run([rifml, "simulate", "--n", str(args.n), "--seed", "2", "--output", batch.name], cwd=work, check=True, capture_output=True)
+        write_dialects(work)
+    elif not all((work / name).exists() for name in DIALECTS.values()):
+        write_dialects(work)
+    if not (work / "mlflow.db").exists():
+        subprocess.run([rifml, "simulate", "--n", "2000", "--seed", "1", "--output", "train.csv"], cwd=work, check=True, capture_output=True)
+        subprocess.run([rifml, "train", "--data", "train.csv", "--tracking-uri", uri, "--experiment", "bench"], cwd=work, check=True, capture_output=True)
     model = "models:/rifml-immune-profile@champion"
 
-    ours = [rifml, "score", "--input", "batch.csv", "--output", "calls.csv", "--rejects", "rejects.csv", "--tracking-uri", uri, "--quiet"]
-    reference = [sys.executable, str(HERE / "reference_scorer.py"), model, uri, "batch.csv", "reference_calls.csv"]
-    runs: dict[str, list[tuple[float, float]]] = {"rifml": [], "reference": []}
+    scored = DIALECTS[args.dialect]
+    ours = [rifml, "score", "--input", scored, "--output", "calls.csv", "--rejects", "rejects.csv", "--tracking-uri", uri, "--quiet"]
+    reference = [sys.executable, str(HERE / "reference_scorer.py"), model, uri, scored, "reference_calls.csv"]
+    runs: dict[str, list[tuple[float, float, float]]] = {"rifml": [], "reference": []}
+    loads = [os.getloadavg()[0]]
+    print(f"both scorers read {scored} ({args.dialect}); load {loads[0]:.1f}")
+    pair_ratios, cpu_ratios = [], []
     for repeat in range(args.repeats):
-        runs["rifml"].append(run_measured(ours, work))
-        if not args.skip_reference:
-            runs["reference"].append(run_measured(reference, work))
-        print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1][0]:.1f} s" for k, v in runs.items() if v))
+        if repeat == 0 or args.skip_reference:
+            runs["rifml"].append(run_timed(ours, work))
+        if args.skip_reference:
+            loads.append(os.getloadavg()[0])
+            print(f"repeat {repeat + 1}: rifml {runs['rifml'][-1][0]:.1f} s, {runs['rifml'][-1][2]:.1f} s CPU (load {loads[-1]:.1f})")
+            continue
+        runs["reference"].append(run_timed(reference, work))
+        # rifml again after each reference run: the reference takes minutes, in which the machine's
+        # load can change, so each reference run is set against the rifml runs on both sides of it
+        runs["rifml"].append(run_timed(ours, work))
+        loads.append(os.getloadavg()[0])
+        around = runs["rifml"][-2:]
+        ref = runs["reference"][-1]
+        pair_ratios.append(statistics.mean(r[0] for r in around) / ref[0])
+        cpu_ratios.append(statistics.mean(r[2] for r in around) / ref[2])
+        print(f"repeat {repeat + 1}: rifml {around[0][0]:.1f} s / reference {ref[0]:.1f} s / rifml {around[1][0]:.1f} s:"
+              f" ratio {pair_ratios[-1]:.3f}; CPU {around[0][2]:.1f} / {ref[2]:.1f} / {around[1][2]:.1f} s: ratio"
+              f" {cpu_ratios[-1]:.3f} (load {loads[-1]:.1f})")
 
-    ours_s = statistics.median(s for s, _ in runs["rifml"])
-    ours_mb = max(m for _, m in runs["rifml"])
+    ours_s = statistics.median(s for s, _, _ in runs["rifml"])
+    ours_mb = max(m for _, m, _ in runs["rifml"])
     line = f"| {dt.date.today()} | {args.n:,} | {ours_s:.2f} | {args.n / ours_s:,.0f} | {ours_mb:,.0f} |"
-    print(f"rifml score: {ours_s:.2f} s median of {args.repeats} ({args.n / ours_s:,.0f} panels/s), peak RSS {ours_mb:,.0f} MiB")
+    print(f"rifml score: {ours_s:.2f} s median of {len(runs['rifml'])} ({args.n / ours_s:,.0f} panels/s), peak RSS {ours_mb:,.0f} MiB")
     if runs["reference"]:
-        ref_s = statistics.median(s for s, _ in runs["reference"])
-        ref_mb = max(m for _, m in runs["reference"])
-        first_ratio = runs["rifml"][0][0] / runs["reference"][0][0]
+        ref_s = statistics.median(s for s, _, _ in runs["reference"])
+        ref_mb = max(m for _, m, _ in runs["reference"])
+        ratio = statistics.median(pair_ratios)
         print(f"reference (shap.TreeExplainer): {ref_s:.2f} s ({args.n / ref_s:,.0f} panels/s), peak RSS {ref_mb:,.0f} MiB")
-        print(f"time ratio rifml/reference: {ours_s / ref_s:.3f} (median), {first_ratio:.3f} (first repeat); speed-up {ref_s / ours_s:.1f}x")
-        line += f" {ref_s:.2f} | {ours_s / ref_s:.3f} | {ref_s / ours_s:.1f}x | {ref_mb:,.0f} |"
+        print(f"time ratio rifml/reference: {ratio:.3f} (median over repeats of rifml's mean around each reference run),"
+              f" CPU-time ratio {statistics.median(cpu_ratios):.3f}; speed-up {1 / ratio:.1f}x"
+              f" ({args.dialect} file, load {min(loads):.1f}-{max(loads):.1f})")
+        line += f" {ref_s:.2f} | {ratio:.3f} | {1 / ratio:.1f}x | {ref_mb:,.0f} |"
     else:
         line += " - | - | - | - |"
-    line += f" {args.repeats} | {platform.machine()}, {os.cpu_count()} cores |"
-    explain_rows = min(args.n, 100_000)
-    ours_x, shap_x = explain_only(uri, model, work / "batch.csv", explain_rows)
-    print(f"explanation step alone, {explain_rows:,} rows: rifml {ours_x:.3f} s, shap.TreeExplainer {shap_x:.2f} s ({shap_x / ours_x:.0f}x)")
-    line += f" {shap_x / ours_x:.0f}x |"
-    write_dialects(work)
-    dialect_row = time_dialects(rifml, uri, work, args.repeats, args.n)
+    line += f" {args.repeats} | {platform.machine()}, {os.cpu_count()} cores, {args.dialect}, load {min(loads):.1f}-{max(loads):.1f} |"
+    if args.skip_explain:
+        line += " - |"
+    else:
+        explain_rows = min(args.n, 100_000)
+        ours_x, shap_x = explain_only(uri, model, batch, explain_rows)
+        print(f"explanation step alone, {explain_rows:,} rows: rifml {ours_x:.3f} s, shap.TreeExplainer {shap_x:.2f} s ({shap_x / ours_x:.0f}x)")
+        line += f" {shap_x / ours_x:.0f}x |"
+    dialect_row = None if args.skip_dialects else time_dialects(rifml, uri, work, args.repeats, args.n)
     results = HERE / "RESULTS.md"
+    if args.no_save:
+        return
     if not results.exists():
         results.write_text(
             "# Benchmark results (`make bench`)\n\n`make bench` appends one line per run.\n\n"
@@ -206,7 +257,8 @@ def main() -> None:
     else:
         with results.open("a") as handle:
             handle.write(line + "\n")
-    append_dialect_row(results, dialect_row)
+    if dialect_row is not None:
+        append_dialect_row(results, dialect_row)
     print(f"appended to {results}")
 
 

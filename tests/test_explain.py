@@ -235,6 +235,20 @@ def test_drivers_are_measured_markers_pushing_toward_the_call():
     assert np.isnan(drivers.loc[1, "driver_2_contribution"])
 
 
+def test_drivers_read_markers_by_name_whatever_the_column_order():
+    """Markers in the contributions' leading columns are read in place; any other order gives the same drivers."""
+    rng = np.random.default_rng(3)
+    values = np.round(rng.normal(size=(200, 4)), 1)  # ties, so the first-listed marker must win them
+    leading = pd.DataFrame(values, columns=["a", "b", "c", COVERAGE])
+    shuffled = leading[[COVERAGE, "c", "a", "b"]]
+    measured = pd.DataFrame(rng.random((200, 3)) < 0.8, columns=["a", "b", "c"])
+    drivers = top_drivers(leading, measured, k=3)
+    pd.testing.assert_frame_equal(drivers, top_drivers(shuffled, measured, k=3))
+    first = np.where(measured.to_numpy(), values[:, :3], -np.inf).argmax(axis=1)  # first index on ties
+    pushed = np.where(measured.to_numpy(), values[:, :3], -np.inf).max(axis=1) > 0
+    assert drivers["driver_1"].tolist() == [["a", "b", "c"][j] if p else "" for j, p in zip(first, pushed)]
+
+
 @pytest.mark.parametrize("num_leaves", [1, 0, 2.5, "63", True, 200_000])
 def test_unsupported_tree_settings_are_refused_before_any_fit(num_leaves):
     panel = pd.DataFrame({"patient_id": ["a", "b"], "pb_nk_pct": [1.0, 2.0]})  # too few panels to fit anything

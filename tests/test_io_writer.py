@@ -45,3 +45,16 @@ def test_the_first_error_is_the_one_reported(tmp_path, monkeypatch):
             writer.write(frame(0, 10))
             raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
+
+
+def test_categorical_cells_are_neutralized_like_text(tmp_path):
+    """A categorical's labels are checked once, not row by row: the written cells are those of plain text."""
+    labels = ["=HYPERLINK(1)", "ok", "-3", "+x"]
+    rows = ["=HYPERLINK(1)", "ok", None, "-3", "+x", "ok"]
+    frame = pd.DataFrame({"as_text": pd.Series(rows, dtype=object), "as_category": pd.Categorical(rows, categories=labels)})
+    path = tmp_path / "out.csv"
+    with AtomicCsvWriter(path) as writer:
+        writer.write(frame)
+    lines = path.read_text().splitlines()[1:]
+    assert [line.split(",")[0] for line in lines] == [line.split(",")[1] for line in lines]
+    assert lines[0] == "'=HYPERLINK(1),'=HYPERLINK(1)" and lines[3] == "-3,-3" and lines[4] == "'+x,'+x"

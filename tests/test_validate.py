@@ -197,6 +197,42 @@ def test_the_arrow_parse_of_sliced_chunks_matches_the_pandas_parse(large):
     assert got.censored.tolist() == expected.censored.tolist()
 
 
+@pytest.mark.parametrize("censorable", [True, False])
+@pytest.mark.parametrize(
+    "cells",
+    [
+        ["<1.0", "2.5", "", "<0.25", "7"],  # the one-cast parse of limits
+        ["<1.0", "<", "< 2", "<<3", "<-1", "<nan", "<+4", "<.5", "<0", "8", ""],  # cells it must read as the general parse
+        ["<1.0", "<1e400", "3"],  # beyond float range: left to the general parse
+        ["<1.0", "abc", "2"],
+    ],
+)
+def test_censored_cells_parse_in_one_cast_as_the_general_parse_reads_them(cells, censorable):
+    """A column of numbers and ``<x`` limits is cast once (the cytokines' usual cells); every cell
+    reads as the pandas parse reads it, limits, problems and all."""
+    import pyarrow as pa
+
+    arrow = pd.Series(cells, dtype=pd.ArrowDtype(pa.string()))
+    got = v.parse_numeric(arrow, censorable=censorable)
+    expected = v.parse_numeric(pd.Series(cells, dtype=object), censorable=censorable)
+    np.testing.assert_array_equal(got.values, expected.values)
+    assert got.censored.tolist() == expected.censored.tolist()
+    assert got.present.tolist() == expected.present.tolist()
+    assert got.problem.tolist() == expected.problem.tolist()
+
+
+def test_a_column_of_plain_limits_takes_the_one_cast_parse(monkeypatch):
+    def no_regex(*args, **kwargs):
+        raise AssertionError("limits fell back to the general parse")
+
+    import pyarrow as pa
+
+    monkeypatch.setattr(v.pc, "match_substring_regex", no_regex)
+    parsed = v.parse_numeric(pd.Series(["<1.0", "2.5", "", "<3"], dtype=pd.ArrowDtype(pa.string())), censorable=True)
+    np.testing.assert_array_equal(parsed.values, [1.0, 2.5, np.nan, 3.0])
+    assert parsed.censored.tolist() == [True, False, False, True]
+
+
 def test_repeated_ids_are_settled_on_the_text_when_hashes_collide(monkeypatch):
     """Every id hashed alike: only ids whose text repeats are duplicates, never two patients sharing a hash."""
     monkeypatch.setattr(v, "_hash64", lambda text: np.zeros(len(text), dtype=np.uint64))

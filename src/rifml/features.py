@@ -84,6 +84,10 @@ class FlooredLog(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def transform(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float64, ensure_all_finite="allow-nan", reset=False)
+        return self._log(X)
+
+    def _log(self, X: np.ndarray) -> np.ndarray:
+        """``transform`` of a float64 array already laid out as at fit (PanelFeatures' own columns)."""
         check_non_negative(X, "FlooredLog.transform")
         lifted = np.where(X > 0, X, self.floor_)
         return np.where(np.isnan(X), np.nan, np.log(lifted))
@@ -101,17 +105,24 @@ class FlooredLog(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
 
 def _numeric_values(panel: pd.DataFrame, markers: list[Marker]) -> np.ndarray:
-    """(rows, markers) float64: numeric values (the limit for censored cells), NaN where missing or absent."""
-    out = np.full((len(panel), len(markers)), np.nan)
+    """(rows, markers) float64: numeric values (the limit for censored cells), NaN where missing or absent.
+
+    Column-major (each marker's values contiguous, as they are filled): a row-major fill
+    writes every value a row apart.
+    """
+    out = np.full((len(panel), len(markers)), np.nan, order="F")
     for i, marker in enumerate(markers):
         if marker.name in panel.columns:
-            out[:, i] = pd.to_numeric(panel[marker.name], errors="raise").to_numpy(dtype=np.float64, na_value=np.nan)
+            column = panel[marker.name]
+            if column.dtype != np.float64:  # a validated panel's columns are float64 already
+                column = pd.to_numeric(column, errors="raise")
+            out[:, i] = column.to_numpy(dtype=np.float64, na_value=np.nan)
     return out
 
 
 def _censored_flags(panel: pd.DataFrame, markers: list[Marker]) -> np.ndarray:
     """(rows, markers) bool: True where a cell was reported as "<x"; False for non-censorable or absent flags."""
-    out = np.zeros((len(panel), len(markers)), dtype=bool)
+    out = np.zeros((len(panel), len(markers)), dtype=bool, order="F")
     for i, marker in enumerate(markers):
         flag = censored_column(marker.name)
         if marker.censorable and flag in panel.columns:
@@ -371,12 +382,15 @@ class PanelFeatures(TransformerMixin, BaseEstimator):
 
     def _scale(self, imputed: np.ndarray) -> np.ndarray:
         """Log (with zero floor) for ``transform: log`` markers (numeric-marker columns); others pass through."""
-        scaled = imputed.copy()
+        scaled = imputed.copy(order="K")
         log_columns = list(self.log_.feature_names_in_)
         if log_columns:
             names = [m.name for m in self.catalog_.numeric_markers]
             positions = [names.index(name) for name in log_columns]
-            scaled[:, positions] = self.log_.transform(pd.DataFrame(imputed[:, positions], columns=log_columns))
+            if np.isinf(imputed).any():  # what FlooredLog.transform's own check refuses
+                raise ValueError("Input contains infinity")
+            # the columns FlooredLog was fitted on, in its order: no frame to build and check again
+            scaled[:, positions] = self.log_._log(imputed[:, positions])
         return scaled
 
     def _build_feature_markers(self) -> dict[str, tuple[str, ...]]:
@@ -515,7 +529,7 @@ def _distinct_rows(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     packed = np.packbits(mask, axis=1)
     width = -(-packed.shape[1] // 8) * 8
-    keys = np.pad(packed, ((0, 0), (0, width - packed.shape[1]))).view(">u8")
+    keys = np.ascontiguousarray(np.pad(packed, ((0, 0), (0, width - packed.shape[1])))).view(">u8")
     order = np.lexsort(keys.T[::-1])
     ordered = keys[order]
     starts = np.r_[True, (ordered[1:] != ordered[:-1]).any(axis=1)] if len(mask) else np.zeros(0, bool)

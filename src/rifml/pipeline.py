@@ -475,8 +475,10 @@ class ImmuneProfiler(BaseEstimator):
         for marker in catalog.markers:
             if marker.flag_at_or_above and marker.name in panel:
                 columns[marker.flag_at_or_above.flag] = (panel[marker.name] >= marker.flag_at_or_above.value).to_numpy()
-        missing = np.full(len(panel), np.nan)
-        calls = pd.DataFrame({name: columns.get(name, missing) for name in calls_columns(catalog)}, index=panel.index)
+        # copy=False also leaves the float columns as they are (pandas would copy them into one block),
+        # so no array may back two columns: each missing column gets its own
+        calls = pd.DataFrame({name: columns[name] if name in columns else np.full(len(panel), np.nan)
+                              for name in calls_columns(catalog)}, index=panel.index, copy=False)
         if not compact:
             text = [name for name in calls.columns if isinstance(calls[name].dtype, (pd.CategoricalDtype, pd.StringDtype))]
             calls = calls.astype({name: object for name in text})
@@ -485,7 +487,8 @@ class ImmuneProfiler(BaseEstimator):
 
     def _subtype_profile_codes(self) -> np.ndarray:
         """For each subtype class, the index of its profile in the catalog's profile order."""
-        profile_of = self.subtype_table_.set_index("subtype")["profile"]
+        # a plain dict: this runs a few times per scored chunk, where a pandas index costs a millisecond each
+        profile_of = dict(zip(self.subtype_table_["subtype"], self.subtype_table_["profile"]))
         return np.array([list(self.catalog_.profiles).index(profile_of[s]) for s in self.subtype_model_.classes_])
 
     def _composite_pairs(self) -> list[tuple[int, int]]:
@@ -564,9 +567,9 @@ class ImmuneProfiler(BaseEstimator):
         The softmax turns margin / temperature into probabilities, so contributions are
         divided by the temperature: they then sum to the called class's calibrated margin
         minus its expected value over the reference. A binary booster explains the second
-        class's margin (the first's is 0): flipped for the first.
+        class's margin (the first's is 0): flipped for the first. ``phi`` is divided in place.
         """
-        phi = phi / self.profile_model_.temperature_
+        phi /= self.profile_model_.temperature_  # in place: a chunk's SHAP array is large, and not used again
         if self.explainer_.n_classes_ != 1:
             return phi
         column = np.searchsorted(self.profile_model_.booster_classes_, called)

@@ -178,6 +178,10 @@ def _parse_arrow_numeric(column: pd.Series) -> _Parsed | None:
             problem = np.full(len(values), None, dtype=object)
             problem[present & np.isnan(values)] = NOT_A_NUMBER  # "nan" spelled out is not a measurement
             return _Parsed(values, np.zeros(len(values), dtype=bool), present, problem)
+        if values is None:
+            parsed = _cast_censored_numbers(chunks)
+            if parsed is not None:
+                return parsed
     cells = pc.fill_null(chunks.combine_chunks(), "")
     text = pc.utf8_trim_whitespace(cells)
     present = pc.not_equal(text, "").to_numpy(zero_copy_only=False)
@@ -193,6 +197,32 @@ def _parse_arrow_numeric(column: pd.Series) -> _Parsed | None:
     problem[present & (~numeric | ~np.isfinite(np.where(numeric, values, 0.0)))] = NOT_A_NUMBER
     values[~np.isfinite(values)] = np.nan
     censored = is_censor.to_numpy(zero_copy_only=False) & numeric
+    return _Parsed(values, censored, present, problem)
+
+
+def _cast_censored_numbers(chunks: pa.ChunkedArray) -> _Parsed | None:
+    """The one-cast parse for a column of plain numbers and ``<x`` censors written without spaces
+    (how cytokine limits arrive), or None when some cell needs the general parse.
+
+    A cell's leading ``<`` is cut off and the rest cast as in :func:`_cast_plain_numbers`: the
+    censored cells' limits, the other cells' numbers. Anything the general parse would read
+    differently (spaces, a second ``<``, a number beyond float range) fails the cast or the
+    finiteness check and is left to it.
+    """
+    is_censor = pc.starts_with(chunks, "<")
+    if not pc.any(is_censor).as_py():
+        return None
+    body = pc.if_else(is_censor, pc.utf8_slice_codeunits(chunks, 1), chunks)
+    try:
+        values, _ = _cast_plain_numbers(body)
+    except pa.ArrowInvalid:
+        return None
+    if not np.isfinite(values[~np.isnan(values)]).all():
+        return None
+    present = pc.not_equal(chunks, "").to_numpy(zero_copy_only=False)
+    censored = is_censor.to_numpy(zero_copy_only=False) & ~np.isnan(values)  # "<" alone is no limit
+    problem = np.full(len(values), None, dtype=object)
+    problem[present & np.isnan(values)] = NOT_A_NUMBER
     return _Parsed(values, censored, present, problem)
 
 
@@ -529,7 +559,8 @@ def validate_chunk(
         if extra not in known:
             panel[extra] = raw[extra].to_numpy()
 
-    panel_frame = pd.DataFrame(panel, index=pd.Index(rows, name="row"))
+    # copy=False: each parsed column stays its own array (pandas would copy the floats into one block)
+    panel_frame = pd.DataFrame(panel, index=pd.Index(rows, name="row"), copy=False)
     accepted = ~reject_mask
     rejects = pd.DataFrame(
         {

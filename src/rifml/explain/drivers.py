@@ -42,8 +42,8 @@ def top_drivers(contributions: pd.DataFrame, measured: pd.DataFrame, k: int = 3)
     last marker with a positive push).
     """
     markers = list(measured.columns)
-    values = contributions[markers].to_numpy(dtype=np.float64, copy=True)
-    values[~measured.to_numpy(dtype=bool)] = -np.inf
+    # positions into the frame's own array: a list of columns would copy the frame, then to_numpy again
+    values = np.where(measured.to_numpy(dtype=bool), _columns(contributions, markers), -np.inf)
     out: dict[str, object] = {}
     # names as categorical codes (the last category is "no driver"): no Python string per row
     names = markers + [""]
@@ -58,3 +58,14 @@ def top_drivers(contributions: pd.DataFrame, measured: pd.DataFrame, k: int = 3)
         out[contribution] = np.where(keep, push, np.nan)
         values[rows, chosen] = -np.inf
     return pd.DataFrame(out, index=contributions.index)
+
+
+def _columns(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
+    """``frame[names]`` as a float64 array, a view when they are its leading columns (as marker_contributions makes them)."""
+    positions = frame.columns.get_indexer(names)
+    if (positions < 0).any():
+        raise KeyError(f"not among the contributions: {[n for n, p in zip(names, positions) if p < 0]}")
+    array = frame.to_numpy(dtype=np.float64)
+    if np.array_equal(positions, np.arange(len(names))):
+        return array[:, : len(names)]
+    return array[:, positions]

@@ -231,8 +231,9 @@ def _scan(
             ends = np.union1d(ends, lone)
     starts = np.r_[0, ends[:-1] + 1]
     content_end = ends.copy()
-    if len(crs):  # a CRLF's CR is not content
-        content_end -= np.isin(ends - 1, crs) & (data[ends] == LF)
+    if len(crs):  # a CRLF's CR is not content (read at the byte before each LF: no set lookup of the CRs)
+        before = np.maximum(ends - 1, 0)
+        content_end -= (ends > 0) & (data[before] == CR) & (data[ends] == LF)
     numbers = result.lines + 1 + np.arange(len(ends), dtype=np.int64)
     result.lines += len(ends)
     blank = content_end == starts

@@ -62,6 +62,8 @@ def _may_start_a_formula(array: pa.Array) -> bool:
     The exact test (two regular expressions) costs ~1 s per million cells; this one is a few
     milliseconds, and an ordinary column (ids, profile names) has no candidate at all.
     """
+    if isinstance(array, pa.ChunkedArray):  # e.g. Arrow-backed ids from the reader
+        return any(_may_start_a_formula(chunk) for chunk in array.chunks)
     if not isinstance(array, pa.StringArray):
         return True
     _, offsets_buffer, data_buffer = array.buffers()
@@ -113,12 +115,22 @@ def _as_text_table(frame: pd.DataFrame, safe_cells: bool = False) -> pa.Table:
         if pa.types.is_boolean(array.type):
             array = pc.if_else(array, "True", "False")
         text = pa.types.is_string(array.type) or pa.types.is_large_string(array.type) or pa.types.is_dictionary(array.type)
-        array = pc.cast(array, pa.string())
-        if safe_cells and text:
-            array = neutralize_formulas(array)
-        columns.append(array)
+        if safe_cells and pa.types.is_dictionary(array.type) and pa.types.is_string(array.type.value_type):
+            # a categorical's few labels are checked, not each of its rows (the same cells result)
+            array = _neutralized_labels(array)
+        elif safe_cells and text:
+            array = neutralize_formulas(pc.cast(array, pa.string()))
+        columns.append(pc.cast(array, pa.string()))
     names = [neutralize_cell(str(c)) if safe_cells else str(c) for c in frame.columns]
     return pa.Table.from_arrays(columns, names=names)
+
+
+def _neutralized_labels(array: pa.DictionaryArray | pa.ChunkedArray) -> pa.DictionaryArray | pa.ChunkedArray:
+    """A categorical column with ``neutralize_formulas`` applied to its labels (each chunk's own)."""
+    if isinstance(array, pa.ChunkedArray):
+        return pa.chunked_array([_neutralized_labels(chunk) for chunk in array.chunks], type=array.type)
+    labels = neutralize_formulas(array.dictionary)
+    return array if labels is array.dictionary else pa.DictionaryArray.from_arrays(array.indices, labels)
 
 
 class AtomicCsvWriter:
