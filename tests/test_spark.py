@@ -19,7 +19,9 @@ if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
 from rifml.cli import app  # noqa: E402
 from rifml.pipeline import calls_columns  # noqa: E402
 from rifml.io.reader import PanelFile  # noqa: E402
-from rifml.spark_engine import FIELD_COUNT, read_panel, spark_session, with_row_numbers, worker_run  # noqa: E402
+from rifml.spark_engine import (  # noqa: E402
+    FIELD_COUNT, RECORD, InputOrder, read_panel, record_positions, spark_session, with_records, worker_run,
+)
 from rifml.validate import validate_chunk  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -63,15 +65,16 @@ def work(trained_store, spark, tmp_path_factory):
     return work, trained_store.uri
 
 
-def score(work, uri, engine):
+def score(work, uri, engine, name="batch"):
+    prefix = engine if name == "batch" else f"{name}_{engine}"
     result = CliRunner().invoke(
         app,
-        ["score", "--engine", engine, "-q", "--input", str(work / "batch.csv"), "--output", str(work / f"{engine}_calls.csv"),
-         "--rejects", str(work / f"{engine}_rejects.csv"), "--tracking-uri", uri, "--chunk-rows", str(CHUNK_ROWS)],
+        ["score", "--engine", engine, "-q", "--input", str(work / f"{name}.csv"), "--output", str(work / f"{prefix}_calls.csv"),
+         "--rejects", str(work / f"{prefix}_rejects.csv"), "--tracking-uri", uri, "--chunk-rows", str(CHUNK_ROWS)],
     )
     assert result.exit_code == 0, result.output
-    calls = pd.read_csv(work / f"{engine}_calls.csv", dtype=str, keep_default_na=False)
-    rejects = pd.read_csv(work / f"{engine}_rejects.csv", dtype=str, keep_default_na=False)
+    calls = pd.read_csv(work / f"{prefix}_calls.csv", dtype=str, keep_default_na=False)
+    rejects = pd.read_csv(work / f"{prefix}_rejects.csv", dtype=str, keep_default_na=False)
     summary = next(line for line in result.output.splitlines() if line.startswith("rows in "))
     return calls, rejects, summary
 
@@ -101,6 +104,36 @@ def test_spark_writes_the_local_engines_files_byte_for_byte(both_engines, work, 
     unseen = local_calls["patient_id"].map(batch.drop_duplicates("patient_id").set_index("patient_id")["lab_id"]) == UNSEEN_LAB
     assert unseen.sum() > 50 and (local_calls.loc[unseen, "lab_adapted"] == "True").sum() >= 30
     assert (local_calls.loc[~unseen, "lab_adapted"] == "False").all()
+
+
+def test_a_plain_file_takes_its_repeated_ids_from_the_drivers_line_survey(work, catalog, monkeypatch):
+    """One record per line, no quotes (most lab exports): the driver's survey hashes settle the duplicate rule
+    while the JVM starts, no Spark aggregation runs, and the files still equal the local engine's."""
+    import rifml.spark_engine as engine
+
+    folder, uri = work
+    batch = pd.read_csv(folder / "batch.csv", dtype=str, keep_default_na=False).drop(columns="site_note")
+    batch.to_csv(folder / "plain.csv", index=False, lineterminator="\r\n")  # CRLF, as labs write
+    assert PanelFile(folder / "plain.csv", catalog).simple
+
+    def no_aggregation(*args):
+        raise AssertionError("the Spark aggregation ran for a plain file")
+
+    monkeypatch.setattr(engine, "repeated_patient_ids", no_aggregation)
+    spark = spark_session()
+    spark.conf.set("spark.sql.files.maxPartitionBytes", SPLIT_BYTES)
+    try:
+        with mlflow_store(uri):
+            (_, local_rejects, local_summary), (_, spark_rejects, spark_summary) = (
+                score(folder, uri, "local", "plain"), score(folder, uri, "spark", "plain"))
+    finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+    assert (folder / "plain_spark_calls.csv").read_bytes() == (folder / "plain_local_calls.csv").read_bytes()
+    assert (folder / "plain_spark_rejects.csv").read_bytes() == (folder / "plain_local_rejects.csv").read_bytes()
+    assert spark_summary == local_summary
+    duplicated = spark_rejects[spark_rejects["reason"] == "duplicate patient_id"]
+    assert {"62", "242", "2", str(N_SIMULATED + 3)} <= set(duplicated["row"])  # NFC/NFD pair and copies far apart
+    assert duplicated["row"].astype(int).max() > 250  # numbered across several partitions
 
 
 def test_the_file_was_read_in_several_partitions(work, spark, catalog):
@@ -159,12 +192,24 @@ def test_parquet_cells_read_as_the_csv_cells(work, spark, catalog):
     )
 
 
-def test_row_numbers_are_consecutive_across_partitions(spark):
+def test_records_are_numbered_within_partitions_and_placed_in_input_order(spark):
     frame = spark.range(0, 1000, numPartitions=4)
-    numbered, total = with_row_numbers(frame)
-    rows = numbered.orderBy("id").toPandas()
-    assert total == 1000
-    assert (rows["_rifml_row"].to_numpy() == rows["id"].to_numpy() + 2).all()
+    records = with_records(frame).orderBy("id").toPandas()
+    part, index = record_positions(records[RECORD].to_numpy())
+    assert sorted(set(part)) == [0, 1, 2, 3] and (np.diff(part) >= 0).all()
+    order = InputOrder()
+    starts = [order.place(p, int(index[part == p][0]), int(index[part == p][-1])) for p in range(4)]
+    lines = np.concatenate([index[part == p] + starts[p] + 2 for p in range(4)])
+    assert (lines == records["id"].to_numpy() + 2).all()  # every record's line number, no job counting partitions
+
+
+def test_answers_out_of_input_order_are_a_bug():
+    order = InputOrder()
+    assert order.place(0, 0, 49) == 0 and order.place(0, 50, 99) == 0 and order.place(2, 0, 9) == 100
+    with pytest.raises(RuntimeError, match="out of input order"):
+        order.place(2, 20, 29)  # a gap within a partition
+    with pytest.raises(RuntimeError, match="partitions out of input order"):
+        order.place(1, 0, 9)  # a partition after a later one
 
 
 def test_a_worker_unpickles_the_profiler_once_per_run(monkeypatch):

@@ -15,13 +15,16 @@ writes them in input order as one calls CSV and one rejects CSV, as the local en
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
 import sys
+import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -37,8 +40,10 @@ from rifml.labs import LabAdaptation
 from rifml.scoring import Tally, scored_chunks
 from rifml.validate import nfc, patient_ids, validate_chunk
 
+log = logging.getLogger(__name__)
+
 # Working columns; the prefix keeps them apart from whatever a panel file carries.
-ROW = "_rifml_row"
+RECORD = "_rifml_record"  # monotonically_increasing_id(): partition << RECORD_BITS | index within the partition
 CLEAN_ID = "_rifml_patient_id"
 CORRUPT = "_rifml_corrupt_record"
 FIELD_COUNT = "_rifml_wrong_field_count"
@@ -52,9 +57,13 @@ LOCAL_SETTINGS = {
     "spark.sql.shuffle.partitions": "2",
     "spark.log.level": "ERROR",
 }
-# What a Python worker answers per Arrow batch: its first and last line, and its calls and
-# rejects as Arrow IPC streams (empty bytes: no calls), so the driver writes them as they are.
-BATCH_SCHEMA = "first_row long, last_row long, accepted_lines long, calls binary, rejects binary"
+# What a Python worker answers per Arrow batch: its partition of the read, the first and last record's
+# index within that partition, and its calls and rejects as Arrow IPC streams (empty bytes: no calls).
+# Rejects are numbered as if the partition began the file; the driver, reading partitions in order,
+# adds the records before it, so no Spark job has to count records before scoring.
+BATCH_SCHEMA = "part long, first long, last long, accepted_lines long, calls binary, rejects binary"
+_BATCH_ARROW = pa.schema([("part", pa.int64()), ("first", pa.int64()), ("last", pa.int64()),
+                          ("accepted_lines", pa.int64()), ("calls", pa.binary()), ("rejects", pa.binary())])
 # Arrow record batches handed to a Python worker hold at most --chunk-rows rows.
 BATCH_ROWS_SETTING = "spark.sql.execution.arrow.maxRecordsPerBatch"
 
@@ -68,7 +77,7 @@ def configured_master() -> str | None:
 
 
 def spark_session():
-    """The active Spark session, else a new one: ``local[*]`` bound to loopback unless a master is configured.
+    """The active (or default) Spark session, else a new one: ``local[*]`` bound to loopback unless a master is configured.
 
     Returns
     -------
@@ -76,7 +85,7 @@ def spark_session():
     """
     from pyspark.sql import SparkSession
 
-    active = SparkSession.getActiveSession()
+    active = _existing_session()
     if active is not None:
         return active
     builder = SparkSession.builder.appName("rifml-score")
@@ -91,17 +100,50 @@ def spark_session():
     return builder.getOrCreate()
 
 
-@contextmanager
-def _session():
+def _existing_session():
+    from pyspark.errors import PySparkRuntimeError
     from pyspark.sql import SparkSession
 
-    owned = SparkSession.getActiveSession() is None
-    spark = spark_session()
     try:
-        yield spark
-    finally:
-        if owned:
-            spark.stop()
+        return SparkSession.active()  # the default session too: a thread of ours has no active one of its own
+    except PySparkRuntimeError:
+        return None
+
+
+@contextmanager
+def phase(name: str):
+    """Log how long ``name`` took (INFO on ``rifml.spark_engine``): Spark's UI is off, so this is where the time shows."""
+    started = time.perf_counter()
+    yield
+    log.info("%s: %.2f s", name, time.perf_counter() - started)
+
+
+@contextmanager
+def session_in_background() -> Iterator[Future]:
+    """Start (or find) the Spark session in a thread; yield its future; stop it on leaving if it was started here.
+
+    The JVM takes 10-20 s to start on a loaded 2-core machine: `rifml score --engine spark`
+    loads the model and surveys the file meanwhile, instead of one after the other.
+    """
+
+    owned = []
+
+    def start():
+        owned.append(_existing_session() is None)
+        started = time.perf_counter()
+        spark = spark_session()
+        log.info("Spark session (in a thread): %.2f s", time.perf_counter() - started)
+        return spark
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rifml-spark-start") as pool:
+        future = pool.submit(start)
+        try:
+            yield future
+        finally:
+            # Wait for the start even when leaving on an error, so no JVM is left behind.
+            if future.exception() is None and owned[0]:
+                with phase("Spark stop"):
+                    future.result().stop()
 
 
 def read_panel(spark, panel_file: PanelFile):
@@ -163,26 +205,36 @@ def _as_text(data_type, name: str):
     return column.cast("string").alias(name)
 
 
-def with_row_numbers(frame):
-    """Add :data:`ROW`, each row's line number (input index + 2), without moving rows between partitions.
+def with_records(frame):
+    """Add :data:`RECORD`, which numbers the rows within each partition without a Spark job or moving a row.
 
-    Returns
-    -------
-    (DataFrame, int)
-        The frame with :data:`ROW`, and its number of rows.
+    A partition's rows get consecutive indexes from 0 (:data:`RECORD_BITS` low bits) under
+    the partition's number; :func:`score_with_spark` turns them into line numbers as it
+    reads the partitions in order.
     """
     from pyspark.sql import functions as F
 
-    frame = frame.withColumn("_rifml_id", F.monotonically_increasing_id())
-    partition = F.shiftright("_rifml_id", RECORD_BITS)
-    sizes = dict(frame.groupBy(partition.alias("p")).count().collect())
-    offsets, total = [], 0
-    for index in range(max(sizes, default=-1) + 1):
-        offsets.append(total)
-        total += sizes.get(index, 0)
-    offset = F.element_at(F.array(*[F.lit(o) for o in offsets]), (partition + 1).cast("int"))
-    within = F.col("_rifml_id").bitwiseAND((1 << RECORD_BITS) - 1)
-    return frame.withColumn(ROW, offset + within + 2).drop("_rifml_id"), total
+    return frame.withColumn(RECORD, F.monotonically_increasing_id())
+
+
+def record_positions(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Split :data:`RECORD` values into (partition, index within the partition)."""
+    return records >> RECORD_BITS, records & ((1 << RECORD_BITS) - 1)
+
+
+def driver_repeated_ids(panel_file: PanelFile) -> frozenset[str] | None:
+    """The patient ids on more than one row, when the driver has them cheaply; else None.
+
+    A file the driver's line survey reads line by line (or Parquet) gives them as the local
+    engine gets them, from the survey's 8-byte hashes of the ids (``PanelFile.duplicate_ids``,
+    exact): under a second at 1M panels, while the JVM starts. Any other file (quoted cells:
+    a line is not always a record) is left to :func:`repeated_patient_ids`, a Spark
+    aggregation, which costs a pass of Python workers over every id and a shuffle (17-27 s
+    at 1M panels on 2 loaded cores).
+    """
+    if panel_file.format == "parquet" or panel_file.simple:
+        return panel_file.duplicate_ids()
+    return None
 
 
 def repeated_patient_ids(frame, id_column: str) -> frozenset[str]:
@@ -212,6 +264,8 @@ def unseen_lab_offsets(frame, panel_file: PanelFile, profiler, repeated: frozens
 
     Only rows of such labs come to the driver, validated as the batches will be (whole-file
     rejects included), so every Spark batch scores with the same offsets as the local engine.
+    Whether there are any is asked first, reading the lab column alone: the usual file, all
+    labs known, costs a parse of one column (~2 s at 1M panels) rather than of every column.
     """
     from pyspark.sql import functions as F
 
@@ -220,9 +274,10 @@ def unseen_lab_offsets(frame, panel_file: PanelFile, profiler, repeated: frozens
         return LabAdaptation()
     lab = F.trim(F.col(lab_column))
     known = list(profiler.features_.known_labs_)
-    rows = frame.where(lab.isNotNull() & (lab != "") & ~lab.isin(known)).select(*panel_file.columns, FIELD_COUNT).toPandas()
-    if rows.empty:
+    unseen = frame.where(lab.isNotNull() & (lab != "") & ~lab.isin(known))
+    if unseen.select(lab_column).isEmpty():
         return LabAdaptation()
+    rows = unseen.select(*panel_file.columns, FIELD_COUNT).toPandas()
     checked = validate_chunk(
         rows[panel_file.columns], np.arange(2, len(rows) + 2), panel_file.catalog, repeated, rows[FIELD_COUNT].to_numpy(dtype=bool)
     )
@@ -267,7 +322,7 @@ def score_batches(
     Parameters
     ----------
     batches : iterator of pyarrow.RecordBatch
-        The file's text cells (``columns``) with :data:`ROW` and :data:`FIELD_COUNT`.
+        The file's text cells (``columns``) with :data:`RECORD` and :data:`FIELD_COUNT`.
     token, shipped :
         The run's profiler and repeated patient ids (see :func:`worker_run`).
     labs : LabAdaptation
@@ -292,19 +347,23 @@ def score_batches(
         raw = batch.to_pandas(types_mapper=pd.ArrowDtype)  # Arrow-backed cells, as the local reader gives them
         if id_column in raw:  # ids in NFC as the local reader gives them (a reject's value shows the id so)
             raw[id_column] = nfc(raw[id_column])
-        rows = raw[ROW].to_numpy(dtype=np.int64)
-        checked = validate_chunk(raw[columns], rows, profiler.catalog_, repeated, raw[FIELD_COUNT].to_numpy(dtype=bool))
+        part, index = record_positions(raw[RECORD].to_numpy(dtype=np.int64))
+        if part[0] != part[-1]:
+            raise RuntimeError("an Arrow batch spans two partitions of the read")
+        # Line numbers as if this partition began the file; the driver adds the records before it.
+        checked = validate_chunk(raw[columns], index + 2, profiler.catalog_, repeated, raw[FIELD_COUNT].to_numpy(dtype=bool))
         [(_, calls)] = scored_chunks(profiler, [checked], labs=labs)
         yield pa.RecordBatch.from_pydict(
-            {"first_row": [int(rows[0])], "last_row": [int(rows[-1])], "accepted_lines": [checked.accepted_lines],
-             "calls": [_ipc(calls)], "rejects": [_ipc(checked.rejects)]},
-            schema=pa.schema([("first_row", pa.int64()), ("last_row", pa.int64()), ("accepted_lines", pa.int64()),
-                              ("calls", pa.binary()), ("rejects", pa.binary())]),
+            {"part": [int(part[0])], "first": [int(index[0])], "last": [int(index[-1])],
+             "accepted_lines": [checked.accepted_lines], "calls": [_ipc(calls)], "rejects": [_ipc(checked.rejects)]},
+            schema=_BATCH_ARROW,
         )
 
 
-def scored_batches(spark, panel_file: PanelFile, profiler):
+def scored_batches(spark, panel_file: PanelFile, profiler, repeated: frozenset[str] | None):
     """The file's batches scored on the executors: a DataFrame of :data:`BATCH_SCHEMA`, in input order.
+
+    ``repeated``: the repeated patient ids, or None to count them with a Spark aggregation.
 
     Returns
     -------
@@ -314,22 +373,28 @@ def scored_batches(spark, panel_file: PanelFile, profiler):
     """
     from pyspark.sql import functions as F
 
-    catalog = panel_file.catalog
     frame = read_panel(spark, panel_file)
-    repeated = repeated_patient_ids(frame, catalog.id_column)
-    labs = unseen_lab_offsets(frame, panel_file, profiler, repeated)
-    frame, total = with_row_numbers(frame)
+    if repeated is None:
+        with phase("repeated patient ids (Spark)"):
+            repeated = repeated_patient_ids(frame, panel_file.catalog.id_column)
+    with phase("unseen labs"):
+        labs = unseen_lab_offsets(frame, panel_file, profiler, repeated)
+    frame = with_records(frame)
     parallelism = spark.sparkContext.defaultParallelism
-    if frame.rdd.getNumPartitions() < parallelism and total > panel_file.chunk_rows:
-        # One unsplittable file (gzip, UTF-16) would be scored by one core: spread it, keeping line order.
-        frame = frame.repartitionByRange(min(parallelism, -(-total // panel_file.chunk_rows)), ROW).sortWithinPartitions(ROW)
+    if frame.rdd.getNumPartitions() < parallelism and panel_file.row_count > panel_file.chunk_rows:
+        # One unsplittable file (gzip, UTF-16) would be scored by one core: spread it, keeping line order
+        # (its records all belong to partition 0 of the read, so their indexes are their order).
+        parts = min(parallelism, -(-panel_file.row_count // panel_file.chunk_rows))
+        frame = frame.repartitionByRange(parts, RECORD).sortWithinPartitions(RECORD)
     shipped = spark.sparkContext.broadcast(pickle.dumps((profiler, repeated), protocol=pickle.HIGHEST_PROTOCOL))
     body = partial(score_batches, token=uuid.uuid4().hex, shipped=shipped, columns=list(panel_file.columns), labs=labs)
-    inputs = [*panel_file.columns, ROW, FIELD_COUNT]
+    inputs = [*panel_file.columns, RECORD, FIELD_COUNT]
     return frame.select(*[F.col(f"`{name}`") for name in inputs]).mapInArrow(body, BATCH_SCHEMA), shipped
 
 
-def score_with_spark(panel_file: PanelFile, profiler, calls_path: Path, rejects_path: Path) -> Tally:
+def score_with_spark(
+    panel_file: PanelFile, profiler, calls_path: Path, rejects_path: Path, session: Future | None = None
+) -> Tally:
     """Score a panel file on Spark; write the calls and rejects CSVs exactly as the local engine does.
 
     Parameters
@@ -341,6 +406,9 @@ def score_with_spark(panel_file: PanelFile, profiler, calls_path: Path, rejects_
         broadcast (they need rifml installed, not access to the model's store).
     calls_path, rejects_path : Path
         Output CSVs (written atomically).
+    session : Future, optional
+        The Spark session being started (:func:`session_in_background`, entered by the
+        caller before loading the model); else one is started here.
 
     Returns
     -------
@@ -351,27 +419,37 @@ def score_with_spark(panel_file: PanelFile, profiler, calls_path: Path, rejects_
     from rifml.io.writer import AtomicCsvWriter
 
     tally = Tally()
-    last_row = 0
-    with _session() as spark, AtomicCsvWriter(rejects_path, columns=REJECT_COLUMNS) as reject_writer, AtomicCsvWriter(
-        calls_path
-    ) as calls_writer:
+    with ExitStack() as stack:
+        if session is None:
+            session = stack.enter_context(session_in_background())
+        # The driver's own passes over the file run while the JVM starts.
+        with phase("line survey (driver)"):
+            spark_can_read(panel_file)
+        with phase("repeated patient ids (driver)"):
+            repeated = driver_repeated_ids(panel_file)
+        with phase("waiting for the Spark session"):
+            spark = session.result()
+        reject_writer = stack.enter_context(AtomicCsvWriter(rejects_path, columns=REJECT_COLUMNS))
+        calls_writer = stack.enter_context(AtomicCsvWriter(calls_path))
         before = spark.conf.get(BATCH_ROWS_SETTING, None)
         spark.conf.set(BATCH_ROWS_SETTING, str(panel_file.chunk_rows))
         try:
-            answers, shipped = scored_batches(spark, panel_file, profiler)
+            answers, shipped = scored_batches(spark, panel_file, profiler, repeated)
             # Score every partition at once (one job across the cluster), then bring the answers home in order.
             answers = answers.persist(StorageLevel.MEMORY_AND_DISK)
-            answers.count()
-            for answer in answers.toLocalIterator(prefetchPartitions=True):
-                if answer.first_row <= last_row or answer.last_row < answer.first_row:
-                    raise RuntimeError("Spark returned rows out of input order")
-                last_row = answer.last_row
-                rejects = _frame(answer.rejects)
-                calls = _frame(answer.calls) if answer.calls else None
-                reject_writer.write(rejects)
-                if calls is not None:
-                    calls_writer.write(calls)
-                tally.add(rejects, calls, answer.accepted_lines, panel_file.catalog.label_column)
+            with phase("scoring (mapInArrow)"):
+                answers.count()
+            with phase("writing in input order"):
+                lines = InputOrder()
+                for answer in answers.toLocalIterator(prefetchPartitions=True):
+                    start = lines.place(answer.part, answer.first, answer.last)
+                    rejects = _frame(answer.rejects)
+                    rejects["row"] += start
+                    calls = _frame(answer.calls) if answer.calls else None
+                    reject_writer.write(rejects)
+                    if calls is not None:
+                        calls_writer.write(calls)
+                    tally.add(rejects, calls, answer.accepted_lines, panel_file.catalog.label_column)
             answers.unpersist()
             shipped.destroy()
         finally:
@@ -382,3 +460,28 @@ def score_with_spark(panel_file: PanelFile, profiler, calls_path: Path, rejects_
         if tally.scored == 0:  # still give the calls file its header
             calls_writer.columns = calls_columns(panel_file.catalog)
     return tally
+
+
+class InputOrder:
+    """Line numbers for answers that arrive partition by partition, each partition's batches in order.
+
+    Spark numbers records within a partition (:func:`with_records`); a partition starts
+    after all the records of the partitions before it, which the driver has seen by then.
+    Anything out of order (a gap, a batch twice) is a bug and raises.
+    """
+
+    def __init__(self) -> None:
+        self.part = -1
+        self.start = 0  # records in the partitions before the current one
+        self.next = 0  # index of the next record expected in the current partition
+
+    def place(self, part: int, first: int, last: int) -> int:
+        """Check the batch of records ``first``..``last`` of partition ``part``; return what its line numbers lack."""
+        if part != self.part:
+            if part < self.part:
+                raise RuntimeError("Spark returned partitions out of input order")
+            self.part, self.start, self.next = part, self.start + self.next, 0
+        if first != self.next or last < first:
+            raise RuntimeError("Spark returned rows out of input order")
+        self.next = last + 1
+        return self.start
