@@ -65,8 +65,8 @@ def work(trained_store, spark, tmp_path_factory):
     return work, trained_store.uri
 
 
-def score(work, uri, engine, name="batch"):
-    prefix = engine if name == "batch" else f"{name}_{engine}"
+def score(work, uri, engine, name="batch", prefix=None):
+    prefix = prefix or (engine if name == "batch" else f"{name}_{engine}")
     result = CliRunner().invoke(
         app,
         ["score", "--engine", engine, "-q", "--input", str(work / f"{name}.csv"), "--output", str(work / f"{prefix}_calls.csv"),
@@ -134,6 +134,39 @@ def test_a_plain_file_takes_its_repeated_ids_from_the_drivers_line_survey(work, 
     duplicated = spark_rejects[spark_rejects["reason"] == "duplicate patient_id"]
     assert {"62", "242", "2", str(N_SIMULATED + 3)} <= set(duplicated["row"])  # NFC/NFD pair and copies far apart
     assert duplicated["row"].astype(int).max() > 250  # numbered across several partitions
+
+
+def test_answers_held_for_a_larger_cluster_write_the_same_files(both_engines, work, monkeypatch):
+    """More cores than toLocalIterator keeps busy: every partition is scored at once and held, then read in order."""
+    import rifml.spark_engine as engine
+
+    folder, uri = work
+    monkeypatch.setattr(engine, "STREAMED_CORES", 0)
+    spark = spark_session()
+    spark.conf.set("spark.sql.files.maxPartitionBytes", SPLIT_BYTES)
+    try:
+        with mlflow_store(uri):
+            score(folder, uri, "spark", prefix="held_spark")
+    finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+    assert (folder / "held_spark_calls.csv").read_bytes() == (folder / "local_calls.csv").read_bytes()
+    assert (folder / "held_spark_rejects.csv").read_bytes() == (folder / "local_rejects.csv").read_bytes()
+
+
+def test_a_file_spark_cannot_split_into_lines_is_read_by_its_csv_reader(work, catalog):
+    """UTF-16 line ends are not the byte LF: Spark's CSV reader parses it (one partition, spread by line number)."""
+    from rifml.spark_engine import line_reading
+
+    folder, uri = work
+    text = (folder / "batch.csv").read_text()
+    (folder / "wide16.csv").write_text(text, encoding="utf-16")
+    assert line_reading(PanelFile(folder / "batch.csv", catalog)) is not None
+    assert line_reading(PanelFile(folder / "wide16.csv", catalog)) is None
+    with mlflow_store(uri):
+        (_, _, local_summary), (_, _, spark_summary) = score(folder, uri, "local", "wide16"), score(folder, uri, "spark", "wide16")
+    assert (folder / "wide16_spark_calls.csv").read_bytes() == (folder / "wide16_local_calls.csv").read_bytes()
+    assert (folder / "wide16_spark_rejects.csv").read_bytes() == (folder / "wide16_local_rejects.csv").read_bytes()
+    assert spark_summary == local_summary
 
 
 def test_the_file_was_read_in_several_partitions(work, spark, catalog):

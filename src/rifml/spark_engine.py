@@ -61,6 +61,9 @@ LOCAL_SETTINGS = {
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.shuffle.partitions": "2",
     "spark.log.level": "ERROR",
+    # The JVM only splits lines and moves Arrow batches: the quick compiler alone starts it in about
+    # half the time and CPU (1M panels: 60-65 CPU-s in all instead of 76).
+    "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
 }
 # What a Python worker answers per Arrow batch: its partition of the read, the first and last record's
 # index within that partition, and its calls and rejects as Arrow IPC streams (empty bytes: no calls).
@@ -69,6 +72,9 @@ LOCAL_SETTINGS = {
 BATCH_SCHEMA = "part long, first long, last long, accepted_lines long, calls binary, rejects binary"
 _BATCH_ARROW = pa.schema([("part", pa.int64()), ("first", pa.int64()), ("last", pa.int64()),
                           ("accepted_lines", pa.int64()), ("calls", pa.binary()), ("rejects", pa.binary())])
+# Up to this many cores, answers stream home as partitions finish (toLocalIterator keeps two partitions
+# computing); more cores score every partition at once and hold the answers until they are read in order.
+STREAMED_CORES = 2
 # Arrow record batches handed to a Python worker hold at most --chunk-rows rows.
 BATCH_ROWS_SETTING = "spark.sql.execution.arrow.maxRecordsPerBatch"
 
@@ -387,12 +393,16 @@ def worker_run(token: str, shipped) -> tuple:
     return run
 
 
+# The answers cross from Python to the JVM, are held there and cross back: lz4 makes them ~4x smaller.
+IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
+
+
 def _ipc(frame: pd.DataFrame | None) -> bytes:
     if frame is None:
         return b""
     table = pa.Table.from_pandas(frame, preserve_index=False)
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as stream:
+    with pa.ipc.new_stream(sink, table.schema, options=IPC_OPTIONS) as stream:
         stream.write_table(table)
     return sink.getvalue().to_pybytes()
 
@@ -474,22 +484,26 @@ def scored_batches(spark, panel_file: PanelFile, profiler, repeated: frozenset[s
     """
     from pyspark.sql import functions as F
 
-    frame = read_panel(spark, panel_file)
+    reading = line_reading(panel_file)
+    # Spark's CSV reader only where it is needed (~4 s to set up in a fresh JVM): whole-file rules it
+    # must count, or a file not read as lines.
+    cells = read_panel(spark, panel_file) if reading is None or repeated is None or unseen_labs else None
     if repeated is None:
         with phase("repeated patient ids (Spark)"):
-            repeated = repeated_patient_ids(frame, panel_file.catalog.id_column)
+            repeated = repeated_patient_ids(cells, panel_file.catalog.id_column)
     labs = LabAdaptation()
     if unseen_labs:
         with phase("unseen labs (Spark)"):
-            labs = unseen_lab_offsets(frame, panel_file, profiler, repeated)
-    reading = line_reading(panel_file)
+            labs = unseen_lab_offsets(cells, panel_file, profiler, repeated)
     if reading is not None:
         frame, inputs = read_lines(spark, panel_file), [LINE]
     else:
-        inputs = [*panel_file.columns, FIELD_COUNT]
+        frame, inputs = cells, [*panel_file.columns, FIELD_COUNT]
     frame = with_records(frame)
     parallelism = spark.sparkContext.defaultParallelism
-    if frame.rdd.getNumPartitions() < parallelism and panel_file.row_count > panel_file.chunk_rows:
+    # Spark splits an uncompressed text file by bytes; asking the plan (frame.rdd) costs seconds in a fresh JVM.
+    few = panel_file.dialect.compressed if reading is not None else frame.rdd.getNumPartitions() < parallelism
+    if few and panel_file.row_count > panel_file.chunk_rows:
         # One unsplittable file (gzip, UTF-16) would be scored by one core: spread it, keeping line order
         # (its records all belong to partition 0 of the read, so their indexes are their order).
         parts = min(parallelism, -(-panel_file.row_count // panel_file.chunk_rows))
@@ -544,12 +558,17 @@ def score_with_spark(
         before = spark.conf.get(BATCH_ROWS_SETTING, None)
         spark.conf.set(BATCH_ROWS_SETTING, str(panel_file.chunk_rows))
         try:
-            answers, shipped = scored_batches(spark, panel_file, profiler, repeated, unseen_labs)
-            # Score every partition at once (one job across the cluster), then bring the answers home in order.
-            answers = answers.persist(StorageLevel.MEMORY_AND_DISK)
-            with phase("scoring (mapInArrow)"):
-                answers.count()
-            with phase("writing in input order"):
+            with phase("planning"):
+                answers, shipped = scored_batches(spark, panel_file, profiler, repeated, unseen_labs)
+            # toLocalIterator computes partitions one job at a time with the next one prefetched: two in flight.
+            # On up to two cores that is every core, and answers stream to the writer as partitions finish.
+            # A larger cluster scores every partition at once (one job), held until brought home in order.
+            held = spark.sparkContext.defaultParallelism > STREAMED_CORES
+            if held:
+                answers = answers.persist(StorageLevel.MEMORY_AND_DISK)
+                with phase("scoring (mapInArrow)"):
+                    answers.count()
+            with phase("writing in input order" if held else "scoring and writing in input order"):
                 lines = InputOrder()
                 for answer in answers.toLocalIterator(prefetchPartitions=True):
                     start = lines.place(answer.part, answer.first, answer.last)
@@ -562,7 +581,8 @@ def score_with_spark(
                     if calls is not None:
                         calls_writer.write(calls)
                     tally.add(rejects, calls, answer.accepted_lines, panel_file.catalog.label_column)
-            answers.unpersist()
+            if held:
+                answers.unpersist()
             shipped.destroy()
         finally:
             if before is None:
