@@ -153,6 +153,20 @@ def test_answers_held_for_a_larger_cluster_write_the_same_files(both_engines, wo
     assert (folder / "held_spark_rejects.csv").read_bytes() == (folder / "local_rejects.csv").read_bytes()
 
 
+def test_a_windows_1252_file_with_quoted_cells_writes_the_local_engines_files(work):
+    """Spark's CSV reader refuses Windows code pages: the lines are decoded and parsed by the workers, for the
+    whole-file rules (a Spark count of the ids, the unseen lab's rows) as for scoring."""
+    folder, uri = work
+    text = (folder / "batch.csv").read_text()
+    (folder / "win.csv").write_bytes(text.replace("\n", "\r\n").encode("cp1252", errors="replace"))
+    with mlflow_store(uri):
+        (_, _, local_summary), (spark_calls, _, spark_summary) = score(folder, uri, "local", "win"), score(folder, uri, "spark", "win")
+    assert (folder / "win_spark_calls.csv").read_bytes() == (folder / "win_local_calls.csv").read_bytes()
+    assert (folder / "win_spark_rejects.csv").read_bytes() == (folder / "win_local_rejects.csv").read_bytes()
+    assert spark_summary == local_summary
+    assert NFC_ID in set(spark_calls["patient_id"])  # "José" decoded from its one cp1252 byte (its NFD twin is not cp1252)
+
+
 def test_a_file_spark_cannot_split_into_lines_is_read_by_its_csv_reader(work, catalog):
     """UTF-16 line ends are not the byte LF: Spark's CSV reader parses it (one partition, spread by line number)."""
     from rifml.spark_engine import line_reading

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 # Working columns; the prefix keeps them apart from whatever a panel file carries.
 LINE = "_rifml_line"  # one line of a text file, as bytes
+PROBLEM = "_rifml_reading_problem"  # why a line could not be read cell by cell (records()), or null
 RECORD = "_rifml_record"  # monotonically_increasing_id(): partition << RECORD_BITS | index within the partition
 CLEAN_ID = "_rifml_patient_id"
 CORRUPT = "_rifml_corrupt_record"
@@ -354,9 +355,11 @@ def unseen_lab_offsets(frame, panel_file: PanelFile, profiler, repeated: frozens
     unseen = frame.where(lab.isNotNull() & (lab != "") & ~lab.isin(known))
     if unseen.select(lab_column).isEmpty():
         return LabAdaptation()
-    rows = unseen.select(*panel_file.columns, FIELD_COUNT).toPandas()
+    problems = [PROBLEM] if PROBLEM in frame.columns else []
+    rows = unseen.select(*panel_file.columns, FIELD_COUNT, *problems).toPandas()
     checked = validate_chunk(
-        rows[panel_file.columns], np.arange(2, len(rows) + 2), panel_file.catalog, repeated, rows[FIELD_COUNT].to_numpy(dtype=bool)
+        rows[panel_file.columns], np.arange(2, len(rows) + 2), panel_file.catalog, repeated, rows[FIELD_COUNT].to_numpy(dtype=bool),
+        row_problems=rows[PROBLEM].to_numpy(dtype=object) if problems else None,
     )
     return profiler.lab_adaptation(checked.panel)
 
@@ -413,6 +416,50 @@ def _frame(blob: bytes) -> pd.DataFrame:
     return table.to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow")}.get)
 
 
+def batch_cells(batch: pa.RecordBatch, columns: list[str], reading: LineReading | None) -> tuple:
+    """An input batch's raw cells as the local reader gives them, and where its records are.
+
+    Returns (partition, record indexes within it, raw cells, line numbers as if the partition
+    began the file, wrong-field-count flags, reading problems or None).
+    """
+    part, index = record_positions(batch.column(RECORD).to_numpy())
+    if part[0] != part[-1]:
+        raise RuntimeError("an Arrow batch spans two partitions of the read")
+    if reading is None:
+        raw = batch.select(columns).to_pandas(types_mapper=pd.ArrowDtype)  # Arrow-backed, as the local reader gives
+        return part[0], index, raw, index + 2, batch.column(FIELD_COUNT).to_numpy(zero_copy_only=False), None
+    lines = index + 1
+    data = lines > (reading.header_line if part[0] == 0 else 0)
+    raw, rows, problems = parse_lines(batch.column(LINE).filter(pa.array(data)), lines[data], reading)
+    return part[0], index, raw, rows, np.zeros(len(raw), dtype=bool), problems
+
+
+def parsed_cells(batches: Iterator[pa.RecordBatch], reading: LineReading) -> Iterator[pa.RecordBatch]:
+    """``mapInArrow`` body: lines into text cells (empty as ""), :data:`FIELD_COUNT` and :data:`PROBLEM`."""
+    columns = list(reading.columns)
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        _, _, raw, _, bad_field_count, problems = batch_cells(batch, columns, reading)
+        arrays = [pa.array(raw[c].astype(object), type=pa.string()) for c in columns]
+        arrays += [pa.array(bad_field_count), pa.array(problems if problems is not None else [None] * len(raw), type=pa.string())]
+        yield pa.RecordBatch.from_arrays(arrays, names=[*columns, FIELD_COUNT, PROBLEM])
+
+
+def cells_of_lines(spark, panel_file: PanelFile, reading: LineReading):
+    """The file's cells as the Python workers parse its lines (:func:`parse_lines`), for the whole-file rules.
+
+    Spark's CSV reader would parse some files otherwise (and refuses Windows code pages).
+    """
+    from pyspark.sql import types as T
+
+    schema = T.StructType(
+        [T.StructField(name, T.StringType()) for name in reading.columns]
+        + [T.StructField(FIELD_COUNT, T.BooleanType()), T.StructField(PROBLEM, T.StringType())]
+    )
+    return with_records(read_lines(spark, panel_file)).mapInArrow(partial(parsed_cells, reading=reading), schema)
+
+
 def score_batches(
     batches: Iterator[pa.RecordBatch], token: str, shipped, columns: list[str], labs: LabAdaptation,
     reading: LineReading | None = None,
@@ -445,20 +492,8 @@ def score_batches(
     for batch in batches:
         if batch.num_rows == 0:
             continue
-        part, index = record_positions(batch.column(RECORD).to_numpy())
-        if part[0] != part[-1]:
-            raise RuntimeError("an Arrow batch spans two partitions of the read")
-        answer = {"part": [int(part[0])], "first": [int(index[0])], "last": [int(index[-1])]}
-        # Line numbers as if this partition began the file; the driver adds the records before it.
-        if reading is not None:
-            lines = index + 1
-            data = lines > (reading.header_line if part[0] == 0 else 0)
-            cells = batch.column(LINE).filter(pa.array(data))
-            raw, rows, problems = parse_lines(cells, lines[data], reading)
-            bad_field_count = np.zeros(len(raw), dtype=bool)
-        else:
-            raw = batch.select(columns).to_pandas(types_mapper=pd.ArrowDtype)  # Arrow-backed, as the local reader gives
-            rows, problems, bad_field_count = index + 2, None, batch.column(FIELD_COUNT).to_numpy(zero_copy_only=False)
+        part, index, raw, rows, bad_field_count, problems = batch_cells(batch, columns, reading)
+        answer = {"part": [int(part)], "first": [int(index[0])], "last": [int(index[-1])]}
         if raw.empty:  # the header, or blank lines only
             yield pa.RecordBatch.from_pydict({**answer, "accepted_lines": [0], "calls": [b""], "rejects": [b""]}, schema=_BATCH_ARROW)
             continue
@@ -485,9 +520,13 @@ def scored_batches(spark, panel_file: PanelFile, profiler, repeated: frozenset[s
     from pyspark.sql import functions as F
 
     reading = line_reading(panel_file)
-    # Spark's CSV reader only where it is needed (~4 s to set up in a fresh JVM): whole-file rules it
-    # must count, or a file not read as lines.
-    cells = read_panel(spark, panel_file) if reading is None or repeated is None or unseen_labs else None
+    # Cells for the whole-file rules Spark must settle: parsed from the lines as scoring parses them, or by
+    # Spark's CSV reader for a file not read as lines.
+    cells = None
+    if reading is None:
+        cells = read_panel(spark, panel_file)
+    elif repeated is None or unseen_labs:
+        cells = cells_of_lines(spark, panel_file, reading)
     if repeated is None:
         with phase("repeated patient ids (Spark)"):
             repeated = repeated_patient_ids(cells, panel_file.catalog.id_column)
