@@ -19,9 +19,8 @@ if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
 from rifml.cli import app  # noqa: E402
 from rifml.pipeline import calls_columns  # noqa: E402
 from rifml.io.reader import PanelFile  # noqa: E402
-from rifml.spark_engine import (  # noqa: E402
-    FIELD_COUNT, RECORD, InputOrder, read_panel, record_positions, spark_session, with_records, worker_run,
-)
+from rifml.spark_engine import InputOrder, spark_session, worker_run  # noqa: E402
+from rifml.spark_input import FIELD_COUNT, RECORD, read_panel, record_positions, with_records  # noqa: E402
 from rifml.validate import validate_chunk  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -169,7 +168,7 @@ def test_a_windows_1252_file_with_quoted_cells_writes_the_local_engines_files(wo
 
 def test_a_file_spark_cannot_split_into_lines_is_read_by_its_csv_reader(work, catalog):
     """UTF-16 line ends are not the byte LF: Spark's CSV reader parses it (one partition, spread by line number)."""
-    from rifml.spark_engine import line_reading
+    from rifml.spark_input import line_reading
 
     folder, uri = work
     text = (folder / "batch.csv").read_text()
