@@ -19,7 +19,8 @@ if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
 from rifml.cli import app  # noqa: E402
 from rifml.pipeline import calls_columns  # noqa: E402
 from rifml.io.reader import PanelFile  # noqa: E402
-from rifml.spark_engine import FIELD_COUNT, read_panel, spark_session, with_row_numbers, worker_run  # noqa: E402
+from rifml.spark_engine import InputOrder, spark_session, worker_run  # noqa: E402
+from rifml.spark_input import FIELD_COUNT, RECORD, read_panel, record_positions, with_records  # noqa: E402
 from rifml.validate import validate_chunk  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -63,15 +64,16 @@ def work(trained_store, spark, tmp_path_factory):
     return work, trained_store.uri
 
 
-def score(work, uri, engine):
+def score(work, uri, engine, name="batch", prefix=None):
+    prefix = prefix or (engine if name == "batch" else f"{name}_{engine}")
     result = CliRunner().invoke(
         app,
-        ["score", "--engine", engine, "-q", "--input", str(work / "batch.csv"), "--output", str(work / f"{engine}_calls.csv"),
-         "--rejects", str(work / f"{engine}_rejects.csv"), "--tracking-uri", uri, "--chunk-rows", str(CHUNK_ROWS)],
+        ["score", "--engine", engine, "-q", "--input", str(work / f"{name}.csv"), "--output", str(work / f"{prefix}_calls.csv"),
+         "--rejects", str(work / f"{prefix}_rejects.csv"), "--tracking-uri", uri, "--chunk-rows", str(CHUNK_ROWS)],
     )
     assert result.exit_code == 0, result.output
-    calls = pd.read_csv(work / f"{engine}_calls.csv", dtype=str, keep_default_na=False)
-    rejects = pd.read_csv(work / f"{engine}_rejects.csv", dtype=str, keep_default_na=False)
+    calls = pd.read_csv(work / f"{prefix}_calls.csv", dtype=str, keep_default_na=False)
+    rejects = pd.read_csv(work / f"{prefix}_rejects.csv", dtype=str, keep_default_na=False)
     summary = next(line for line in result.output.splitlines() if line.startswith("rows in "))
     return calls, rejects, summary
 
@@ -101,6 +103,83 @@ def test_spark_writes_the_local_engines_files_byte_for_byte(both_engines, work, 
     unseen = local_calls["patient_id"].map(batch.drop_duplicates("patient_id").set_index("patient_id")["lab_id"]) == UNSEEN_LAB
     assert unseen.sum() > 50 and (local_calls.loc[unseen, "lab_adapted"] == "True").sum() >= 30
     assert (local_calls.loc[~unseen, "lab_adapted"] == "False").all()
+
+
+def test_a_plain_file_takes_its_repeated_ids_from_the_drivers_line_survey(work, catalog, monkeypatch):
+    """One record per line, no quotes (most lab exports): the driver's survey hashes settle the duplicate rule
+    while the JVM starts, no Spark aggregation runs, and the files still equal the local engine's."""
+    import rifml.spark_engine as engine
+
+    folder, uri = work
+    batch = pd.read_csv(folder / "batch.csv", dtype=str, keep_default_na=False).drop(columns="site_note")
+    batch.to_csv(folder / "plain.csv", index=False, lineterminator="\r\n")  # CRLF, as labs write
+    assert PanelFile(folder / "plain.csv", catalog).simple
+
+    def no_aggregation(*args):
+        raise AssertionError("the Spark aggregation ran for a plain file")
+
+    monkeypatch.setattr(engine, "repeated_patient_ids", no_aggregation)
+    spark = spark_session()
+    spark.conf.set("spark.sql.files.maxPartitionBytes", SPLIT_BYTES)
+    try:
+        with mlflow_store(uri):
+            (_, local_rejects, local_summary), (_, spark_rejects, spark_summary) = (
+                score(folder, uri, "local", "plain"), score(folder, uri, "spark", "plain"))
+    finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+    assert (folder / "plain_spark_calls.csv").read_bytes() == (folder / "plain_local_calls.csv").read_bytes()
+    assert (folder / "plain_spark_rejects.csv").read_bytes() == (folder / "plain_local_rejects.csv").read_bytes()
+    assert spark_summary == local_summary
+    duplicated = spark_rejects[spark_rejects["reason"] == "duplicate patient_id"]
+    assert {"62", "242", "2", str(N_SIMULATED + 3)} <= set(duplicated["row"])  # NFC/NFD pair and copies far apart
+    assert duplicated["row"].astype(int).max() > 250  # numbered across several partitions
+
+
+def test_answers_held_for_a_larger_cluster_write_the_same_files(both_engines, work, monkeypatch):
+    """More cores than toLocalIterator keeps busy: every partition is scored at once and held, then read in order."""
+    import rifml.spark_engine as engine
+
+    folder, uri = work
+    monkeypatch.setattr(engine, "STREAMED_CORES", 0)
+    spark = spark_session()
+    spark.conf.set("spark.sql.files.maxPartitionBytes", SPLIT_BYTES)
+    try:
+        with mlflow_store(uri):
+            score(folder, uri, "spark", prefix="held_spark")
+    finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+    assert (folder / "held_spark_calls.csv").read_bytes() == (folder / "local_calls.csv").read_bytes()
+    assert (folder / "held_spark_rejects.csv").read_bytes() == (folder / "local_rejects.csv").read_bytes()
+
+
+def test_a_windows_1252_file_with_quoted_cells_writes_the_local_engines_files(work):
+    """Spark's CSV reader refuses Windows code pages: the lines are decoded and parsed by the workers, for the
+    whole-file rules (a Spark count of the ids, the unseen lab's rows) as for scoring."""
+    folder, uri = work
+    text = (folder / "batch.csv").read_text()
+    (folder / "win.csv").write_bytes(text.replace("\n", "\r\n").encode("cp1252", errors="replace"))
+    with mlflow_store(uri):
+        (_, _, local_summary), (spark_calls, _, spark_summary) = score(folder, uri, "local", "win"), score(folder, uri, "spark", "win")
+    assert (folder / "win_spark_calls.csv").read_bytes() == (folder / "win_local_calls.csv").read_bytes()
+    assert (folder / "win_spark_rejects.csv").read_bytes() == (folder / "win_local_rejects.csv").read_bytes()
+    assert spark_summary == local_summary
+    assert NFC_ID in set(spark_calls["patient_id"])  # "José" decoded from its one cp1252 byte (its NFD twin is not cp1252)
+
+
+def test_a_file_spark_cannot_split_into_lines_is_read_by_its_csv_reader(work, catalog):
+    """UTF-16 line ends are not the byte LF: Spark's CSV reader parses it (one partition, spread by line number)."""
+    from rifml.spark_input import line_reading
+
+    folder, uri = work
+    text = (folder / "batch.csv").read_text()
+    (folder / "wide16.csv").write_text(text, encoding="utf-16")
+    assert line_reading(PanelFile(folder / "batch.csv", catalog)) is not None
+    assert line_reading(PanelFile(folder / "wide16.csv", catalog)) is None
+    with mlflow_store(uri):
+        (_, _, local_summary), (_, _, spark_summary) = score(folder, uri, "local", "wide16"), score(folder, uri, "spark", "wide16")
+    assert (folder / "wide16_spark_calls.csv").read_bytes() == (folder / "wide16_local_calls.csv").read_bytes()
+    assert (folder / "wide16_spark_rejects.csv").read_bytes() == (folder / "wide16_local_rejects.csv").read_bytes()
+    assert spark_summary == local_summary
 
 
 def test_the_file_was_read_in_several_partitions(work, spark, catalog):
@@ -159,12 +238,24 @@ def test_parquet_cells_read_as_the_csv_cells(work, spark, catalog):
     )
 
 
-def test_row_numbers_are_consecutive_across_partitions(spark):
+def test_records_are_numbered_within_partitions_and_placed_in_input_order(spark):
     frame = spark.range(0, 1000, numPartitions=4)
-    numbered, total = with_row_numbers(frame)
-    rows = numbered.orderBy("id").toPandas()
-    assert total == 1000
-    assert (rows["_rifml_row"].to_numpy() == rows["id"].to_numpy() + 2).all()
+    records = with_records(frame).orderBy("id").toPandas()
+    part, index = record_positions(records[RECORD].to_numpy())
+    assert sorted(set(part)) == [0, 1, 2, 3] and (np.diff(part) >= 0).all()
+    order = InputOrder()
+    starts = [order.place(p, int(index[part == p][0]), int(index[part == p][-1])) for p in range(4)]
+    lines = np.concatenate([index[part == p] + starts[p] + 2 for p in range(4)])
+    assert (lines == records["id"].to_numpy() + 2).all()  # every record's line number, no job counting partitions
+
+
+def test_answers_out_of_input_order_are_a_bug():
+    order = InputOrder()
+    assert order.place(0, 0, 49) == 0 and order.place(0, 50, 99) == 0 and order.place(2, 0, 9) == 100
+    with pytest.raises(RuntimeError, match="out of input order"):
+        order.place(2, 20, 29)  # a gap within a partition
+    with pytest.raises(RuntimeError, match="partitions out of input order"):
+        order.place(1, 0, 9)  # a partition after a later one
 
 
 def test_a_worker_unpickles_the_profiler_once_per_run(monkeypatch):

@@ -455,6 +455,10 @@ def score(
     with ExitStack() as stack:
         # Local scoring starts reading and validating while the model loads (seconds of imports).
         chunks = stack.enter_context(Prefetcher(validated_chunks(panel_file))) if engine == "local" else None
+        if engine == "spark":  # the JVM starts while the model loads and the file is surveyed
+            from rifml.spark_engine import session_in_background
+
+            session = stack.enter_context(session_in_background())
         profiler, metadata = load_profiler(model_uri, uri)
         model_catalog = profiler.catalog_
         if model_catalog.catalog_version != installed.catalog_version:
@@ -471,7 +475,7 @@ def score(
         if engine == "spark":
             from rifml.spark_engine import score_with_spark
 
-            tally = score_with_spark(panel_file, profiler, output, rejects)
+            tally = score_with_spark(panel_file, profiler, output, rejects, session)
         else:
             progress = stack.enter_context(RowProgress("scoring", quiet))
             tally = score_file(profiler, chunks, lambda: validated_chunks(panel_file), output, rejects,

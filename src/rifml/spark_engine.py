@@ -1,49 +1,63 @@
 """Batch scoring on Spark (``rifml score --engine spark``): the scoring path of the local engine, over Arrow batches.
 
-Spark's own CSV/Parquet reader splits the file across executors; every row gets its
-1-based line number (input index + 2) from its partition's offset, without moving.
-The facts a batch cannot see on its own are settled over the whole file first: the
-patient_ids repeated anywhere (a Spark aggregation on :func:`rifml.validate.patient_ids`),
-a row whose field count does not match the header (the reader's corrupt-record column),
-and the offsets of labs unseen in training (estimated on the driver from those labs'
-rows). Then ``mapInArrow`` validates and scores large Arrow batches exactly as the local
-engine does (:func:`rifml.validate.validate_chunk`, :func:`rifml.scoring.scored_chunks`),
-with the profiler and the repeated ids broadcast and unpickled once per Python worker.
-Each batch comes back as one row holding its calls and rejects (Arrow IPC); the driver
+The JVM starts in a thread while the driver loads the model and surveys the file
+(:func:`session_in_background`). Spark reads the file (:mod:`rifml.spark_input`: lines
+parsed by the workers as the local engine parses them, numbered within partitions).
+The facts a batch cannot see on its own are settled over the whole file first, on the
+driver when its own survey gives them cheaply, else as Spark jobs: the patient_ids
+repeated anywhere (the survey's id hashes, or a Spark aggregation on
+:func:`rifml.validate.patient_ids`) and the offsets of labs unseen in training
+(estimated on the driver from those labs' rows). Then ``mapInArrow`` validates and
+scores large Arrow batches exactly as the local engine does
+(:func:`rifml.validate.validate_chunk`, :func:`rifml.scoring.scored_chunks`), with the
+profiler and the repeated ids broadcast and unpickled once per Python worker. Each
+batch comes back as one row holding its calls and rejects (Arrow IPC); the driver
 writes them in input order as one calls CSV and one rejects CSV, as the local engine does.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
 import sys
+import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from rifml.contract import REJECT_COLUMNS, calls_columns
-from rifml.errors import RifmlInputError
-from rifml.io.dialects import JAVA_CHARSETS
 from rifml.io.reader import PanelFile
 from rifml.labs import LabAdaptation
 from rifml.scoring import Tally, scored_chunks
+from rifml.spark_input import (
+    FIELD_COUNT,
+    LINE,
+    PROBLEM,
+    RECORD,
+    LineReading,
+    batch_cells,
+    cells_of_lines,
+    line_reading,
+    read_lines,
+    read_panel,
+    spark_can_read,
+    with_records,
+)
 from rifml.validate import nfc, patient_ids, validate_chunk
 
-# Working columns; the prefix keeps them apart from whatever a panel file carries.
-ROW = "_rifml_row"
+log = logging.getLogger(__name__)
+
 CLEAN_ID = "_rifml_patient_id"
-CORRUPT = "_rifml_corrupt_record"
-FIELD_COUNT = "_rifml_wrong_field_count"
-# Bits of monotonically_increasing_id() that count records within one partition.
-RECORD_BITS = 33
 LOCAL_SETTINGS = {
     "spark.driver.host": "127.0.0.1",
     "spark.driver.bindAddress": "127.0.0.1",
@@ -51,10 +65,20 @@ LOCAL_SETTINGS = {
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.shuffle.partitions": "2",
     "spark.log.level": "ERROR",
+    # The JVM only splits lines and moves Arrow batches: the quick compiler alone starts it in about
+    # half the time and CPU (1M panels: 60-65 CPU-s in all instead of 76).
+    "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
 }
-# What a Python worker answers per Arrow batch: its first and last line, and its calls and
-# rejects as Arrow IPC streams (empty bytes: no calls), so the driver writes them as they are.
-BATCH_SCHEMA = "first_row long, last_row long, accepted_lines long, calls binary, rejects binary"
+# What a Python worker answers per Arrow batch: its partition of the read, the first and last record's
+# index within that partition, and its calls and rejects as Arrow IPC streams (empty bytes: no calls).
+# Rejects are numbered as if the partition began the file; the driver, reading partitions in order,
+# adds the records before it, so no Spark job has to count records before scoring.
+BATCH_SCHEMA = "part long, first long, last long, accepted_lines long, calls binary, rejects binary"
+_BATCH_ARROW = pa.schema([("part", pa.int64()), ("first", pa.int64()), ("last", pa.int64()),
+                          ("accepted_lines", pa.int64()), ("calls", pa.binary()), ("rejects", pa.binary())])
+# Up to this many cores, answers stream home as partitions finish (toLocalIterator keeps two partitions
+# computing); more cores score every partition at once and hold the answers until they are read in order.
+STREAMED_CORES = 2
 # Arrow record batches handed to a Python worker hold at most --chunk-rows rows.
 BATCH_ROWS_SETTING = "spark.sql.execution.arrow.maxRecordsPerBatch"
 
@@ -68,7 +92,7 @@ def configured_master() -> str | None:
 
 
 def spark_session():
-    """The active Spark session, else a new one: ``local[*]`` bound to loopback unless a master is configured.
+    """The active (or default) Spark session, else a new one: ``local[*]`` bound to loopback unless a master is configured.
 
     Returns
     -------
@@ -76,7 +100,7 @@ def spark_session():
     """
     from pyspark.sql import SparkSession
 
-    active = SparkSession.getActiveSession()
+    active = _existing_session()
     if active is not None:
         return active
     builder = SparkSession.builder.appName("rifml-score")
@@ -91,98 +115,65 @@ def spark_session():
     return builder.getOrCreate()
 
 
-@contextmanager
-def _session():
+def _existing_session():
+    from pyspark.errors import PySparkRuntimeError
     from pyspark.sql import SparkSession
 
-    owned = SparkSession.getActiveSession() is None
-    spark = spark_session()
     try:
-        yield spark
-    finally:
-        if owned:
-            spark.stop()
+        return SparkSession.active()  # the default session too: a thread of ours has no active one of its own
+    except PySparkRuntimeError:
+        return None
 
 
-def read_panel(spark, panel_file: PanelFile):
-    """The panel file as a Spark DataFrame of text cells (None when empty), plus :data:`FIELD_COUNT`.
+@contextmanager
+def phase(name: str):
+    """Log how long ``name`` took (INFO on ``rifml.spark_engine``): Spark's UI is off, so this is where the time shows."""
+    started = time.perf_counter()
+    yield
+    log.info("%s: %.2f s", name, time.perf_counter() - started)
 
-    CSV is parsed like the local reader (RFC 4180 quoting); a row with too few or too
-    many fields is padded or cut and flagged. Parquet values are turned into text (NaN
-    into empty) so validation sees what a CSV would give.
 
-    A file Spark reads holds one record per line (:func:`spark_can_read` refuses cells
-    spanning lines), so it is read line by line and split across executors; only an
-    encoding whose line ends are not ASCII bytes (UTF-16) needs the whole-file parse.
+@contextmanager
+def session_in_background() -> Iterator[Future]:
+    """Start (or find) the Spark session in a thread; yield its future; stop it on leaving if it was started here.
+
+    The JVM takes 10-20 s to start on a loaded 2-core machine: `rifml score --engine spark`
+    loads the model and surveys the file meanwhile, instead of one after the other.
     """
-    from pyspark.sql import functions as F
-    from pyspark.sql import types as T
 
-    path = str(panel_file.path.resolve())
-    spark_can_read(panel_file)
-    if panel_file.format == "parquet":
-        frame = spark.read.parquet(path).toDF(*panel_file.columns)
-        text = [_as_text(field.dataType, field.name) for field in frame.schema.fields]
-        return frame.select(*text).withColumn(FIELD_COUNT, F.lit(False))
-    schema = T.StructType(
-        [T.StructField(name, T.StringType()) for name in panel_file.columns] + [T.StructField(CORRUPT, T.StringType())]
-    )
-    frame = spark.read.csv(
-        path, schema=schema, header=True, multiLine=panel_file.dialect.encoding.lower().startswith("utf-16"), quote='"',
-        escape='"', mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT,
-        encoding=JAVA_CHARSETS.get(panel_file.dialect.encoding, panel_file.dialect.encoding), sep=panel_file.dialect.sep,
-    )
-    return frame.withColumn(FIELD_COUNT, F.col(CORRUPT).isNotNull()).drop(CORRUPT)
+    owned = []
+
+    def start():
+        owned.append(_existing_session() is None)
+        started = time.perf_counter()
+        spark = spark_session()
+        log.info("Spark session (in a thread): %.2f s", time.perf_counter() - started)
+        return spark
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rifml-spark-start") as pool:
+        future = pool.submit(start)
+        try:
+            yield future
+        finally:
+            # Wait for the start even when leaving on an error, so no JVM is left behind.
+            if future.exception() is None and owned[0]:
+                with phase("Spark stop"):
+                    future.result().stop()
 
 
-def spark_can_read(panel_file: PanelFile) -> None:
-    """Refuse what Spark's CSV reader would read otherwise than the local reader (one line, exit 2).
+def driver_repeated_ids(panel_file: PanelFile) -> frozenset[str] | None:
+    """The patient ids on more than one row, when the driver has them cheaply; else None.
 
-    The model's validation runs with a decimal point, Spark has no Excel reader, and
-    Spark's multi-line parse of a quote that never closes swallows the lines after it.
+    A file the driver's line survey reads line by line (or Parquet) gives them as the local
+    engine gets them, from the survey's 8-byte hashes of the ids (``PanelFile.duplicate_ids``,
+    exact): under a second at 1M panels, while the JVM starts. Any other file (quoted cells:
+    a line is not always a record) is left to :func:`repeated_patient_ids`, a Spark
+    aggregation, which costs a pass of Python workers over every id and a shuffle (17-27 s
+    at 1M panels on 2 loaded cores).
     """
-    local = "; use --engine local"
-    if panel_file.format == "excel":
-        raise RifmlInputError(f"{panel_file.path}: --engine spark reads CSV and Parquet, not Excel{local}")
-    if panel_file.decimal != ".":
-        raise RifmlInputError(f"{panel_file.path}: --engine spark reads numbers with a decimal point only{local}")
-    if panel_file.format == "text" and len(panel_file.survey.odd):
-        raise RifmlInputError(
-            f"{panel_file.path}: a quoted cell spans lines or a quote is unclosed (line {int(panel_file.survey.odd[0])}):"
-            f" --engine spark cannot account for such records{local}"
-        )
-
-
-def _as_text(data_type, name: str):
-    from pyspark.sql import functions as F
-    from pyspark.sql import types as T
-
-    column = F.col(name)
-    if isinstance(data_type, (T.DoubleType, T.FloatType)):
-        column = F.when(F.isnan(column), None).otherwise(column)
-    return column.cast("string").alias(name)
-
-
-def with_row_numbers(frame):
-    """Add :data:`ROW`, each row's line number (input index + 2), without moving rows between partitions.
-
-    Returns
-    -------
-    (DataFrame, int)
-        The frame with :data:`ROW`, and its number of rows.
-    """
-    from pyspark.sql import functions as F
-
-    frame = frame.withColumn("_rifml_id", F.monotonically_increasing_id())
-    partition = F.shiftright("_rifml_id", RECORD_BITS)
-    sizes = dict(frame.groupBy(partition.alias("p")).count().collect())
-    offsets, total = [], 0
-    for index in range(max(sizes, default=-1) + 1):
-        offsets.append(total)
-        total += sizes.get(index, 0)
-    offset = F.element_at(F.array(*[F.lit(o) for o in offsets]), (partition + 1).cast("int"))
-    within = F.col("_rifml_id").bitwiseAND((1 << RECORD_BITS) - 1)
-    return frame.withColumn(ROW, offset + within + 2).drop("_rifml_id"), total
+    if panel_file.format == "parquet" or panel_file.simple:
+        return panel_file.duplicate_ids()
+    return None
 
 
 def repeated_patient_ids(frame, id_column: str) -> frozenset[str]:
@@ -212,6 +203,8 @@ def unseen_lab_offsets(frame, panel_file: PanelFile, profiler, repeated: frozens
 
     Only rows of such labs come to the driver, validated as the batches will be (whole-file
     rejects included), so every Spark batch scores with the same offsets as the local engine.
+    Whether there are any is asked first, reading the lab column alone: the usual file, all
+    labs known, costs a parse of one column (~2 s at 1M panels) rather than of every column.
     """
     from pyspark.sql import functions as F
 
@@ -220,13 +213,34 @@ def unseen_lab_offsets(frame, panel_file: PanelFile, profiler, repeated: frozens
         return LabAdaptation()
     lab = F.trim(F.col(lab_column))
     known = list(profiler.features_.known_labs_)
-    rows = frame.where(lab.isNotNull() & (lab != "") & ~lab.isin(known)).select(*panel_file.columns, FIELD_COUNT).toPandas()
-    if rows.empty:
+    unseen = frame.where(lab.isNotNull() & (lab != "") & ~lab.isin(known))
+    if unseen.select(lab_column).isEmpty():
         return LabAdaptation()
+    problems = [PROBLEM] if PROBLEM in frame.columns else []
+    rows = unseen.select(*panel_file.columns, FIELD_COUNT, *problems).toPandas()
     checked = validate_chunk(
-        rows[panel_file.columns], np.arange(2, len(rows) + 2), panel_file.catalog, repeated, rows[FIELD_COUNT].to_numpy(dtype=bool)
+        rows[panel_file.columns], np.arange(2, len(rows) + 2), panel_file.catalog, repeated, rows[FIELD_COUNT].to_numpy(dtype=bool),
+        row_problems=rows[PROBLEM].to_numpy(dtype=object) if problems else None,
     )
     return profiler.lab_adaptation(checked.panel)
+
+
+def driver_sees_unseen_labs(panel_file: PanelFile, known: list[str]) -> bool:
+    """False when the driver can tell cheaply that every lab of the file was seen in training.
+
+    A plain text file's lab column is read by Arrow on the driver (~0.5 s at 1M panels,
+    while the JVM starts): the usual file, all labs known, needs no Spark job for them.
+    Labs are read as the Spark job reads them (spaces trimmed, empty is no lab).
+    """
+    if panel_file.catalog.lab_column not in panel_file.columns:
+        return False
+    if not panel_file.simple:
+        return True
+    seen = set(known) | {""}
+    for cells in panel_file.text_column(panel_file.catalog.lab_column):
+        if set(pc.unique(pc.utf8_trim(cells, characters=" ")).to_pylist()) - seen:
+            return True
+    return False
 
 
 # What this Python worker unpickled for a run (profiler, repeated ids), by run token. Spark reuses
@@ -243,12 +257,16 @@ def worker_run(token: str, shipped) -> tuple:
     return run
 
 
+# The answers cross from Python to the JVM, are held there and cross back: lz4 makes them ~4x smaller.
+IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
+
+
 def _ipc(frame: pd.DataFrame | None) -> bytes:
     if frame is None:
         return b""
     table = pa.Table.from_pandas(frame, preserve_index=False)
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as stream:
+    with pa.ipc.new_stream(sink, table.schema, options=IPC_OPTIONS) as stream:
         stream.write_table(table)
     return sink.getvalue().to_pybytes()
 
@@ -260,14 +278,16 @@ def _frame(blob: bytes) -> pd.DataFrame:
 
 
 def score_batches(
-    batches: Iterator[pa.RecordBatch], token: str, shipped, columns: list[str], labs: LabAdaptation
+    batches: Iterator[pa.RecordBatch], token: str, shipped, columns: list[str], labs: LabAdaptation,
+    reading: LineReading | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """``mapInArrow`` body: validate and score each Arrow batch of raw rows, one answer row per batch.
 
     Parameters
     ----------
     batches : iterator of pyarrow.RecordBatch
-        The file's text cells (``columns``) with :data:`ROW` and :data:`FIELD_COUNT`.
+        The file's lines (:data:`LINE`, when ``reading`` says how to parse them), or its text
+        cells (``columns``) with :data:`FIELD_COUNT`; with :data:`RECORD`.
     token, shipped :
         The run's profiler and repeated patient ids (see :func:`worker_run`).
     labs : LabAdaptation
@@ -289,22 +309,24 @@ def score_batches(
     for batch in batches:
         if batch.num_rows == 0:
             continue
-        raw = batch.to_pandas(types_mapper=pd.ArrowDtype)  # Arrow-backed cells, as the local reader gives them
+        part, index, raw, rows, bad_field_count, problems = batch_cells(batch, columns, reading)
+        answer = {"part": [int(part)], "first": [int(index[0])], "last": [int(index[-1])]}
+        if raw.empty:  # the header, or blank lines only
+            yield pa.RecordBatch.from_pydict({**answer, "accepted_lines": [0], "calls": [b""], "rejects": [b""]}, schema=_BATCH_ARROW)
+            continue
         if id_column in raw:  # ids in NFC as the local reader gives them (a reject's value shows the id so)
             raw[id_column] = nfc(raw[id_column])
-        rows = raw[ROW].to_numpy(dtype=np.int64)
-        checked = validate_chunk(raw[columns], rows, profiler.catalog_, repeated, raw[FIELD_COUNT].to_numpy(dtype=bool))
+        checked = validate_chunk(raw, rows, profiler.catalog_, repeated, bad_field_count, row_problems=problems)
         [(_, calls)] = scored_chunks(profiler, [checked], labs=labs)
-        yield pa.RecordBatch.from_pydict(
-            {"first_row": [int(rows[0])], "last_row": [int(rows[-1])], "accepted_lines": [checked.accepted_lines],
-             "calls": [_ipc(calls)], "rejects": [_ipc(checked.rejects)]},
-            schema=pa.schema([("first_row", pa.int64()), ("last_row", pa.int64()), ("accepted_lines", pa.int64()),
-                              ("calls", pa.binary()), ("rejects", pa.binary())]),
-        )
+        answer.update(accepted_lines=[checked.accepted_lines], calls=[_ipc(calls)], rejects=[_ipc(checked.rejects)])
+        yield pa.RecordBatch.from_pydict(answer, schema=_BATCH_ARROW)
 
 
-def scored_batches(spark, panel_file: PanelFile, profiler):
+def scored_batches(spark, panel_file: PanelFile, profiler, repeated: frozenset[str] | None, unseen_labs: bool = True):
     """The file's batches scored on the executors: a DataFrame of :data:`BATCH_SCHEMA`, in input order.
+
+    ``repeated``: the repeated patient ids, or None to count them with a Spark aggregation;
+    ``unseen_labs``: False when the driver found every lab known (no Spark job for them).
 
     Returns
     -------
@@ -314,22 +336,43 @@ def scored_batches(spark, panel_file: PanelFile, profiler):
     """
     from pyspark.sql import functions as F
 
-    catalog = panel_file.catalog
-    frame = read_panel(spark, panel_file)
-    repeated = repeated_patient_ids(frame, catalog.id_column)
-    labs = unseen_lab_offsets(frame, panel_file, profiler, repeated)
-    frame, total = with_row_numbers(frame)
+    reading = line_reading(panel_file)
+    # Cells for the whole-file rules Spark must settle: parsed from the lines as scoring parses them, or by
+    # Spark's CSV reader for a file not read as lines.
+    cells = None
+    if reading is None:
+        cells = read_panel(spark, panel_file)
+    elif repeated is None or unseen_labs:
+        cells = cells_of_lines(spark, panel_file, reading)
+    if repeated is None:
+        with phase("repeated patient ids (Spark)"):
+            repeated = repeated_patient_ids(cells, panel_file.catalog.id_column)
+    labs = LabAdaptation()
+    if unseen_labs:
+        with phase("unseen labs (Spark)"):
+            labs = unseen_lab_offsets(cells, panel_file, profiler, repeated)
+    if reading is not None:
+        frame, inputs = read_lines(spark, panel_file), [LINE]
+    else:
+        frame, inputs = cells, [*panel_file.columns, FIELD_COUNT]
+    frame = with_records(frame)
     parallelism = spark.sparkContext.defaultParallelism
-    if frame.rdd.getNumPartitions() < parallelism and total > panel_file.chunk_rows:
-        # One unsplittable file (gzip, UTF-16) would be scored by one core: spread it, keeping line order.
-        frame = frame.repartitionByRange(min(parallelism, -(-total // panel_file.chunk_rows)), ROW).sortWithinPartitions(ROW)
+    # Spark splits an uncompressed text file by bytes; asking the plan (frame.rdd) costs seconds in a fresh JVM.
+    few = panel_file.dialect.compressed if reading is not None else frame.rdd.getNumPartitions() < parallelism
+    if few and panel_file.row_count > panel_file.chunk_rows:
+        # One unsplittable file (gzip, UTF-16) would be scored by one core: spread it, keeping line order
+        # (its records all belong to partition 0 of the read, so their indexes are their order).
+        parts = min(parallelism, -(-panel_file.row_count // panel_file.chunk_rows))
+        frame = frame.repartitionByRange(parts, RECORD).sortWithinPartitions(RECORD)
     shipped = spark.sparkContext.broadcast(pickle.dumps((profiler, repeated), protocol=pickle.HIGHEST_PROTOCOL))
-    body = partial(score_batches, token=uuid.uuid4().hex, shipped=shipped, columns=list(panel_file.columns), labs=labs)
-    inputs = [*panel_file.columns, ROW, FIELD_COUNT]
-    return frame.select(*[F.col(f"`{name}`") for name in inputs]).mapInArrow(body, BATCH_SCHEMA), shipped
+    body = partial(score_batches, token=uuid.uuid4().hex, shipped=shipped, columns=list(panel_file.columns), labs=labs,
+                   reading=reading)
+    return frame.select(*[F.col(f"`{name}`") for name in [*inputs, RECORD]]).mapInArrow(body, BATCH_SCHEMA), shipped
 
 
-def score_with_spark(panel_file: PanelFile, profiler, calls_path: Path, rejects_path: Path) -> Tally:
+def score_with_spark(
+    panel_file: PanelFile, profiler, calls_path: Path, rejects_path: Path, session: Future | None = None
+) -> Tally:
     """Score a panel file on Spark; write the calls and rejects CSVs exactly as the local engine does.
 
     Parameters
@@ -341,6 +384,9 @@ def score_with_spark(panel_file: PanelFile, profiler, calls_path: Path, rejects_
         broadcast (they need rifml installed, not access to the model's store).
     calls_path, rejects_path : Path
         Output CSVs (written atomically).
+    session : Future, optional
+        The Spark session being started (:func:`session_in_background`, entered by the
+        caller before loading the model); else one is started here.
 
     Returns
     -------
@@ -351,28 +397,48 @@ def score_with_spark(panel_file: PanelFile, profiler, calls_path: Path, rejects_
     from rifml.io.writer import AtomicCsvWriter
 
     tally = Tally()
-    last_row = 0
-    with _session() as spark, AtomicCsvWriter(rejects_path, columns=REJECT_COLUMNS) as reject_writer, AtomicCsvWriter(
-        calls_path
-    ) as calls_writer:
+    with ExitStack() as stack:
+        if session is None:
+            session = stack.enter_context(session_in_background())
+        # The driver's own passes over the file run while the JVM starts.
+        with phase("line survey (driver)"):
+            spark_can_read(panel_file)
+        with phase("repeated patient ids (driver)"):
+            repeated = driver_repeated_ids(panel_file)
+        with phase("unseen labs (driver)"):
+            unseen_labs = driver_sees_unseen_labs(panel_file, list(profiler.features_.known_labs_))
+        with phase("waiting for the Spark session"):
+            spark = session.result()
+        reject_writer = stack.enter_context(AtomicCsvWriter(rejects_path, columns=REJECT_COLUMNS))
+        calls_writer = stack.enter_context(AtomicCsvWriter(calls_path))
         before = spark.conf.get(BATCH_ROWS_SETTING, None)
         spark.conf.set(BATCH_ROWS_SETTING, str(panel_file.chunk_rows))
         try:
-            answers, shipped = scored_batches(spark, panel_file, profiler)
-            # Score every partition at once (one job across the cluster), then bring the answers home in order.
-            answers = answers.persist(StorageLevel.MEMORY_AND_DISK)
-            answers.count()
-            for answer in answers.toLocalIterator(prefetchPartitions=True):
-                if answer.first_row <= last_row or answer.last_row < answer.first_row:
-                    raise RuntimeError("Spark returned rows out of input order")
-                last_row = answer.last_row
-                rejects = _frame(answer.rejects)
-                calls = _frame(answer.calls) if answer.calls else None
-                reject_writer.write(rejects)
-                if calls is not None:
-                    calls_writer.write(calls)
-                tally.add(rejects, calls, answer.accepted_lines, panel_file.catalog.label_column)
-            answers.unpersist()
+            with phase("planning"):
+                answers, shipped = scored_batches(spark, panel_file, profiler, repeated, unseen_labs)
+            # toLocalIterator computes partitions one job at a time with the next one prefetched: two in flight.
+            # On up to two cores that is every core, and answers stream to the writer as partitions finish.
+            # A larger cluster scores every partition at once (one job), held until brought home in order.
+            held = spark.sparkContext.defaultParallelism > STREAMED_CORES
+            if held:
+                answers = answers.persist(StorageLevel.MEMORY_AND_DISK)
+                with phase("scoring (mapInArrow)"):
+                    answers.count()
+            with phase("writing in input order" if held else "scoring and writing in input order"):
+                lines = InputOrder()
+                for answer in answers.toLocalIterator(prefetchPartitions=True):
+                    start = lines.place(answer.part, answer.first, answer.last)
+                    if not answer.rejects:  # the header or blank lines only
+                        continue
+                    rejects = _frame(answer.rejects)
+                    rejects["row"] += start
+                    calls = _frame(answer.calls) if answer.calls else None
+                    reject_writer.write(rejects)
+                    if calls is not None:
+                        calls_writer.write(calls)
+                    tally.add(rejects, calls, answer.accepted_lines, panel_file.catalog.label_column)
+            if held:
+                answers.unpersist()
             shipped.destroy()
         finally:
             if before is None:
@@ -382,3 +448,28 @@ def score_with_spark(panel_file: PanelFile, profiler, calls_path: Path, rejects_
         if tally.scored == 0:  # still give the calls file its header
             calls_writer.columns = calls_columns(panel_file.catalog)
     return tally
+
+
+class InputOrder:
+    """Line numbers for answers that arrive partition by partition, each partition's batches in order.
+
+    Spark numbers records within a partition (:func:`with_records`); a partition starts
+    after all the records of the partitions before it, which the driver has seen by then.
+    Anything out of order (a gap, a batch twice) is a bug and raises.
+    """
+
+    def __init__(self) -> None:
+        self.part = -1
+        self.start = 0  # records in the partitions before the current one
+        self.next = 0  # index of the next record expected in the current partition
+
+    def place(self, part: int, first: int, last: int) -> int:
+        """Check the batch of records ``first``..``last`` of partition ``part``; return what its line numbers lack."""
+        if part != self.part:
+            if part < self.part:
+                raise RuntimeError("Spark returned partitions out of input order")
+            self.part, self.start, self.next = part, self.start + self.next, 0
+        if first != self.next or last < first:
+            raise RuntimeError("Spark returned rows out of input order")
+        self.next = last + 1
+        return self.start

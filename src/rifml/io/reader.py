@@ -341,16 +341,21 @@ class PanelFile:
         elif self.format == "excel":
             yield nfc(pd.Series([row[position] for row in self._sheet.cells], dtype=object))
         elif self.simple:
-            import pyarrow.csv as pacsv
-
-            # streamed in blocks and kept Arrow-backed: a million ids never become Python strings
-            options = self._arrow_options(block_size=READ_BLOCK_BYTES)
-            options["convert_options"].include_columns = [self.catalog.id_column]
-            with pacsv.open_csv(self._arrow_stream(), **options) as reader:
-                for batch in reader:
-                    yield nfc(batch.column(0).to_pandas(types_mapper=pd.ArrowDtype))
+            # kept Arrow-backed: a million ids never become Python strings
+            for cells in self.text_column(self.catalog.id_column):
+                yield nfc(cells.to_pandas(types_mapper=pd.ArrowDtype))
         else:
             yield nfc(pd.Series([r.cells[position] for r in self._records()], dtype=object))
+
+    def text_column(self, name: str) -> Iterator:
+        """One column of a plain text file (:attr:`simple`) as Arrow text, streamed in blocks."""
+        import pyarrow.csv as pacsv
+
+        options = self._arrow_options(block_size=READ_BLOCK_BYTES)
+        options["convert_options"].include_columns = [name]
+        with pacsv.open_csv(self._arrow_stream(), **options) as reader:
+            for batch in reader:
+                yield batch.column(0)
 
     def duplicate_ids(self) -> frozenset[str]:
         """Ids (stripped, NFC, non-empty) that occur on more than one row of the whole file.
