@@ -170,18 +170,9 @@ def _parse_arrow_numeric(column: pd.Series) -> _Parsed | None:
         return None
     chunks = pa.chunked_array(column.array._pa_array)
     if chunks.null_count == 0:
-        try:  # most columns hold only plain numbers and empties: one cast settles them
-            values, present = _cast_plain_numbers(chunks)
-        except pa.ArrowInvalid:
-            values = None
-        if values is not None and np.isfinite(values[~np.isnan(values)]).all():
-            problem = np.full(len(values), None, dtype=object)
-            problem[present & np.isnan(values)] = NOT_A_NUMBER  # "nan" spelled out is not a measurement
-            return _Parsed(values, np.zeros(len(values), dtype=bool), present, problem)
-        if values is None:
-            parsed = _cast_censored_numbers(chunks)
-            if parsed is not None:
-                return parsed
+        parsed = _cast_numbers(chunks)
+        if parsed is not None:
+            return parsed
     cells = pc.fill_null(chunks.combine_chunks(), "")
     text = pc.utf8_trim_whitespace(cells)
     present = pc.not_equal(text, "").to_numpy(zero_copy_only=False)
@@ -200,29 +191,34 @@ def _parse_arrow_numeric(column: pd.Series) -> _Parsed | None:
     return _Parsed(values, censored, present, problem)
 
 
-def _cast_censored_numbers(chunks: pa.ChunkedArray) -> _Parsed | None:
-    """The one-cast parse for a column of plain numbers and ``<x`` censors written without spaces
-    (how cytokine limits arrive), or None when some cell needs the general parse.
+def _cast_numbers(chunks: pa.ChunkedArray) -> _Parsed | None:
+    """The one-cast parse of a column of plain numbers, empties and ``<x`` censors written without
+    spaces (how cytokine limits arrive), or None when some cell needs the general parse.
 
-    A cell's leading ``<`` is cut off and the rest cast as in :func:`_cast_plain_numbers`: the
+    Most columns hold only plain numbers and empties: one cast (:func:`_cast_plain_numbers`)
+    settles them. Failing that, each cell's leading ``<`` is cut off and the rest cast: the
     censored cells' limits, the other cells' numbers. Anything the general parse would read
     differently (spaces, a second ``<``, a number beyond float range) fails the cast or the
     finiteness check and is left to it.
     """
-    is_censor = pc.starts_with(chunks, "<")
-    if not pc.any(is_censor).as_py():
-        return None
-    body = pc.if_else(is_censor, pc.utf8_slice_codeunits(chunks, 1), chunks)
     try:
-        values, _ = _cast_plain_numbers(body)
+        values, present = _cast_plain_numbers(chunks)
+        censored = np.zeros(len(values), dtype=bool)
     except pa.ArrowInvalid:
-        return None
+        is_censor = pc.starts_with(chunks, "<")
+        if not pc.any(is_censor).as_py():
+            return None
+        try:
+            values, present = _cast_plain_numbers(pc.if_else(is_censor, pc.utf8_slice_codeunits(chunks, 1), chunks))
+        except pa.ArrowInvalid:
+            return None
+        censored = is_censor.to_numpy(zero_copy_only=False)
+        present = present | censored  # "<" alone was written: not an empty cell
+        censored = censored & ~np.isnan(values)  # and is no limit
     if not np.isfinite(values[~np.isnan(values)]).all():
         return None
-    present = pc.not_equal(chunks, "").to_numpy(zero_copy_only=False)
-    censored = is_censor.to_numpy(zero_copy_only=False) & ~np.isnan(values)  # "<" alone is no limit
     problem = np.full(len(values), None, dtype=object)
-    problem[present & np.isnan(values)] = NOT_A_NUMBER
+    problem[present & np.isnan(values)] = NOT_A_NUMBER  # "nan" spelled out is not a measurement, nor "<" alone
     return _Parsed(values, censored, present, problem)
 
 
