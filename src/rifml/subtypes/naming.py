@@ -38,8 +38,8 @@ def _profile(signals: Iterable[str]) -> str:
 REFERENCE_COST_CAP = 3.0
 # Cluster locations of one marker within this width (within-cluster SDs) read as one level.
 # Halves of one homogeneous group cut by KMeans sit at most 2 x 0.674 = 1.35 SD apart (their
-# medians; their densest halves are closer), so a split
-# of the balanced group stays one level, while subtype shifts (several SDs) do not.
+# medians; their densest halves are closer), so a split of the balanced group stays one
+# level, while subtype shifts (several SDs) do not.
 LEVEL_WIDTH = 1.5
 # Ratio under which a pooled MAD is degenerate (most values tied, e.g. at a detection
 # limit) and the pooled SD of the within-cluster deviations is used instead.
@@ -101,7 +101,9 @@ def densest_half_means(values: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame
     return values.groupby(np.asarray(labels)).agg(lambda column: _densest_half_mean(column.to_numpy(dtype=float)))
 
 
-def bulk_location(values: pd.DataFrame, labels: np.ndarray, scale: pd.Series | float) -> pd.DataFrame:
+def bulk_location(
+    values: pd.DataFrame, labels: np.ndarray, scale: pd.Series | float, start: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Each cluster's location on each marker: the one-step reweighted LTS location.
 
     Start from the mean of the cluster's densest half (:func:`densest_half_means`), then
@@ -111,10 +113,11 @@ def bulk_location(values: pd.DataFrame, labels: np.ndarray, scale: pd.Series | f
     other markers (mixed patients' blood arm puts them in the Th1 or NK cluster, their
     endometrium far below). With 40% of a cluster 3 SD off, its median moves ~1 SD (the
     1/6 quantile of the rest), which drags the shared reference level and hides the
-    endometrial subtype's shift; this location stays with the majority.
+    endometrial subtype's shift; this location stays with the majority. ``start``: the
+    densest-half means when the caller has them already.
     """
     labels = np.asarray(labels)
-    start = densest_half_means(values, labels)
+    start = densest_half_means(values, labels) if start is None else start
     matrix = values.to_numpy(dtype=float)
     near = np.abs(matrix - start.loc[labels].to_numpy()) <= REWEIGHT_CUTOFF * np.asarray(scale, dtype=float)
     kept = pd.DataFrame(np.where(near, matrix, np.nan), columns=values.columns)
@@ -181,12 +184,13 @@ def subtype_effects(values: pd.DataFrame, labels: np.ndarray) -> SubtypeEffects:
     """
     labels = np.asarray(labels)
     medians = values.groupby(labels).median()
-    deviations = values.to_numpy() - densest_half_means(values, labels).loc[labels].to_numpy()
+    start = densest_half_means(values, labels)
+    deviations = values.to_numpy() - start.loc[labels].to_numpy()
     mad = 1.4826 * np.median(np.abs(deviations), axis=0)
     sd = np.sqrt(np.mean(deviations**2, axis=0))
     scale = np.where(mad < _TIED_MAD_RATIO * sd, sd, mad)
     scale = pd.Series(np.where(scale > 0, scale, 1.0), index=values.columns)
-    located = bulk_location(values, labels, scale).to_numpy() / scale.to_numpy()
+    located = bulk_location(values, labels, scale, start).to_numpy() / scale.to_numpy()
     medoid = _medoid(located)
     sizes = pd.Series(labels).value_counts().reindex(medians.index).to_numpy()
     level = np.array([_shared_level(located[:, j], sizes, medoid) for j in range(located.shape[1])])
