@@ -19,7 +19,7 @@ if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
 from rifml.cli import app  # noqa: E402
 from rifml.pipeline import calls_columns  # noqa: E402
 from rifml.io.reader import PanelFile  # noqa: E402
-from rifml.spark_engine import InputOrder, spark_session, worker_run  # noqa: E402
+from rifml.spark_engine import LOCAL_SETTINGS, InputOrder, spark_session, user_settings, worker_run  # noqa: E402
 from rifml.spark_input import FIELD_COUNT, RECORD, read_panel, record_positions, with_records  # noqa: E402
 from rifml.validate import validate_chunk  # noqa: E402
 
@@ -275,3 +275,17 @@ def test_a_worker_unpickles_the_profiler_once_per_run(monkeypatch):
     assert first[0] == ({"fitted": 1}, frozenset({"P1"}))
     worker_run("run-2", Shipped)  # a later run in a reused worker: its own profiler, the first one dropped
     assert len(loads) == 2 and list(engine._WORKER_RUNS) == ["run-2"]
+
+
+def test_settings_made_outside_rifml_are_not_overridden_by_its_local_ones(tmp_path, monkeypatch):
+    monkeypatch.delenv("SPARK_HOME", raising=False)
+    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
+    monkeypatch.setenv("PYSPARK_SUBMIT_ARGS", "--driver-memory 4g --conf spark.ui.enabled=true pyspark-shell")
+    (tmp_path / "spark-defaults.conf").write_text(
+        "# site defaults\nspark.sql.shuffle.partitions   64\nspark.log.level=WARN\n\n")
+    own = user_settings()
+    assert own == {"spark.ui.enabled", "spark.sql.shuffle.partitions", "spark.log.level"}
+    assert "spark.driver.extraJavaOptions" not in own  # rifml's quick-compiler flag still applies
+    monkeypatch.setenv("PYSPARK_SUBMIT_ARGS", '--driver-java-options "-Xss4m" pyspark-shell')
+    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path / "absent"))
+    assert user_settings() == {"spark.driver.extraJavaOptions"} <= LOCAL_SETTINGS.keys()

@@ -83,6 +83,24 @@ STREAMED_CORES = 2
 BATCH_ROWS_SETTING = "spark.sql.execution.arrow.maxRecordsPerBatch"
 
 
+def user_settings() -> set[str]:
+    """Spark settings made outside rifml (``--conf`` in ``PYSPARK_SUBMIT_ARGS``, spark-defaults.conf): they win
+    over :data:`LOCAL_SETTINGS`, whose values the session builder would otherwise impose."""
+    submit_args = os.environ.get("PYSPARK_SUBMIT_ARGS", "")
+    found = set(re.findall(r"--conf[= ]\s*[\"']?(spark\.[\w.]+)=", submit_args))
+    if "--driver-java-options" in submit_args:
+        found.add("spark.driver.extraJavaOptions")
+    conf_dir = os.environ.get("SPARK_CONF_DIR") or (
+        os.path.join(os.environ["SPARK_HOME"], "conf") if os.environ.get("SPARK_HOME") else None)
+    defaults = Path(conf_dir, "spark-defaults.conf") if conf_dir else None
+    if defaults is not None and defaults.is_file():
+        for line in defaults.read_text(errors="replace").splitlines():
+            key = line.split(None, 1)[0] if line.strip() and not line.lstrip().startswith("#") else ""
+            if key.startswith("spark."):
+                found.add(key.split("=", 1)[0])
+    return found
+
+
 def configured_master() -> str | None:
     """The Spark master chosen outside rifml: ``MASTER`` or ``--master`` in ``PYSPARK_SUBMIT_ARGS``."""
     if os.environ.get("MASTER"):
@@ -110,8 +128,10 @@ def spark_session():
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = builder.master(master or "local[*]")
+        own = user_settings()
         for key, value in LOCAL_SETTINGS.items():
-            builder = builder.config(key, value)
+            if key not in own:
+                builder = builder.config(key, value)
     return builder.getOrCreate()
 
 
