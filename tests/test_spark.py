@@ -123,7 +123,7 @@ def test_a_plain_file_takes_its_repeated_ids_from_the_drivers_line_survey(work, 
     spark.conf.set("spark.sql.files.maxPartitionBytes", SPLIT_BYTES)
     try:
         with mlflow_store(uri):
-            (_, local_rejects, local_summary), (_, spark_rejects, spark_summary) = (
+            (_, _, local_summary), (_, spark_rejects, spark_summary) = (
                 score(folder, uri, "local", "plain"), score(folder, uri, "spark", "plain"))
     finally:
         spark.conf.unset("spark.sql.files.maxPartitionBytes")
