@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,11 @@ if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
 from rifml.cli import app  # noqa: E402
 from rifml.pipeline import calls_columns  # noqa: E402
 from rifml.io.reader import PanelFile  # noqa: E402
-from rifml.spark_engine import LOCAL_SETTINGS, InputOrder, spark_session, user_settings, worker_run  # noqa: E402
+from rifml.spark_engine import InputOrder, worker_run  # noqa: E402
+from rifml.spark_session import (  # noqa: E402
+    ARCHIVE_SETTING, JAVA_OPTIONS, LOCAL_SETTINGS, archive_options, class_archive, local_settings, spark_session,
+    user_settings,
+)
 from rifml.spark_input import FIELD_COUNT, RECORD, read_panel, record_positions, with_records  # noqa: E402
 from rifml.validate import validate_chunk  # noqa: E402
 
@@ -289,3 +294,31 @@ def test_settings_made_outside_rifml_are_not_overridden_by_its_local_ones(tmp_pa
     monkeypatch.setenv("PYSPARK_SUBMIT_ARGS", '--driver-java-options "-Xss4m" pyspark-shell')
     monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path / "absent"))
     assert user_settings() == {"spark.driver.extraJavaOptions"} <= LOCAL_SETTINGS.keys()
+
+
+def test_a_local_jvm_writes_its_class_archive_once_and_maps_it_once_a_jvm_has_checked_it(tmp_path, monkeypatch):
+    monkeypatch.setenv(ARCHIVE_SETTING, str(tmp_path))
+    archive = class_archive()
+    assert archive.parent == tmp_path and archive.suffix == ".jsa"
+    # first run: the JVM is told to write a part of this process's own at its exit
+    written = f"{archive}.{os.getpid()}.part"
+    assert local_settings(set())[JAVA_OPTIONS].endswith(f"-XX:ArchiveClassesAtExit={written}")
+    assert local_settings({JAVA_OPTIONS}).get(JAVA_OPTIONS) is None  # the user's own JVM options: left alone
+    java = Path(shutil.which("java")).resolve()
+    dumped = subprocess.run([str(java), f"-XX:ArchiveClassesAtExit={written}", "-version"], capture_output=True)
+    assert dumped.returncode == 0 and Path(written).stat().st_size > 0
+    # a part cut short (a JVM killed while writing it, or still writing it) crashes a JVM that maps it:
+    # never promoted; kept while it may still be written, removed once it is old
+    cut = tmp_path / f"{archive.name}.1.part"
+    cut.write_bytes(Path(written).read_bytes()[:4096])
+    os.utime(cut, (time.time() - 7200, time.time() - 7200))
+    fresh_cut = tmp_path / f"{archive.name}.2.part"
+    fresh_cut.write_bytes(Path(written).read_bytes()[:4096])
+    Path(written).rename(tmp_path / f"{archive.name}.3.part")
+    options = archive_options(archive)
+    assert options.endswith(f"-XX:SharedArchiveFile={archive}") and archive.is_file()
+    assert not cut.exists() and fresh_cut.exists()
+    mapped = subprocess.run([str(java), *options.split(), "-version"], capture_output=True, text=True)
+    assert mapped.returncode == 0 and "sharing" in mapped.stderr
+    monkeypatch.setenv(ARCHIVE_SETTING, "off")
+    assert class_archive() is None and local_settings(set())[JAVA_OPTIONS] == LOCAL_SETTINGS[JAVA_OPTIONS]

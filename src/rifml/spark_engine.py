@@ -18,10 +18,7 @@ writes them in input order as one calls CSV and one rejects CSV, as the local en
 from __future__ import annotations
 
 import logging
-import os
 import pickle
-import re
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -53,22 +50,12 @@ from rifml.spark_input import (
     spark_can_read,
     with_records,
 )
+from rifml.spark_session import existing_session, spark_session
 from rifml.validate import nfc, patient_ids, validate_chunk
 
 log = logging.getLogger(__name__)
 
 CLEAN_ID = "_rifml_patient_id"
-LOCAL_SETTINGS = {
-    "spark.driver.host": "127.0.0.1",
-    "spark.driver.bindAddress": "127.0.0.1",
-    "spark.ui.enabled": "false",
-    "spark.ui.showConsoleProgress": "false",
-    "spark.sql.shuffle.partitions": "2",
-    "spark.log.level": "ERROR",
-    # The JVM only splits lines and moves Arrow batches: the quick compiler alone starts it in about
-    # half the time and CPU (1M panels: 60-65 CPU-s in all instead of 76).
-    "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
-}
 # What a Python worker answers per Arrow batch: its partition of the read, the first and last record's
 # index within that partition, and its calls and rejects as Arrow IPC streams (empty bytes: no calls).
 # Rejects are numbered as if the partition began the file; the driver, reading partitions in order,
@@ -81,68 +68,6 @@ _BATCH_ARROW = pa.schema([("part", pa.int64()), ("first", pa.int64()), ("last", 
 STREAMED_CORES = 2
 # Arrow record batches handed to a Python worker hold at most --chunk-rows rows.
 BATCH_ROWS_SETTING = "spark.sql.execution.arrow.maxRecordsPerBatch"
-
-
-def user_settings() -> set[str]:
-    """Spark settings made outside rifml (``--conf`` in ``PYSPARK_SUBMIT_ARGS``, spark-defaults.conf): they win
-    over :data:`LOCAL_SETTINGS`, whose values the session builder would otherwise impose."""
-    submit_args = os.environ.get("PYSPARK_SUBMIT_ARGS", "")
-    found = set(re.findall(r"--conf[= ]\s*[\"']?(spark\.[\w.]+)=", submit_args))
-    if "--driver-java-options" in submit_args:
-        found.add("spark.driver.extraJavaOptions")
-    conf_dir = os.environ.get("SPARK_CONF_DIR") or (
-        os.path.join(os.environ["SPARK_HOME"], "conf") if os.environ.get("SPARK_HOME") else None)
-    defaults = Path(conf_dir, "spark-defaults.conf") if conf_dir else None
-    if defaults is not None and defaults.is_file():
-        for line in defaults.read_text(errors="replace").splitlines():
-            key = line.split(None, 1)[0] if line.strip() and not line.lstrip().startswith("#") else ""
-            if key.startswith("spark."):
-                found.add(key.split("=", 1)[0])
-    return found
-
-
-def configured_master() -> str | None:
-    """The Spark master chosen outside rifml: ``MASTER`` or ``--master`` in ``PYSPARK_SUBMIT_ARGS``."""
-    if os.environ.get("MASTER"):
-        return os.environ["MASTER"]
-    found = re.search(r"--master[= ]\s*(\S+)", os.environ.get("PYSPARK_SUBMIT_ARGS", ""))
-    return found.group(1) if found else None
-
-
-def spark_session():
-    """The active (or default) Spark session, else a new one: ``local[*]`` bound to loopback unless a master is configured.
-
-    Returns
-    -------
-    pyspark.sql.SparkSession
-    """
-    from pyspark.sql import SparkSession
-
-    active = _existing_session()
-    if active is not None:
-        return active
-    builder = SparkSession.builder.appName("rifml-score")
-    master = configured_master()
-    if master is None or master.startswith("local"):
-        # Executors are Python workers on this machine: same interpreter, loopback only.
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        builder = builder.master(master or "local[*]")
-        own = user_settings()
-        for key, value in LOCAL_SETTINGS.items():
-            if key not in own:
-                builder = builder.config(key, value)
-    return builder.getOrCreate()
-
-
-def _existing_session():
-    from pyspark.errors import PySparkRuntimeError
-    from pyspark.sql import SparkSession
-
-    try:
-        return SparkSession.active()  # the default session too: a thread of ours has no active one of its own
-    except PySparkRuntimeError:
-        return None
 
 
 @contextmanager
@@ -164,7 +89,7 @@ def session_in_background() -> Iterator[Future]:
     owned = []
 
     def start():
-        owned.append(_existing_session() is None)
+        owned.append(existing_session() is None)
         started = time.perf_counter()
         spark = spark_session()
         log.info("Spark session (in a thread): %.2f s", time.perf_counter() - started)
