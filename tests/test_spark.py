@@ -22,8 +22,8 @@ from rifml.pipeline import calls_columns  # noqa: E402
 from rifml.io.reader import PanelFile  # noqa: E402
 from rifml.spark_engine import InputOrder, worker_run  # noqa: E402
 from rifml.spark_session import (  # noqa: E402
-    ARCHIVE_SETTING, JAVA_OPTIONS, LOCAL_SETTINGS, archive_options, class_archive, local_settings, spark_session,
-    user_settings,
+    ARCHIVE_SETTING, JAVA_OPTIONS, LOCAL_SETTINGS, archive_options, class_archive, java_binary, local_settings,
+    spark_session, user_settings,
 )
 from rifml.spark_input import FIELD_COUNT, RECORD, read_panel, record_positions, with_records  # noqa: E402
 from rifml.validate import validate_chunk  # noqa: E402
@@ -304,7 +304,7 @@ def test_a_local_jvm_writes_its_class_archive_once_and_maps_it_once_a_jvm_has_ch
     written = f"{archive}.{os.getpid()}.part"
     assert local_settings(set())[JAVA_OPTIONS].endswith(f"-XX:ArchiveClassesAtExit={written}")
     assert local_settings({JAVA_OPTIONS}).get(JAVA_OPTIONS) is None  # the user's own JVM options: left alone
-    java = Path(shutil.which("java")).resolve()
+    java = java_binary()
     dumped = subprocess.run([str(java), f"-XX:ArchiveClassesAtExit={written}", "-version"], capture_output=True)
     assert dumped.returncode == 0 and Path(written).stat().st_size > 0
     # a part cut short (a JVM killed while writing it, or still writing it) crashes a JVM that maps it:

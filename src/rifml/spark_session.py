@@ -68,7 +68,7 @@ def configured_master() -> str | None:
     return found.group(1) if found else None
 
 
-def _java() -> Path | None:
+def java_binary() -> Path | None:
     """The java binary PySpark will start (``JAVA_HOME``, else ``java`` on PATH), resolved."""
     home = os.environ.get("JAVA_HOME")
     found = Path(home, "bin", "java") if home else (Path(shutil.which("java")) if shutil.which("java") else None)
@@ -81,7 +81,7 @@ def class_archive() -> Path | None:
     Another Java or PySpark (a new version, or another installation) gets an archive of its own.
     """
     setting = os.environ.get(ARCHIVE_SETTING, "")
-    java = _java()
+    java = java_binary()
     if setting.lower() in {"0", "off", "false", "no"} or java is None:
         return None
     import pyspark
@@ -104,7 +104,7 @@ def archive_options(archive: Path) -> str:
     Finished parts of earlier runs are checked and promoted to ``archive`` here (atomically, so
     two runs never see half an archive); parts that fail the check for an hour are removed.
     """
-    java = _java()
+    java = java_binary()
     if not archive.is_file() and java is not None:
         for part in sorted(archive.parent.glob(f"{archive.name}.*.part"), key=lambda p: -p.stat().st_mtime):
             if not archive.is_file() and _sound(part, java):
