@@ -439,7 +439,7 @@ def score(
     # and writing threads: one BLAS thread took 7% less CPU on a 1M batch, same calls.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     if engine == "local":
-        _warm_kernels_in_background()
+        _warm_kernels_in_background(input, chunk_rows)
     # Both engines read the model's files without MLflow (tracking.load_profiler); Spark ships the profiler itself.
     uri, model_uri = _open_store(tracking_uri, model, [("--input", input), ("--catalog", catalog), ("--columns", reading.columns)],
                                  [("--output", output), ("--rejects", rejects)], connect_store=False)
@@ -488,10 +488,25 @@ def score(
     print_accounting(tally.scored, tally.reasons, verb="scored", rows_in=panel_file.row_count, source=panel_file.describe())
 
 
-def _warm_kernels_in_background() -> None:
-    """numba's runtime loads in a thread from the start of `score`, beside the main thread's work
-    (measured on 1,000 panels: 1.31x instead of 1.47x the bare import time, medians of 8)."""
+def _warm_kernels_in_background(input: Path, chunk_rows: int) -> None:
+    """numba's runtime loads in a thread from the start of `score`, beside the main thread's work,
+    when the chunks will be too large for the explainer's numpy pass (explainer.VECTORIZED_ROWS),
+    which needs no numba (measured when every batch loaded it: 1,000 panels took 1.31x instead of
+    1.47x the bare import time with this head start, medians of 8). The rows are guessed from the file's size and its first lines: a wrong guess
+    costs time (a kernel loaded for nothing, or without a head start), never changes a call."""
     import threading
+
+    from rifml.explain.explainer import VECTORIZED_ROWS
+
+    try:
+        size = input.stat().st_size
+        with input.open("rb") as handle:
+            head = handle.read(1 << 16)
+    except OSError:
+        return  # the reader reports it
+    lines = size * head.count(b"\n") / max(len(head), 1)
+    if min(chunk_rows, lines) <= VECTORIZED_ROWS:
+        return
 
     def warm() -> None:
         try:
