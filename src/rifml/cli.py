@@ -7,6 +7,7 @@ need them so that ``rifml --help`` stays instant.
 from __future__ import annotations
 
 import functools
+import gc
 import inspect
 import os
 import signal
@@ -77,6 +78,8 @@ def reports_errors(command: Command) -> Command:
                 soft_wrap=True,
             )
             raise typer.Exit(1) from None
+        finally:
+            gc.enable()  # `score` pauses the collector while it starts; an error there must not leave it off
 
     return run  # type: ignore[return-value]
 
@@ -438,6 +441,10 @@ def score(
     # BLAS (numpy's one matrix product per chunk, drivers) threads likewise compete with the reading
     # and writing threads: one BLAS thread took 7% less CPU on a 1M batch, same calls.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # Start-up allocates millions of long-lived objects (imports, the unpickled model) that the cyclic
+    # garbage collector would otherwise scan again and again; it pauses until the model is loaded, and
+    # what is alive then is frozen out of its later scans (1,000 panels: ~0.2 s less CPU, under load).
+    gc.disable()
     if engine == "local":
         _warm_kernels_in_background(input, chunk_rows)
     # Both engines read the model's files without MLflow (tracking.load_profiler); Spark ships the profiler itself.
@@ -460,6 +467,8 @@ def score(
 
             session = stack.enter_context(session_in_background())
         profiler, metadata = load_profiler(model_uri, uri)
+        gc.freeze()
+        gc.enable()
         model_catalog = profiler.catalog_
         if model_catalog.catalog_version != installed.catalog_version:
             raise RifmlInputError(
