@@ -40,9 +40,11 @@ from bench_score import BIN, run_measured, run_timed  # noqa: E402
 BARE = "import numpy, pandas, pyarrow, sklearn, lightgbm"
 MODEL = "models:/rifml-immune-profile@champion"
 
-# One process, step by step (no overlap, unlike the CLI, whose reading thread runs beside the model load).
+# One process, step by step (no overlap, unlike the CLI, whose reading thread runs beside the model load);
+# the garbage collector paused until the model is loaded, as `rifml score` does.
 PHASES = r"""
-import json, sys, time
+import gc, json, sys, time
+gc.disable()
 marks = [("start", time.perf_counter())]
 def mark(name):
     marks.append((name, time.perf_counter()))
@@ -55,7 +57,7 @@ from rifml.scoring import scored_chunks; mark("rifml modules (pydantic, pyarrow.
 from rifml.tracking import _read_model_folder, local_model_folder
 import rifml.pipeline; mark("model classes (sklearn estimators, explainer)")
 folder = local_model_folder(sys.argv[1], sys.argv[2]); mark("resolve the alias (one registry query)")
-profiler, _ = _read_model_folder(folder); mark("unpickle (boosters, trees packed)")
+profiler, _ = _read_model_folder(folder); gc.freeze(); gc.enable(); mark("unpickle (boosters, trees packed)")
 installed = load_catalog(); mark("installed catalog")
 chunks = list(validated_chunks(PanelFile(sys.argv[3], installed))); mark("read + validate")
 called = list(scored_chunks(profiler, chunks, None)); mark("call + explain")
