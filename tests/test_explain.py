@@ -11,7 +11,7 @@ import pytest
 import shap
 
 from rifml.errors import RifmlInputError
-from rifml.explain import COVERAGE, InterventionalExplainer, check_tree_settings, leaves, marker_contributions, top_drivers
+from rifml.explain import ARGMAX, COVERAGE, InterventionalExplainer, check_tree_settings, leaves, marker_contributions, top_drivers
 from rifml.explain import explainer as explainer_module
 from rifml.explain.leaves import LeafTable, leaf_table
 from rifml.explain.patterns import TreeTable, pattern_table
@@ -190,9 +190,10 @@ def test_a_few_rows_run_on_as_many_threads_as_blocks_with_the_same_answer():
     model, X, _ = random_model(7, n_estimators=15)
     explainer = InterventionalExplainer(model.booster_, X[:50])
     threads = numba.get_num_threads()
-    small = explainer.margins_and_shap(X[:3])  # one block: one thread
+    argmax = np.full(3, ARGMAX)
+    small = explainer._run(X[:3], argmax, True, execution="compiled")  # one block: one thread
     assert numba.get_num_threads() == threads  # the caller's setting is restored
-    whole = explainer.margins_and_shap(X)  # 1,500 rows: six blocks over every thread
+    whole = explainer._run(X, np.full(len(X), ARGMAX), True, execution="compiled")  # 1,500 rows: six blocks
     for got, expected in zip(small, whole):
         np.testing.assert_array_equal(got, expected[:3])
 
@@ -205,6 +206,54 @@ def test_pickles_without_kernel_arrays_and_rebuilds_them(num_leaves):
     assert "trees_" in state and not any(k in state for k in InterventionalExplainer._PACKED)
     loaded = pickle.loads(pickle.dumps(explainer))
     np.testing.assert_array_equal(loaded.margins_and_shap(X)[1], explainer.margins_and_shap(X)[1])
+
+
+def _both_executions(explainer, X, classes):
+    """(compiled, vectorized) results of margins alone and of margins with SHAP for ``classes``."""
+    return [
+        (explainer._run(X, np.empty(0, dtype=np.int64), False, execution=execution)[0],
+         *explainer._run(X, np.ascontiguousarray(classes, dtype=np.int64), True, execution=execution))
+        for execution in ("compiled", "vectorized")
+    ]
+
+
+@pytest.mark.parametrize("seed, n_classes, params", [
+    (20, 4, {}), (21, 2, {}), (22, 3, {"zero_as_missing": True}), (23, 4, {"use_missing": False}),
+    (24, 3, {"num_leaves": 11, "max_depth": 6}),  # 10 splits: the largest pattern tables
+])
+def test_the_numpy_pass_gives_the_kernel_s_bits(seed, n_classes, params):
+    """Small batches skip numba (vectorized.py): margins and SHAP values must be the compiled kernel's,
+    bit for bit, for the highest-margin class, a class per row and one class, across row blocks."""
+    model, X, rng = random_model(seed, n_classes, 0.3, n_estimators=25, n_rows=5000, **params)
+    explainer = InterventionalExplainer(model.booster_, X[rng.choice(len(X), 80, replace=False)])
+    assert all(isinstance(t, TreeTable) for c in explainer.trees_ for t in c)
+    n_out = explainer.n_classes_
+    for classes in (np.full(len(X), ARGMAX), rng.integers(0, n_out, len(X)), np.full(len(X), n_out - 1)):
+        compiled, vectorized = _both_executions(explainer, X, classes)  # 5,000 rows: two numpy blocks
+        for ours, kernel in zip(vectorized, compiled):
+            assert ours.shape == kernel.shape and ours.flags.c_contiguous
+            np.testing.assert_array_equal(ours, kernel)
+    np.testing.assert_array_equal(compiled[0], model.booster_.predict(X, raw_score=True).reshape(len(X), -1))
+    for rows in (X[:0], X[:1]):
+        compiled, vectorized = _both_executions(explainer, rows, np.full(len(rows), ARGMAX))
+        for ours, kernel in zip(vectorized, compiled):
+            np.testing.assert_array_equal(ours, kernel)
+            assert ours.shape == kernel.shape
+
+
+def test_the_numpy_pass_takes_single_leaf_trees_and_leaves_large_trees_to_the_kernel():
+    X = np.zeros((100, 3))
+    y = np.r_[np.zeros(50), np.ones(50)]
+    stump = lgb.LGBMClassifier(n_estimators=3, verbose=-1, min_child_samples=60, n_jobs=1).fit(X, y)
+    explainer = InterventionalExplainer(stump.booster_, X[:5])
+    compiled, vectorized = _both_executions(explainer, X, np.full(len(X), ARGMAX))
+    for ours, kernel in zip(vectorized, compiled):
+        np.testing.assert_array_equal(ours, kernel)
+    model, X, _ = random_model(25, num_leaves=31, n_estimators=5)
+    large = InterventionalExplainer(model.booster_, X[:50])
+    with pytest.raises(ValueError, match="pattern trees only"):
+        large._run(X[:10], np.full(10, ARGMAX), True, execution="vectorized")
+    np.testing.assert_array_equal(large.margins(X[:10]), model.booster_.predict(X[:10], raw_score=True))  # auto: the kernel
 
 
 def test_single_leaf_trees_and_bad_background():

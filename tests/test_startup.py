@@ -15,9 +15,10 @@ from rifml.tracking import _load_with_mlflow, load_profiler, local_model_folder,
 
 pytestmark = pytest.mark.slow
 NAME = "rifml-immune-profile"
-# Libraries a local `rifml score` has no use for (each costs from 0.2 s to seconds to import).
+# Libraries a local `rifml score` has no use for (each costs from 0.2 s to seconds to import); numba
+# neither, on a small batch of a model with small trees (the explainer's numpy pass, vectorized.py).
 NOT_ON_THE_SCORING_PATH = ("mlflow", "pandera", "hypothesis", "sqlalchemy", "matplotlib", "shap", "statsmodels",
-                           "jinja2", "pyspark")
+                           "jinja2", "pyspark", "numba")
 
 
 @pytest.fixture(scope="module")

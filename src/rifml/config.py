@@ -27,9 +27,14 @@ def load_yaml(path: str | Path | None, default_name: str) -> dict[str, Any]:
     except OSError as exc:
         raise RifmlInputError(f"cannot read config {target}: {exc.strerror or exc}") from exc
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise RifmlInputError(f"config {target} is not valid YAML: {exc}") from exc
+        # libyaml's parser when present: PyYAML's own, in pure Python, took 45 ms of a small batch's
+        # start for markers.yaml, libyaml 5 ms (the same safe constructor builds the same data)
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError:
+        try:  # PyYAML's parser words the error better (it quotes the line)
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise RifmlInputError(f"config {target} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise RifmlInputError(f"config {target} must be a YAML mapping at top level")
     return data

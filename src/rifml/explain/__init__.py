@@ -9,7 +9,7 @@ interventional SHAP with that background, computed exactly for trees of any size
 
 from rifml.explain.drivers import COVERAGE, marker_contributions, top_drivers
 from rifml.explain.explainer import InterventionalExplainer, check_tree_settings
-from rifml.explain.kernel import ARGMAX
 from rifml.explain.patterns import TreeTable  # pickles of earlier models name rifml.explain.TreeTable
+from rifml.explain.trees import ARGMAX
 
 __all__ = ["ARGMAX", "COVERAGE", "InterventionalExplainer", "TreeTable", "check_tree_settings", "marker_contributions", "top_drivers"]

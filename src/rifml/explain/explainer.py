@@ -5,22 +5,33 @@ depends on its size. A small tree gets a table over all its routing patterns
 (patterns.py: one lookup per row); a larger one is explained leaf by leaf from the
 background's grouped masks (leaves.py: a cost that grows with the tree, not with the
 background). Both run in one compiled pass (kernel.py) that also sums the margins,
-bitwise equal to LightGBM's raw scores.
+bitwise equal to LightGBM's raw scores. A small batch of a model whose trees all have
+pattern tables runs the same pass in numpy instead (vectorized.py): the compiled kernel
+needs numba, whose loading costs more than such a batch's whole scoring.
 """
 
 from __future__ import annotations
 
-import numba
+import sys
+
 import numpy as np
 
-from rifml.explain.kernel import ARGMAX, BLOCK_ROWS, LEAVES, PATTERN, score_kernel
-from rifml.explain.leaves import LeafTable, bitset_sizes, group_bitsets, leaf_table, starts, table_rows
+from rifml.explain.leaves import LeafTable, bitset_sizes, leaf_table, starts, table_rows
 from rifml.explain import patterns
 from rifml.explain.patterns import TreeTable, pattern_table
 from rifml.config import MAX_NUM_LEAVES
 from rifml.errors import RifmlInputError
 from rifml.explain.shapley import FOR_A, FOR_B, MAX_PATH_FEATURES
-from rifml.explain.trees import parse_tree, stand_in
+from rifml.explain.trees import ARGMAX, LEAVES, PATTERN, parse_tree, stand_in
+from rifml.explain.vectorized import score_patterns
+
+# Up to this many rows, a model whose trees all have pattern tables is scored in numpy
+# (vectorized.py) rather than by the compiled kernel, unless this process has loaded the kernel
+# already: bitwise the same answer either way. Loading numba costs ~0.7 s of CPU (import and
+# first dispatch); numpy costs ~0.3 s more than the kernel at 20,000 rows (400 + 240 trees,
+# CPU times measured under load); at 1,000 rows both took ~40 ms.
+VECTORIZED_ROWS = 20_000
+KERNEL_MODULE = "rifml.explain.kernel"
 
 
 def explain_tree(structure: dict, background: np.ndarray) -> TreeTable | LeafTable:
@@ -149,7 +160,10 @@ class InterventionalExplainer:
         n_groups = np.diff(self._group_start)
         self._bitset_start = starts(bitset_sizes(width, n_groups))
         self._bitsets = np.zeros(max(int(self._bitset_start[-1]), 1), dtype=np.int64)
-        group_bitsets(width, self._group_start, self._group_masks, self._bitset_start, self._bitsets)
+        if leafy:  # compiled (numba): a model of pattern trees only loads no numba here
+            from rifml.explain.leaf_kernels import group_bitsets
+
+            group_bitsets(width, self._group_start, self._group_masks, self._bitset_start, self._bitsets)
 
     # The packed arrays are derived from trees_: leave them out of pickles and rebuild on load,
     # so a saved model never depends on the kernel's current layout.
@@ -166,8 +180,27 @@ class InterventionalExplainer:
         self.__dict__.update(state)
         self._pack()
 
-    def _run(self, X: np.ndarray, classes: np.ndarray, explain: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, X: np.ndarray, classes: np.ndarray, explain: bool, execution: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+        """Margins and SHAP values by the compiled kernel or the numpy pass (``execution`` "compiled",
+        "vectorized" (pattern trees only), or "auto": see VECTORIZED_ROWS)."""
         Xt = np.ascontiguousarray(np.asarray(X, dtype=np.float64).T)  # feature-major for the kernel
+        leafy = bool((self._tree_kind == LEAVES).any())
+        if execution == "auto":
+            small = Xt.shape[1] <= VECTORIZED_ROWS and KERNEL_MODULE not in sys.modules
+            execution = "vectorized" if small and not leafy else "compiled"
+        if execution == "vectorized":
+            if leafy:
+                raise ValueError("the numpy pass explains pattern trees only; this model has larger trees")
+            return score_patterns(
+                Xt, classes, explain, self.n_classes_, self.n_features_, self._copy_feature, self._copy_value,
+                self._copy_zeros, self._tree_class, self._node_start, self._n_nodes, self._node_column,
+                self._thresholds, self._pattern_start, self._leaf_of_pattern, self._ptable_start, self._used_start,
+                self._n_used, self._used, self._ptable,
+            )
+        import numba
+
+        from rifml.explain.kernel import BLOCK_ROWS
+
         # A block of rows is the unit of parallel work: threads beyond the blocks only wait, and waking
         # them costs a small request (one panel over REST) more than its scoring.
         threads = numba.get_num_threads()
@@ -181,6 +214,8 @@ class InterventionalExplainer:
             numba.set_num_threads(threads)
 
     def _kernel(self, Xt: np.ndarray, classes: np.ndarray, explain: bool) -> tuple[np.ndarray, np.ndarray]:
+        from rifml.explain.kernel import score_kernel
+
         return score_kernel(
             Xt, classes, explain, self.n_classes_, self.n_features_, self._copy_feature, self._copy_value,
             self._copy_zeros, self._tree_class, self._tree_kind, self._node_start, self._n_nodes, self._node_column,
@@ -192,8 +227,8 @@ class InterventionalExplainer:
         )
 
     def warm_up(self) -> None:
-        """Load the compiled kernel (numba's on-disk cache) now, with one row, rather than on the first request."""
-        self.margins(np.zeros((1, self.n_features_)))
+        """Load the compiled kernel (numba's on-disk cache) now, with one row, rather than on the first large request."""
+        self._run(np.zeros((1, self.n_features_)), np.empty(0, dtype=np.int64), False, execution="compiled")
 
     def margins(self, X: np.ndarray) -> np.ndarray:
         """Raw margins (n, n_classes), summed tree by tree in LightGBM's order (bitwise equal)."""

@@ -11,12 +11,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from rifml.explain.leaves import far_leaf_shap, lowest_bit
+from rifml.explain.leaf_kernels import far_leaf_shap, lowest_bit
 from rifml.explain.shapley import MAX_PATH_FEATURES
+from rifml.explain.trees import ARGMAX, LEAVES, PATTERN
 
-ARGMAX = -1  # class code asking the kernel to explain the row's highest-margin class
 BLOCK_ROWS = 256
-PATTERN, LEAVES = 0, 1  # how a tree is explained: patterns.py or leaves.py
 
 
 @numba.njit(cache=True, parallel=True)

@@ -8,6 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 
 MISSING_CODES = {"None": 0, "Zero": 1, "NaN": 2}
+# Codes of the packed trees that both executions read (kernel.py compiled, vectorized.py numpy).
+# numba freezes them into kernel.py's cached code, which only a change of kernel.py refreshes:
+# after changing one, clear src/rifml/explain/__pycache__.
+PATTERN, LEAVES = 0, 1  # how a tree is explained: patterns.py or leaves.py
+ARGMAX = -1  # class code asking for the row's highest-margin class to be explained
 
 
 def stand_in(missing: int, default_left: bool) -> tuple[float, bool]:
