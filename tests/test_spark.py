@@ -315,9 +315,11 @@ def test_a_local_jvm_writes_its_class_archive_once_and_maps_it_once_a_jvm_has_ch
     fresh_cut = tmp_path / f"{archive.name}.2.part"
     fresh_cut.write_bytes(Path(written).read_bytes()[:4096])
     Path(written).rename(tmp_path / f"{archive.name}.3.part")
+    monkeypatch.chdir(tmp_path)
     options = archive_options(archive)
     assert options.endswith(f"-XX:SharedArchiveFile={archive}") and archive.is_file()
     assert not cut.exists() and fresh_cut.exists()
+    assert not list(tmp_path.glob("hs_err*")) and not list(tmp_path.glob("core*"))  # the checks' crashes left nothing
     mapped = subprocess.run([str(java), *options.split(), "-version"], capture_output=True, text=True)
     assert mapped.returncode == 0 and "sharing" in mapped.stderr
     monkeypatch.setenv(ARCHIVE_SETTING, "off")
