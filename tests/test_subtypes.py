@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
+from scipy.stats import norm
 from sklearn.base import clone
 from sklearn.metrics import adjusted_rand_score
 
@@ -22,7 +23,7 @@ from rifml.subtypes import (
     select_k,
 )
 from rifml.subtypes.naming import bulk_location
-from rifml.subtypes.readings import Signature, patchy_shift
+from rifml.subtypes.readings import Signature, patchy_shift, unshifted_spread
 
 # Bar for recovering known synthetic groups: adjusted Rand index >= 0.9.
 ARI_BAR = 0.9
@@ -560,3 +561,19 @@ def test_patchy_reading_finds_members_who_shift_few_markers(catalog, probability
     assert read["patchy"][n_shifted == 1].mean() >= read["mean"][n_shifted == 1].mean() + 0.1
     assert read["patchy"][members].mean() >= read["mean"][members].mean() + 0.03
     assert read["patchy"][labels == 0].mean() <= 0.06
+
+
+def test_unshifted_spread_and_a_learned_null():
+    """Where no subtype moves a marker, its spread is the null of the patchy reading: median and
+    MAD-based SD, the SD where most values are tied at a limit (a MAD of 0 would call every
+    value above the limit a shift)."""
+    centre, scale = unshifted_spread(np.array([0.0] * 7 + [5.0, 6.0, 7.0]))
+    assert centre == 0.0 and scale == pytest.approx(np.std([0.0] * 7 + [5.0, 6.0, 7.0]))
+    centre, scale = unshifted_spread(np.random.default_rng(0).normal(0.5, 2.0, 4000))
+    assert abs(centre - 0.5) < 0.1 and abs(scale - 2.0) < 0.1
+    assert unshifted_spread(np.random.default_rng(0).normal(0.0, 0.5, 4000))[1] == 1.0  # never below the unit
+    one = Signature("hyperactive", ("m",), (1.0,), 0.0, shifts=(2.0,), spreads=(1.0,), shares=(0.5,),
+                    null_centres=(1.0,), null_scales=(2.0,))
+    z = np.array([3.0, 0.0])
+    expected = np.log(0.5 + 0.5 * norm.pdf(z, 2.0, 1.0) / norm.pdf(z, 1.0, 2.0))
+    np.testing.assert_allclose(one.score(pd.DataFrame({"m": z})), expected, rtol=1e-12)
