@@ -189,3 +189,25 @@ def test_runner_refuses_unknown_scenarios_and_equal_seeds(tmp_path):
     result = run_runner(tmp_path, "--train-seed", "3", "--test-seed", "3", "--output", str(tmp_path / "x.csv"))
     assert result.returncode == 2
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_runner_runs_each_world_at_each_seed_pair(tmp_path):
+    (tmp_path / "light.yaml").write_text(LIGHT_TRAINING)
+    out = tmp_path / "robustness.csv"
+    result = run_runner(
+        tmp_path, "--scenarios", "default", "--n-train", "300", "--n-test", "200", "--jobs", "1",
+        "--train-config", "light.yaml", "--seed-pairs", "1:2,3:4", "--output", str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(out)
+    assert sorted(zip(table["train_seed"], table["test_seed"])) == [(1, 2), (3, 4)]
+    assert table["label_free_f1"].nunique() == 2  # two draws, not one row written twice
+    assert "seed pair 3:4" in result.stdout and "mean over the seed pairs" in result.stdout
+    assert f"{table['supervised_f1'].mean():.3f}" in result.stdout
+
+
+@pytest.mark.parametrize("pairs", ["1:1", "1-2", "1:2:3", ","])
+def test_runner_refuses_bad_seed_pairs(tmp_path, pairs):
+    result = run_runner(tmp_path, "--seed-pairs", pairs, "--output", str(tmp_path / "x.csv"))
+    assert result.returncode == 2 and "seed-pairs" in result.stdout + result.stderr
+    assert not (tmp_path / "x.csv").exists()

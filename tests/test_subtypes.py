@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
+from scipy.stats import norm
 from sklearn.base import clone
 from sklearn.metrics import adjusted_rand_score
 
@@ -22,6 +23,7 @@ from rifml.subtypes import (
     select_k,
 )
 from rifml.subtypes.naming import bulk_location
+from rifml.subtypes.readings import Signature, patchy_shift, unshifted_spread
 
 # Bar for recovering known synthetic groups: adjusted Rand index >= 0.9.
 ARI_BAR = 0.9
@@ -502,3 +504,76 @@ def test_consensus_plot_draws_on_a_given_axes(fitted):
     assert not left.images and len(right.images) == 1
     assert right.get_title().startswith(f"Consensus matrix, k = {model.k_}")
     assert len(right.lines) == 2 * (model.k_ - 1)  # a horizontal and a vertical edge between clusters
+
+
+def test_patchy_shift_recovers_share_and_size():
+    """EM on one marker of one subtype: 70% of 400 panels shifted 2.75 SD (x U(0.7, 1.3)), the rest N(0, 1).
+    Bars: shift within 0.3 SD, share within 0.07, spread within [1, 1.4] (noise SD 1, jitter adds ~0.46 SD)."""
+    rng = np.random.default_rng(0)
+    shifted = rng.random(400) < 0.7
+    signed = rng.normal(size=400) + shifted * 2.75 * rng.uniform(0.7, 1.3, 400)
+    shift, spread, share = patchy_shift(signed, start=float(np.median(signed)))
+    assert abs(shift - 2.75) < 0.3 and abs(share - 0.7) < 0.07 and 1.0 <= spread < 1.4
+
+
+def test_patchy_signature_score_is_the_log_likelihood_ratio():
+    one = Signature("hyperactive", ("m",), (1.0,), 0.0, shifts=(2.0,), spreads=(1.0,), shares=(0.5,))
+    z = pd.DataFrame({"m": [2.0, 0.0, -1.0]})
+    # log[(1 - q) + q N(z; 2, 1) / N(z; 0, 1)] = log[0.5 + 0.5 exp(2 z - 2)]
+    np.testing.assert_allclose(one.score(z), np.log(0.5 + 0.5 * np.exp(2 * z["m"].to_numpy() - 2)), rtol=1e-12)
+    assert list(one.shows(z)) == [True, False, False]
+    below = Signature("hypoactive", ("m",), (-1.0,), 0.0, shifts=(2.0,), spreads=(1.0,), shares=(0.5,))
+    assert list(below.shows(-z)) == [True, False, False]  # signed toward the signal
+    # a signature pickled before the patchy reading (no shifts) keeps the mean rule
+    old = Signature("hyperactive", ("m", "n"), (1.0, -1.0), 1.0)
+    assert list(old.shows(pd.DataFrame({"m": [1.5, 1.5], "n": [-0.5, 0.5]}))) == [True, False]
+
+
+def _patchy_under_cohort(catalog, probability: float, seed: int = 0):
+    """400 balanced panels and 200 of an endometrial-under subtype shifting each of its markers by
+    2.75 SD with ``probability`` (values in SD units); the number of markers each panel shifted."""
+    rng = np.random.default_rng(seed)
+    markers = [m.name for m in catalog.numeric_markers if m.signals]
+    under = [markers.index(m) for m in _markers(catalog, "endometrial", "endometrium", "below", "hypoactive")]
+    z = rng.normal(size=(600, len(markers)))
+    shifted = rng.random((200, len(under))) < probability
+    z[400:, under] -= 2.75 * shifted
+    return pd.DataFrame(z, columns=markers), np.repeat([0, 1], [400, 200]), np.r_[np.zeros(400, int), shifted.sum(axis=1)]
+
+
+@pytest.mark.parametrize("probability", [0.65, 0.85])
+def test_patchy_reading_finds_members_who_shift_few_markers(catalog, probability):
+    """A member shifting one of three markers has a mean deviation a third of the subtype's: the mean
+    rule reads half or fewer of them hypoactive. Bars (seed 0): the patchy reading finds >= 0.1 more
+    of the one-marker members and >= 0.03 more of all members that shift any marker, with at most 6%
+    of balanced panels read hypoactive."""
+    values, labels, n_shifted = _patchy_under_cohort(catalog, probability)
+    found = subtype_effects(values, labels)
+    table = name_clusters(found.effects, catalog)
+    assert list(table["subtype"]) == ["balanced", "endometrial-under"]
+    z = found.deviations(values)
+    read = {
+        reading: profiles_from_signatures(z, subtype_signatures(table, found.effects, z, labels, catalog, reading=reading))
+        == "hypoactive"
+        for reading in ("mean", "patchy")
+    }
+    members = n_shifted > 0
+    assert read["patchy"][n_shifted == 1].mean() >= read["mean"][n_shifted == 1].mean() + 0.1
+    assert read["patchy"][members].mean() >= read["mean"][members].mean() + 0.03
+    assert read["patchy"][labels == 0].mean() <= 0.06
+
+
+def test_unshifted_spread_and_a_learned_null():
+    """Where no subtype moves a marker, its spread is the null of the patchy reading: median and
+    MAD-based SD, the SD where most values are tied at a limit (a MAD of 0 would call every
+    value above the limit a shift)."""
+    centre, scale = unshifted_spread(np.array([0.0] * 7 + [5.0, 6.0, 7.0]))
+    assert centre == 0.0 and scale == pytest.approx(np.std([0.0] * 7 + [5.0, 6.0, 7.0]))
+    centre, scale = unshifted_spread(np.random.default_rng(0).normal(0.5, 2.0, 4000))
+    assert abs(centre - 0.5) < 0.1 and abs(scale - 2.0) < 0.1
+    assert unshifted_spread(np.random.default_rng(0).normal(0.0, 0.5, 4000))[1] == 1.0  # never below the unit
+    one = Signature("hyperactive", ("m",), (1.0,), 0.0, shifts=(2.0,), spreads=(1.0,), shares=(0.5,),
+                    null_centres=(1.0,), null_scales=(2.0,))
+    z = np.array([3.0, 0.0])
+    expected = np.log(0.5 + 0.5 * norm.pdf(z, 2.0, 1.0) / norm.pdf(z, 1.0, 2.0))
+    np.testing.assert_allclose(one.score(pd.DataFrame({"m": z})), expected, rtol=1e-12)
