@@ -62,6 +62,7 @@ def test_fit_clones_the_parts_and_leaves_the_templates_unfitted(fitted):
 
 @pytest.mark.parametrize("profiler, name", [
     (ImmuneProfiler(min_effect=0.0), "min_effect"),
+    (ImmuneProfiler(signature_reading="median"), "signature_reading"),
     (ImmuneProfiler(background_size=0), "background_size"),
     (ImmuneProfiler(features="features"), "features"),
     (ImmuneProfiler(classifier=ConsensusClustering()), "classifier"),

@@ -117,6 +117,7 @@ class SubtypeSettings(_Settings):
     scaling: Literal["within", "robust"] = "within"
     subtype_trees: Count = 40
     min_effect: Annotated[float, Field(gt=0.0)] = 1.5
+    signature_reading: Literal["mean", "patchy"] = "mean"
     lab_min_panels: Count = 30
 
     @model_validator(mode="after")

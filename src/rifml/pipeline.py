@@ -12,7 +12,7 @@ from numbers import Integral, Real
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, _fit_context, clone
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
@@ -130,6 +130,10 @@ class ImmuneProfiler(BaseEstimator):
         Effect (within-cluster SDs against the cohort's reference level; the norm of an
         axis's markers' effects) from which an axis names a subtype (see
         :func:`rifml.subtypes.name_clusters`).
+    signature_reading : {"mean", "patchy"}
+        How label-free training reads a panel against each subtype's signature
+        (:func:`rifml.subtypes.subtype_signatures`): the mean of its signed deviations, or
+        marker by marker as a mix of shifted and unshifted panels learned in the cluster.
     lab_min_panels : int
         Complete panels a lab needs, in training or in a scored batch, before its assay
         offsets are estimated from the data (fewer: flagged, not normalized).
@@ -172,6 +176,7 @@ class ImmuneProfiler(BaseEstimator):
         "classifier": [CalibratedBoostedClassifier, None],
         "subtype_trees": [Interval(Integral, 1, None, closed="left")],
         "min_effect": [Interval(Real, 0, None, closed="neither")],
+        "signature_reading": [StrOptions({"mean", "patchy"})],
         "lab_min_panels": [Interval(Integral, 1, None, closed="left")],
         "background_size": [Interval(Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
@@ -184,6 +189,7 @@ class ImmuneProfiler(BaseEstimator):
         classifier: CalibratedBoostedClassifier | None = None,
         subtype_trees: int = 40,
         min_effect: float = 1.5,
+        signature_reading: str = "mean",
         lab_min_panels: int = 30,
         background_size: int = 200,
         random_state: int = 0,
@@ -193,6 +199,7 @@ class ImmuneProfiler(BaseEstimator):
         self.classifier = classifier
         self.subtype_trees = subtype_trees
         self.min_effect = min_effect
+        self.signature_reading = signature_reading
         self.lab_min_panels = lab_min_panels
         self.background_size = background_size
         self.random_state = random_state
@@ -320,7 +327,8 @@ class ImmuneProfiler(BaseEstimator):
         self.subtype_effects_ = self.reference_.effects
         table = name_clusters(self.subtype_effects_, self.catalog_, min_effect=self.min_effect)
         deviations = self.reference_.deviations(filled)
-        self.signatures_ = subtype_signatures(table, self.subtype_effects_, deviations, labels, self.catalog_)
+        self.signatures_ = subtype_signatures(table, self.subtype_effects_, deviations, labels, self.catalog_,
+                                              reading=self.signature_reading)
         # Label-free training reads each panel's profile from the signatures it shows.
         self.signature_profiles_ = profiles_from_signatures(deviations, self.signatures_)
         sizes = pd.Series(labels).value_counts()
