@@ -21,7 +21,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/rifml demo --workdir rifml-demo
 
-# One worker per core (pytest-xdist); each test file runs whole on one worker, so module fixtures run once.
+# One worker per core (pytest-xdist); each test file runs whole on one worker, so module fixtures run once;
+# the longest files are handed out first (tests/scheduling.py), so no long file starts last.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto --dist loadfile tests --nbmake notebooks
 

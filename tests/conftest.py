@@ -58,3 +58,13 @@ def trained_store(tmp_path_factory):
         store = train_shared_store(folder)
         done.write_text(store.run_id)
         return store
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)  # before xdist's own, which would answer first
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` (make test) hands out the longest files first: see tests/scheduling.py."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from scheduling import LongestFileFirst
+
+    return LongestFileFirst(config, log)

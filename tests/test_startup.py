@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from cli_support import rifml
-from mlflow_support import mlflow_store, quick_train_config
+from mlflow_support import copy_store, mlflow_store
 
 from rifml.io.reader import PanelFile, validated_chunks
 from rifml.tracking import _load_with_mlflow, load_profiler, local_model_folder, log_training
@@ -22,15 +22,11 @@ NOT_ON_THE_SCORING_PATH = ("mlflow", "pandera", "hypothesis", "sqlalchemy", "mat
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    work = tmp_path_factory.mktemp("startup")
-    (work / "quick.yaml").write_text(quick_train_config("rifml-startup-test"))
-    for args in (("--n", 500, "--seed", 21, "--output", "cohort.csv"),
-                 ("--n", 120, "--seed", 22, "--bad-share", 0.05, "--output", "batch.csv")):
-        done = rifml("simulate", *args, cwd=work)
-        assert done.returncode == 0, done.stderr
-    uri = f"sqlite:///{(work / 'mlflow.db').resolve()}"
-    done = rifml("train", "--data", "cohort.csv", "--config", "quick.yaml", "--tracking-uri", uri, cwd=work)
+def store(trained_store, tmp_path_factory):
+    """A copy of the session's store (version 1, champion), a version 2 added to it, and a batch to score."""
+    copied = copy_store(trained_store, tmp_path_factory.mktemp("startup"))
+    work, uri = copied.folder, copied.uri
+    done = rifml("simulate", "--n", 120, "--seed", 22, "--bad-share", 0.05, "--output", "batch.csv", cwd=work)
     assert done.returncode == 0, done.stderr
     # Version 2 (champion): the same profiler logged again, into its own folder (seconds, not a training).
     with mlflow_store(uri):  # MLflow's URIs are process-wide: restored for the tests that follow
