@@ -77,7 +77,7 @@ def test_scaled_text_parses_to_the_number_written_in_the_catalog_unit():
     direct = parse_numeric(pd.Series(["12.3", "<500", "", None, "abc", "1.2", "7000", "-250"], dtype=object), censorable=True)
     np.testing.assert_array_equal(parsed.values, direct.values)  # exactly, not approximately
     np.testing.assert_array_equal(parsed.censored, direct.censored)
-    assert list(parsed.problem) == list(direct.problem)
+    assert list(parsed.reasons) == list(direct.reasons)
 
 
 def test_scaling_by_a_thousandth_and_by_other_factors():
@@ -172,4 +172,4 @@ def test_decimal_comma_cells_scale_in_their_own_mark():
     assert scale_column(cells, Fraction(3, 2), ",").tolist() == ["0,00555", "<0,00225", "2,25", "1.5", ""]
     parsed = parse_numeric(scale_column(cells, Fraction(1000), ","), censorable=True, decimal=",")
     np.testing.assert_array_equal(parsed.values[:3], [3.7, 1.5, 1500.0])
-    assert parsed.problem[3] is not None  # a point in a decimal-comma file stays refused, never scaled
+    assert parsed.reasons[3] is not None  # a point in a decimal-comma file stays refused, never scaled

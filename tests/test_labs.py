@@ -117,3 +117,20 @@ def test_offsets_are_shrunk_to_zero_when_noise_explains_them():
     assert offsets["x"]["b"] == pytest.approx(0.5, abs=0.2)
     assert abs(offsets["x"].get("a", 0.0)) < 0.1 and abs(offsets["y"].get("b", 0.0)) < 0.1
     assert shrunk_median_offsets(residuals, labs, usable, min_panels=201) == {}
+
+
+def test_score_file_writes_what_the_chunks_are_called(fitted, batch, catalog, tmp_path):
+    """score_file runs features, kernel and calls frame in three threads, a chunk apart: its files are
+    those of calling each chunk in turn (here with a lab first seen mid-batch, so chunks are held)."""
+    from rifml.contract import REJECT_COLUMNS
+    from rifml.io.writer import AtomicCsvWriter
+    from rifml.scoring import score_file
+
+    moved = new_lab(batch, catalog, np.arange(len(batch)) >= 700)
+    tally = score_file(fitted, _chunks(moved, 97), lambda: _chunks(moved, 97), tmp_path / "calls.csv", tmp_path / "rejects.csv")
+    with AtomicCsvWriter(tmp_path / "expected.csv") as expected:
+        for _, calls in scored_chunks(fitted, _chunks(moved, 97), lambda: _chunks(moved, 97)):
+            expected.write(calls)
+    assert (tmp_path / "calls.csv").read_bytes() == (tmp_path / "expected.csv").read_bytes()
+    assert pd.read_csv(tmp_path / "calls.csv")["lab_adapted"].sum() == len(batch) - 700
+    assert tally.scored == len(batch) and list(pd.read_csv(tmp_path / "rejects.csv").columns) == REJECT_COLUMNS

@@ -177,7 +177,7 @@ def test_decimal_comma_cells_stay_on_the_arrow_parse(monkeypatch):
     np.testing.assert_array_equal(parsed.values, [12.5, 1.0, np.nan, np.nan, np.nan, 3.0])
     assert parsed.censored.tolist() == [False, True, False, False, False, False]
     assert parsed.present.tolist() == [True, True, False, True, True, True]
-    assert [p is not None for p in parsed.problem] == [False, False, False, True, True, False]
+    assert [p is not None for p in parsed.reasons] == [False, False, False, True, True, False]
 
 
 @pytest.mark.parametrize("large", [False, True])
@@ -193,7 +193,7 @@ def test_the_arrow_parse_of_sliced_chunks_matches_the_pandas_parse(large):
     got, expected = v.parse_numeric(arrow, censorable=True), v.parse_numeric(plain, censorable=True)
     np.testing.assert_array_equal(got.values, expected.values)
     assert got.present.tolist() == expected.present.tolist() == [False, True, True, False, True, True, False, True]
-    assert got.problem.tolist() == expected.problem.tolist()
+    assert got.reasons.tolist() == expected.reasons.tolist()
     assert got.censored.tolist() == expected.censored.tolist()
 
 
@@ -218,7 +218,7 @@ def test_censored_cells_parse_in_one_cast_as_the_general_parse_reads_them(cells,
     np.testing.assert_array_equal(got.values, expected.values)
     assert got.censored.tolist() == expected.censored.tolist()
     assert got.present.tolist() == expected.present.tolist()
-    assert got.problem.tolist() == expected.problem.tolist()
+    assert got.reasons.tolist() == expected.reasons.tolist()
 
 
 def test_a_column_of_plain_limits_takes_the_one_cast_parse(monkeypatch):

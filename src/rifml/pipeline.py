@@ -7,6 +7,7 @@ Pure core: no file, network or MLflow access here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
@@ -90,6 +91,25 @@ def _check_additivity(raw: np.ndarray, phi: np.ndarray, expected: np.ndarray) ->
             f"SHAP additivity failed: contributions miss the margin by up to {gap.max():.2e} "
             f"(row {int(gap.argmax())} of the chunk); the explainer does not match the model"
         )
+
+
+@dataclass
+class CallScores:
+    """What the compiled kernel gives for a chunk's features (:meth:`ImmuneProfiler.call_scores`).
+
+    Attributes
+    ----------
+    raw : ndarray (n, booster outputs)
+        The profile booster's raw margins.
+    phi : ndarray (n, features)
+        SHAP values of each row's highest-margin class.
+    subtype_margins : ndarray (n, subtype booster outputs)
+        The subtype booster's raw margins.
+    """
+
+    raw: np.ndarray
+    phi: np.ndarray
+    subtype_margins: np.ndarray
 
 
 def _sized_classifier(template: CalibratedBoostedClassifier, classes: list[str],
@@ -428,6 +448,11 @@ class ImmuneProfiler(BaseEstimator):
     def call(self, panel: pd.DataFrame, compact: bool = False, labs: LabAdaptation | None = None) -> pd.DataFrame:
         """Calls-file rows (design.md) for clean panel rows, in input order.
 
+        The composition of three stages that batch scoring runs in three threads, a chunk
+        apart: :meth:`call_features` (lab offsets, features), :meth:`call_scores` (the
+        compiled kernel: margins, SHAP, subtype margins) and :meth:`calls_frame` (probabilities,
+        drivers, subtypes, flags, the frame).
+
         Parameters
         ----------
         panel : DataFrame
@@ -440,13 +465,36 @@ class ImmuneProfiler(BaseEstimator):
             batch; by default estimated from ``panel`` itself (``panel`` is the batch).
         """
         check_is_fitted(self, "explainer_")
-        catalog = self.catalog_
         labs = self.lab_adaptation(panel) if labs is None else labs
+        return self.calls_frame(panel, self.call_scores(self.call_features(panel, labs)), labs, compact)
+
+    def call_features(self, panel: pd.DataFrame, labs: LabAdaptation) -> np.ndarray:
+        """The features (rows, features) every model of the call reads, ``labs``' offsets applied (first stage)."""
+        check_is_fitted(self, "explainer_")
         features = self.features_.with_lab_shifts(labs.shifts) if labs.shifts else self.features_
-        X = features.transform(panel).to_numpy(dtype=float)  # once: margins, SHAP and subtypes all read it
-        # One pass of the explainer's routing (bitwise-equal to LightGBM's margins, and faster than its
-        # predict) gives the margins and the SHAP values of the highest-margin class: the call.
+        return features.transform(panel).to_numpy(dtype=float)
+
+    def call_scores(self, X: np.ndarray) -> CallScores:
+        """The compiled kernel's outputs for the features of :meth:`call_features` (second stage).
+
+        One pass of the explainer's routing (bitwise-equal to LightGBM's margins, and faster than
+        its predict) gives the margins and the SHAP values of the highest-margin class: the call;
+        the subtype router's pass gives the subtype margins. No pandas here: the kernel releases
+        the GIL, so the stages before and after it run beside it.
+        """
+        check_is_fitted(self, "explainer_")
         raw, phi = self.explainer_.margins_and_shap(X)
+        return CallScores(raw, phi, self.subtype_router_.margins(X))
+
+    def calls_frame(self, panel: pd.DataFrame, scores: CallScores, labs: LabAdaptation,
+                    compact: bool = False) -> pd.DataFrame:
+        """Calls-file rows from the kernel's outputs for ``panel`` (third stage; see :meth:`call`).
+
+        ``scores.phi`` is divided in place (it is not used again).
+        """
+        check_is_fitted(self, "explainer_")
+        catalog = self.catalog_
+        raw, phi = scores.raw, scores.phi
         _check_additivity(raw, phi, self.explainer_.expected_value_)
         margins = self.profile_model_.expand_margins(raw)
         proba = self.profile_model_.proba_from_margins(margins)
@@ -454,9 +502,9 @@ class ImmuneProfiler(BaseEstimator):
         contributions = self._per_marker(self._toward_called(phi, called))
         measured = measured_markers(panel, catalog)
         drivers = top_drivers(contributions, measured, k=N_DRIVERS)
-        subtype_index, matches = self._subtypes_within(called, self.subtype_model_.expand_margins(self.subtype_router_.margins(X)))
+        subtype_index, matches = self._subtypes_within(called, self.subtype_model_.expand_margins(scores.subtype_margins))
         subtype_names, subtype_profile_codes = self.subtype_names()
-        flags = features.flags(panel)
+        flags = self.features_.flags(panel)  # lab offsets change no flag: known labs are training's
         # float, not int: batch engines carry rejected rows as missing values in the same column
         adapted_panels = lab_ids(panel, self.catalog_).map(labs.panels).fillna(0).to_numpy(dtype=np.float64) if labs.panels else np.zeros(len(panel))
 

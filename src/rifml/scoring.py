@@ -16,12 +16,14 @@ that estimated the offsets on the whole file itself (Spark) passes them in inste
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from rifml.features import lab_ids
@@ -70,9 +72,24 @@ def scored_chunks(
         Text columns of the calls as categoricals and Arrow strings (for writing files);
         False gives plain object columns (for JSON answers). See ``ImmuneProfiler.call``.
     """
+    for chunk, adaptation in planned_chunks(profiler, chunks, reread, held_rows, labs):
+        yield chunk, _call(profiler, chunk, adaptation, compact)
+
+
+def planned_chunks(
+    profiler,
+    chunks: Iterable[ValidatedChunk],
+    reread: Callable[[], Iterable[ValidatedChunk]] | None = None,
+    held_rows: int = HELD_ROWS,
+    labs: LabAdaptation | None = None,
+) -> Iterator[tuple[ValidatedChunk, LabAdaptation]]:
+    """Each chunk with the lab offsets it is called with, in input order (see the module's docstring).
+
+    Parameters as for :func:`scored_chunks`.
+    """
     if labs is not None:
         for chunk in chunks:
-            yield chunk, _call(profiler, chunk, labs, compact)
+            yield chunk, labs
         return
     known = set(profiler.features_.known_labs_)
     none = LabAdaptation()
@@ -83,7 +100,7 @@ def scored_chunks(
     for chunk in chunks:
         unknown = _unknown_lab_rows(chunk.panel, known, profiler.catalog_)
         if not unknown_rows and not unknown.any():
-            yield chunk, _call(profiler, chunk, none, compact)
+            yield chunk, none
             yielded += 1
             continue
         unknown_rows.append(chunk.panel.loc[unknown.to_numpy()])
@@ -97,7 +114,7 @@ def scored_chunks(
     adapted = profiler.lab_adaptation(pd.concat(unknown_rows))
     rest = held if held is not None else islice(reread(), yielded, None)
     for chunk in rest:
-        yield chunk, _call(profiler, chunk, adapted, compact)
+        yield chunk, adapted
 
 
 @dataclass
@@ -127,6 +144,11 @@ def score_file(
 ) -> Tally:
     """Score a file's validated chunks into the calls and rejects CSVs (the local engine's edge).
 
+    The three stages of :meth:`ImmuneProfiler.call` run in three threads, a chunk apart, so
+    that both cores stay busy: features (and the lab plan) in one, the compiled kernel (which
+    releases the GIL) in the calling thread, the calls frame and its writing in a third. The
+    files are the same as calling each chunk in turn.
+
     Parameters
     ----------
     profiler : fitted ImmuneProfiler
@@ -142,17 +164,70 @@ def score_file(
     Tally
     """
     from rifml.contract import REJECT_COLUMNS, calls_columns
+    from rifml.io.reader import Prefetcher
     from rifml.io.writer import AtomicCsvWriter
 
     tally = Tally()
+
+    def featured() -> Iterator[tuple[ValidatedChunk, LabAdaptation, np.ndarray | None]]:
+        for chunk, labs in planned_chunks(profiler, chunks, reread):
+            yield chunk, labs, profiler.call_features(chunk.panel, labs) if len(chunk.panel) else None
+
+    def finish(chunk: ValidatedChunk, labs: LabAdaptation, scores) -> None:
+        reject_writer.write(chunk.rejects)
+        calls = None if scores is None else profiler.calls_frame(chunk.panel, scores, labs, compact=True)
+        if calls is not None:
+            calls_writer.write(calls)
+        tally.add(chunk.rejects, calls, chunk.accepted_lines, profiler.catalog_.label_column)
+        if advance is not None:
+            advance(chunk.accepted_lines + len(chunk.rejects))
+
     with AtomicCsvWriter(rejects_path, columns=REJECT_COLUMNS) as reject_writer, AtomicCsvWriter(calls_path) as calls_writer:
-        for chunk, calls in scored_chunks(profiler, chunks, reread):
-            reject_writer.write(chunk.rejects)
-            if calls is not None:
-                calls_writer.write(calls)
-            tally.add(chunk.rejects, calls, chunk.accepted_lines, profiler.catalog_.label_column)
-            if advance is not None:
-                advance(chunk.accepted_lines + len(chunk.rejects))
+        with Prefetcher(featured(), depth=STAGE_DEPTH, name="rifml-features") as inputs, InOrder("rifml-calls") as finishing:
+            for chunk, labs, X in inputs:
+                finishing.submit(finish, chunk, labs, None if X is None else profiler.call_scores(X))
         if tally.scored == 0:  # still give the calls file its header
             calls_writer.columns = calls_columns(profiler.catalog_)
     return tally
+
+
+# Chunks waiting between two stages of score_file: one lets each stage start the next chunk as soon
+# as it hands one over; more only hold memory.
+STAGE_DEPTH = 1
+
+
+class InOrder:
+    """Run submitted calls one after another in a thread of their own, at most ``depth`` waiting.
+
+    ``submit`` returns at once unless ``depth`` calls wait (then it waits for the oldest);
+    an error of a call is raised at a later ``submit`` or on leaving the ``with`` block.
+    """
+
+    def __init__(self, name: str, depth: int = STAGE_DEPTH):
+        self.name = name
+        self.depth = depth
+        self._pending: deque[Future] = deque()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> "InOrder":
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
+        return self
+
+    def submit(self, function: Callable, *args) -> None:
+        while len(self._pending) > self.depth:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(function, *args))
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is not None:  # already failing: drop what has not started, report the first error
+                for future in self._pending:
+                    future.cancel()
+            while self._pending:
+                future = self._pending.popleft()
+                if exc_type is None:
+                    future.result()
+                elif not future.cancelled():
+                    future.exception()  # waits; the error is dropped
+        finally:
+            self._pool.shutdown(wait=True)

@@ -77,7 +77,27 @@ class _Parsed:
     values: np.ndarray  # float64, NaN where missing or unparseable
     censored: np.ndarray  # bool
     present: np.ndarray  # bool: the cell was not empty
-    problem: np.ndarray  # object: reason or None
+    problem: np.ndarray | None  # object: reason or None per row; None: no row has a problem (see _mark)
+
+    @property
+    def reasons(self) -> np.ndarray:
+        """A reason or None for every row."""
+        return np.full(len(self.values), None, dtype=object) if self.problem is None else self.problem
+
+
+def _mark(problem: np.ndarray | None, where: np.ndarray, reason: str) -> np.ndarray | None:
+    """``problem`` (a reason or None per row; None for all of them) with ``reason`` where ``where`` (bool).
+
+    The array is made on the first row with a problem: most columns of most chunks have none, and
+    finding them again by scanning an all-None object array per column held the GIL for a large
+    share of validation, which the scoring threads wait on.
+    """
+    if not where.any():
+        return problem
+    if problem is None:
+        problem = np.full(len(where), None, dtype=object)
+    problem[where] = reason
+    return problem
 
 
 def _as_text(column: pd.Series) -> pd.Series:
@@ -105,13 +125,12 @@ def parse_numeric(column: pd.Series, censorable: bool, decimal: str = ".") -> _P
     if decimal == "," and not pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column.dtype):
         return _parse_decimal_comma(column, censorable)
     n = len(column)
-    problem = np.full(n, None, dtype=object)
     if pd.api.types.is_bool_dtype(column.dtype):
         column = column.astype("object")
     if pd.api.types.is_numeric_dtype(column.dtype):
         values = column.to_numpy(dtype="float64", na_value=np.nan)
         present = ~np.isnan(values)
-        problem[np.isinf(values)] = NOT_A_NUMBER
+        problem = _mark(None, np.isinf(values), NOT_A_NUMBER)
         values = np.where(np.isinf(values), np.nan, values)
         return _Parsed(values, np.zeros(n, dtype=bool), present, problem)
 
@@ -139,8 +158,12 @@ def parse_numeric(column: pd.Series, censorable: bool, decimal: str = ".") -> _P
         overflow = numeric & ~np.isfinite(values[rest])  # e.g. "1e400"
         present[rest] = ~empty
         censored[rest] = is_censor & numeric
-        problem[rest[~empty & (~numeric | overflow)]] = NOT_A_NUMBER
+        unreadable = np.zeros(n, dtype=bool)
+        unreadable[rest[~empty & (~numeric | overflow)]] = True
+        problem = _mark(None, unreadable, NOT_A_NUMBER)
         values[rest[overflow]] = np.nan
+    else:
+        problem = None
     return _censor_rules(_Parsed(values, censored, present, problem), censorable)
 
 
@@ -150,7 +173,7 @@ def _parse_decimal_comma(column: pd.Series, censorable: bool) -> _Parsed:
     # Arrow-backed, so the Arrow parse of parse_numeric takes it (no Python string per cell)
     swapped = pd.Series(pd.arrays.ArrowExtensionArray(pc.replace_substring(text, ",", ".")), index=column.index)
     parsed = parse_numeric(swapped, censorable)
-    parsed.problem[pointed] = NOT_A_NUMBER
+    parsed.problem = _mark(parsed.problem, pointed, NOT_A_NUMBER)
     parsed.values[pointed] = np.nan
     parsed.censored[pointed] = False
     return parsed
@@ -158,9 +181,9 @@ def _parse_decimal_comma(column: pd.Series, censorable: bool) -> _Parsed:
 
 def _censor_rules(parsed: _Parsed, censorable: bool) -> _Parsed:
     if not censorable:
-        parsed.problem[parsed.censored] = CENSOR_NOT_ALLOWED
+        parsed.problem = _mark(parsed.problem, parsed.censored, CENSOR_NOT_ALLOWED)
     else:
-        parsed.problem[parsed.censored & (parsed.values == 0)] = CENSOR_LIMIT_ZERO
+        parsed.problem = _mark(parsed.problem, parsed.censored & (parsed.values == 0), CENSOR_LIMIT_ZERO)
     return parsed
 
 
@@ -184,8 +207,7 @@ def _parse_arrow_numeric(column: pd.Series) -> _Parsed | None:
     except pa.ArrowInvalid:  # e.g. a number beyond float range: let the pandas path judge it
         return None
     values = np.array(values.to_numpy(zero_copy_only=False), dtype="float64")
-    problem = np.full(len(values), None, dtype=object)
-    problem[present & (~numeric | ~np.isfinite(np.where(numeric, values, 0.0)))] = NOT_A_NUMBER
+    problem = _mark(None, present & (~numeric | ~np.isfinite(np.where(numeric, values, 0.0))), NOT_A_NUMBER)
     values[~np.isfinite(values)] = np.nan
     censored = is_censor.to_numpy(zero_copy_only=False) & numeric
     return _Parsed(values, censored, present, problem)
@@ -217,8 +239,7 @@ def _cast_numbers(chunks: pa.ChunkedArray) -> _Parsed | None:
         censored = censored & ~np.isnan(values)  # and is no limit
     if not np.isfinite(values[~np.isnan(values)]).all():
         return None
-    problem = np.full(len(values), None, dtype=object)
-    problem[present & np.isnan(values)] = NOT_A_NUMBER  # "nan" spelled out is not a measurement, nor "<" alone
+    problem = _mark(None, present & np.isnan(values), NOT_A_NUMBER)  # "nan" spelled out is not a measurement, nor "<" alone
     return _Parsed(values, censored, present, problem)
 
 
@@ -234,9 +255,11 @@ def _cast_plain_numbers(chunks: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray
         offsets_type = np.int64 if pa_types.is_large_string(chunk.type) else np.int32
         offsets = np.frombuffer(chunk.buffers()[1], dtype=offsets_type)[chunk.offset : chunk.offset + len(chunk) + 1]
         filled = offsets[1:] > offsets[:-1]
-        bits = np.packbits(np.r_[np.ones(chunk.offset, dtype=bool), filled], bitorder="little")
+        valid = np.concatenate([np.ones(chunk.offset, dtype=bool), filled]) if chunk.offset else filled
+        bits = np.packbits(valid, bitorder="little")
         nullable.append(pa.Array.from_buffers(
-            chunk.type, len(chunk), [pa.py_buffer(bits), *chunk.buffers()[1:]], int((~filled).sum()), chunk.offset
+            chunk.type, len(chunk), [pa.py_buffer(bits), *chunk.buffers()[1:]], len(filled) - int(np.count_nonzero(filled)),
+            chunk.offset,
         ))
         present.append(filled)
     values = pc.cast(pa.chunked_array(nullable, type=chunks.type), pa.float64())
@@ -244,8 +267,9 @@ def _cast_plain_numbers(chunks: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray
     return np.array(values.to_numpy(), dtype="float64"), np.concatenate(present) if present else empty
 
 
-def parse_category(column: pd.Series, lookup: dict[str, str]) -> tuple[pd.Categorical, np.ndarray, np.ndarray]:
-    """Map spellings to canonical categories; returns (categorical, NaN where missing or unknown; present; problem).
+def parse_category(column: pd.Series, lookup: dict[str, str]) -> tuple[pd.Categorical, np.ndarray, np.ndarray | None]:
+    """Map spellings to canonical categories; returns (categorical, NaN where missing or unknown; present; problem
+    (None: no row has one)).
 
     A categorical keeps one small code per cell (no Python string per row), which later
     steps read without touching the text again.
@@ -258,7 +282,7 @@ def parse_category(column: pd.Series, lookup: dict[str, str]) -> tuple[pd.Catego
     found = pc.index_in(pc.utf8_lower(text), value_set=pa.array(spellings, type=pa.string()))
     code_of_spelling = np.array([categories.index(lookup[s]) for s in spellings] + [-1], dtype=np.int64)
     codes = code_of_spelling[pc.fill_null(found, len(spellings)).to_numpy(zero_copy_only=False)]
-    problem = np.where(present & (codes < 0), NOT_A_CATEGORY, None)
+    problem = _mark(None, present & (codes < 0), NOT_A_CATEGORY)
     return pd.Categorical.from_codes(codes, categories=categories), present, problem
 
 
@@ -484,19 +508,20 @@ def validate_chunk(
     """
     n = len(raw)
     raw = raw.reset_index(drop=True)
-    problems: dict[str, np.ndarray] = {}
+    # column -> reason or None per row; None for a column none of whose rows has a problem (the
+    # key stays: the order of the keys says which problem of a row is its first)
+    problems: dict[str, np.ndarray | None] = {}
     panel: dict[str, object] = {}
 
     # Text stays Arrow-backed (ids, lab, dates): no Python string per row.
     id_text = patient_ids(raw[catalog.id_column]) if catalog.id_column in raw else pd.Series([""] * n, dtype="string[pyarrow]")
     missing_id = (id_text == "").to_numpy(dtype=bool)
-    id_problem = np.full(n, None, dtype=object)
-    id_problem[missing_id] = MISSING_ID
+    id_problem = _mark(None, missing_id, MISSING_ID)
     if duplicate_ids:
-        id_problem[~missing_id & id_text.isin(duplicate_ids).to_numpy(dtype=bool)] = DUPLICATE_ID
+        id_problem = _mark(id_problem, ~missing_id & id_text.isin(duplicate_ids).to_numpy(dtype=bool), DUPLICATE_ID)
     if bad_field_count is not None:
         # A row whose fields do not line up with the header cannot be read cell by cell.
-        problems[""] = np.where(np.asarray(bad_field_count, dtype=bool), WRONG_FIELD_COUNT, None)
+        problems[""] = _mark(None, np.asarray(bad_field_count, dtype=bool), WRONG_FIELD_COUNT)
     if row_problems is not None:
         problems[""] = np.where(pd.notna(row_problems), row_problems, problems.get("", None))
     problems[catalog.id_column] = id_problem
@@ -530,8 +555,8 @@ def validate_chunk(
             panel[ctx.name] = parsed.values
             problems[ctx.name] = parsed.problem
         else:
-            text = _as_text(raw[ctx.name])
-            panel[ctx.name] = text.where(text != "", None).array
+            text = _as_text(raw[ctx.name]).array._pa_array  # in Arrow: pandas' where holds the GIL per cell
+            panel[ctx.name] = pd.arrays.ArrowStringArray(pc.if_else(pc.equal(text, ""), pa.scalar(None, text.type), text))
 
     if catalog.label_column in raw:
         lookup = {p: p for p in catalog.profiles}
@@ -541,14 +566,15 @@ def validate_chunk(
 
     for column, reasons in (column_problems or {}).items():
         found = pd.notna(reasons)
-        problems[column] = np.where(found, reasons, problems.get(column, np.full(n, None, dtype=object)))
+        problems[column] = np.where(found, reasons, problems.get(column))
 
     for column, reasons in _range_problems(numbers, catalog).items():
-        fresh = pd.notna(reasons) & pd.isna(problems[column])  # a parse or unit problem comes first
-        problems[column] = np.where(fresh, reasons, problems[column])
+        earlier = problems[column]
+        fresh = pd.notna(reasons) & (True if earlier is None else pd.isna(earlier))  # a parse or unit problem comes first
+        problems[column] = np.where(fresh, reasons, earlier)
 
-    no_markers = np.where(~any_marker, NO_MARKERS, None)
-    reject_mask, first_column, first_reason, summary = _first_problems(problems, no_markers)
+    no_markers = _mark(None, ~any_marker, NO_MARKERS)
+    reject_mask, first_column, first_reason, summary = _first_problems(problems, no_markers, n)
 
     known = set(catalog.known_columns)
     for extra in raw.columns:
@@ -561,7 +587,7 @@ def validate_chunk(
     rejects = pd.DataFrame(
         {
             "row": np.asarray(rows)[reject_mask],
-            "patient_id": id_text[reject_mask].to_numpy(dtype=object),
+            "patient_id": id_text.array[reject_mask].to_numpy(dtype=object),
             "column": first_column[reject_mask],
             "value": [_cell_text(raw, c, i) for c, i in zip(first_column[reject_mask], np.flatnonzero(reject_mask))],
             "reason": first_reason[reject_mask],
@@ -576,25 +602,27 @@ def validate_chunk(
 
 
 def _first_problems(
-    problems: dict[str, np.ndarray], no_markers: np.ndarray
+    problems: dict[str, np.ndarray | None], no_markers: np.ndarray | None, n: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per row: rejected?, first failing column, its reason, and a summary of all problems."""
     ordered = list(problems.items()) + [("", no_markers)]
-    n = len(no_markers)
     first_column = np.full(n, "", dtype=object)
     first_reason = np.full(n, None, dtype=object)
     summary = np.full(n, "", dtype=object)
+    reject_mask = np.zeros(n, dtype=bool)
     for column, reasons in ordered:
+        if reasons is None:
+            continue
         hit = pd.notna(reasons)  # reasons are None or text; a C loop, unlike `!= None` on objects
         if not hit.any():
             continue
-        fresh = hit & pd.isna(first_reason)
+        fresh = hit & ~reject_mask
+        reject_mask |= hit
         first_column[fresh] = column
         first_reason[fresh] = reasons[fresh]
         label = f"{column}: " if column else ""
         for i in np.flatnonzero(hit):
             summary[i] = f"{summary[i]}; {label}{reasons[i]}" if summary[i] else f"{label}{reasons[i]}"
-    reject_mask = pd.notna(first_reason)
     return reject_mask, first_column, first_reason, summary
 
 

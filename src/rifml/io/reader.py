@@ -424,6 +424,11 @@ def validated_chunks(panel_file: PanelFile) -> Iterator[ValidatedChunk]:
     panel_file.row_count = (tiling or Tiling(panel_file.survey)).finish()
 
 
+# Chunks the reading thread may hold ready: while `rifml score` imports and loads its model
+# (a second or more) the reader gets this far ahead, instead of stopping after one chunk.
+READ_AHEAD = 4
+
+
 class Prefetcher:
     """Read and validate chunks in a background thread, from construction on.
 
@@ -431,17 +436,18 @@ class Prefetcher:
     cores the reading of chunk i+1 overlaps the scoring of chunk i, and the first
     chunks are read while the caller is still loading its model. At most ``depth``
     chunks wait. Iterate once; ``close`` (or leaving a ``with`` block) stops the thread.
+    Any iterator can run this way (:func:`rifml.scoring.score_file` runs its features stage so).
     """
 
     _DONE = object()
 
-    def __init__(self, chunks: Iterator[ValidatedChunk], depth: int = 1):
+    def __init__(self, chunks: Iterator, depth: int = READ_AHEAD, name: str = "rifml-reader"):
         import queue
         import threading
 
         self._waiting: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._worker = threading.Thread(target=self._produce, args=(chunks,), name="rifml-reader", daemon=True)
+        self._worker = threading.Thread(target=self._produce, args=(chunks,), name=name, daemon=True)
         self._worker.start()
 
     def _produce(self, chunks: Iterator[ValidatedChunk]) -> None:

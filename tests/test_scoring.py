@@ -1,0 +1,47 @@
+"""The calls stage of batch scoring (scoring.InOrder): calls run in order in their own thread, errors surface."""
+
+import threading
+
+import pytest
+
+from rifml.scoring import InOrder
+
+
+def test_calls_run_in_order_in_one_other_thread():
+    done, threads = [], set()
+
+    def step(i):
+        threads.add(threading.get_ident())
+        done.append(i)
+
+    with InOrder("test-stage", depth=2) as stage:
+        for i in range(50):
+            stage.submit(step, i)
+    assert done == list(range(50))
+    assert threads and threading.get_ident() not in threads and len(threads) == 1
+
+
+def test_an_error_in_the_stage_is_raised_in_the_caller():
+    def step(i):
+        if i == 3:
+            raise ValueError("chunk 3 failed")
+
+    with pytest.raises(ValueError, match="chunk 3 failed"):
+        with InOrder("test-stage") as stage:
+            for i in range(100):
+                stage.submit(step, i)
+
+
+def test_the_callers_error_wins_and_waiting_calls_are_dropped():
+    started = []
+
+    def step(i):
+        started.append(i)
+        threading.Event().wait(1.0)  # still running when the caller fails
+
+    with pytest.raises(KeyError):
+        with InOrder("test-stage", depth=1) as stage:
+            stage.submit(step, 0)
+            stage.submit(step, 1)
+            raise KeyError("caller failed")
+    assert 1 not in started  # the waiting call never ran (the first one finished, or never started)
