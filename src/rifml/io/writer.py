@@ -25,6 +25,7 @@ import pyarrow.csv as pacsv
 
 from rifml.errors import RifmlInputError
 from rifml.in_order import InOrder
+from rifml.io.float_text import COMPILED_FROM_ROWS, grid_float_text
 from rifml.io.paths import PART_SUFFIX, temp_prefix
 
 # First characters a spreadsheet reads as the start of a formula (with their full-width forms,
@@ -108,6 +109,11 @@ def _as_text_table(frame: pd.DataFrame, safe_cells: bool = False) -> pa.Table:
     columns = []
     for name in frame.columns:
         column = frame[name]
+        if column.dtype == np.float64 and len(column) >= COMPILED_FROM_ROWS:
+            text = grid_float_text(column.to_numpy())
+            if text is not None:
+                columns.append(text)
+                continue
         try:
             array = pa.array(column, from_pandas=True)
         except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed Python objects in a pass-through column
