@@ -11,8 +11,9 @@ rejected as ``unclosed quote``, and reading goes on at the next line.
 
 :func:`survey` counts lines, blank lines and odd-parity lines on the bytes (a compiled
 pass per large block, numpy for small ones: the same marks), without the parser.
-:meth:`Survey.check` then verifies that the records the parser produced tile the file's lines exactly (no line lost, none read twice, every multi-line
-record opened and closed by odd-parity lines). A mismatch is a bug in rifml, never a
+:meth:`Survey.check` then verifies that the records the parser produced tile the file's
+lines exactly (no line lost, none read twice, every multi-line record opened and closed
+by odd-parity lines). A mismatch is a bug in rifml, never a
 property of the file: it raises, so no wrong total is ever printed.
 """
 
