@@ -78,10 +78,10 @@ def phases(input_path: Path, uri: str, model: str, chunk_rows: int, output: Path
     kernel_phase = {id(profiler.explainer_): "explainer (margins + SHAP)", id(profiler.subtype_router_): "subtype router"}
     run = InterventionalExplainer._run
 
-    def run_timed(self, *args):
+    def run_timed(self, *args, **kwargs):
         started = clock()
         try:
-            return run(self, *args)
+            return run(self, *args, **kwargs)
         finally:
             spent[kernel_phase.get(id(self), "other kernel")] += clock() - started
 

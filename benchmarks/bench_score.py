@@ -43,12 +43,43 @@ def run_measured(command: list[str], cwd: Path) -> tuple[float, float]:
     return run_timed(command, cwd)[:2]
 
 
-def run_timed(command: list[str], cwd: Path) -> tuple[float, float, float]:
+def _machine_ticks() -> tuple[int, int]:
+    """The machine's iowait and steal ticks so far (/proc/stat; zeros where there is none)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[5]), int(fields[8])
+    except (OSError, IndexError, ValueError):
+        return 0, 0
+
+
+def _dirty_kib() -> int:
+    """Page cache waiting to be written back, machine-wide (/proc/meminfo Dirty + Writeback)."""
+    try:
+        lines = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        return sum(int(lines[k].split()[0]) for k in ("Dirty", "Writeback"))
+    except (OSError, KeyError, ValueError):
+        return 0
+
+
+def warm_page_cache(path: Path) -> None:
+    """Read a file once, so that the next process finds it in the page cache."""
+    with path.open("rb") as handle:
+        while handle.read(1 << 24):
+            pass
+
+
+def run_timed(command: list[str], cwd: Path, notes: dict | None = None) -> tuple[float, float, float]:
     """Wall seconds, peak RSS (MiB, the process and its children) and CPU seconds (user + system) of one command.
 
     CPU seconds move far less than wall seconds with other work on the machine: on a shared
-    machine they are the steadier yardstick of the two.
+    machine they are the steadier yardstick of the two. ``notes``, when given, receives what
+    else could make a run slower at the same CPU: the command's major page faults and blocks
+    read (its input or libraries no longer in the page cache), and the machine's iowait and
+    steal seconds (a hypervisor taking the cores) and dirty page cache at the start.
     """
+    ticks = os.sysconf("SC_CLK_TCK")
+    iowait_before, steal_before = _machine_ticks()
+    dirty_before = _dirty_kib()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     process = psutil.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -75,6 +106,11 @@ def run_timed(command: list[str], cwd: Path) -> tuple[float, float, float]:
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{stderr.decode()[-2000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if notes is not None:
+        iowait_after, steal_after = _machine_ticks()
+        notes.update(major_faults=after.ru_majflt - before.ru_majflt, blocks_in=after.ru_inblock - before.ru_inblock,
+                     iowait_s=(iowait_after - iowait_before) / ticks, steal_s=(steal_after - steal_before) / ticks,
+                     dirty_mib_at_start=dirty_before / 1024, load=os.getloadavg()[0])
     return seconds, peak / 2**20, cpu
 
 
@@ -197,17 +233,29 @@ def main() -> None:
     loads = [os.getloadavg()[0]]
     print(f"both scorers read {scored} ({args.dialect}); load {loads[0]:.1f}")
     pair_ratios, cpu_ratios = [], []
+    notes: list[tuple[str, dict]] = []  # why a rifml run after the reference may be slower (see run_timed)
+
+    def timed(label: str, command: list[str]) -> tuple[float, float, float]:
+        # This machine pages out file cache idle for about a minute (DAMON proactive reclaim): after the
+        # reference's minutes, rifml would read its input from disk again, before it from memory. Both
+        # scorers start with the input in the page cache, so neither run pays for the other's duration.
+        warm_page_cache(work / scored)
+        noted: dict = {}
+        result = run_timed(command, work, noted)
+        notes.append((label, {"wall_s": result[0], "cpu_s": result[2], **noted}))
+        return result
+
     for repeat in range(args.repeats):
         if repeat == 0 or args.skip_reference:
-            runs["rifml"].append(run_timed(ours, work))
+            runs["rifml"].append(timed("rifml", ours))
         if args.skip_reference:
             loads.append(os.getloadavg()[0])
             print(f"repeat {repeat + 1}: rifml {runs['rifml'][-1][0]:.1f} s, {runs['rifml'][-1][2]:.1f} s CPU (load {loads[-1]:.1f})")
             continue
-        runs["reference"].append(run_timed(reference, work))
+        runs["reference"].append(timed("reference", reference))
         # rifml again after each reference run: the reference takes minutes, in which the machine's
         # load can change, so each reference run is set against the rifml runs on both sides of it
-        runs["rifml"].append(run_timed(ours, work))
+        runs["rifml"].append(timed("rifml", ours))
         loads.append(os.getloadavg()[0])
         around = runs["rifml"][-2:]
         ref = runs["reference"][-1]
@@ -217,6 +265,8 @@ def main() -> None:
               f" ratio {pair_ratios[-1]:.3f}; CPU {around[0][2]:.1f} / {ref[2]:.1f} / {around[1][2]:.1f} s: ratio"
               f" {cpu_ratios[-1]:.3f} (load {loads[-1]:.1f})")
 
+    for label, noted in notes:
+        print(f"  {label}: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in noted.items()))
     ours_s = statistics.median(s for s, _, _ in runs["rifml"])
     ours_mb = max(m for _, m, _ in runs["rifml"])
     line = f"| {dt.date.today()} | {args.n:,} | {ours_s:.2f} | {args.n / ours_s:,.0f} | {ours_mb:,.0f} |"

@@ -151,15 +151,37 @@ def test_fuzzed_quotes_separators_and_line_ends_never_lose_a_row(tmp_path, catal
         assert panel_file.row_count == nonblank
 
 
+PIECES = st.sampled_from(["a", "1", ",", ";", '"', "\n", "\r\n", "\r", "\u00e9", ""])
+
+
+@settings(max_examples=200, deadline=None)
+@given(pieces=st.lists(PIECES, max_size=80), sep=st.sampled_from([",", ";"]), width=st.integers(1, 4))
+def test_the_compiled_line_scan_marks_what_the_numpy_one_does(pieces, sep, width):
+    """Large blocks are scanned compiled, small ones with numpy: the same marks for any bytes."""
+    from rifml.io.accounting import _compiled_line_marks, _line_marks_numpy
+
+    block = ("".join(pieces) + "\n").encode()  # a block always ends with a line end
+    data = np.frombuffer(block, dtype=np.uint8)
+    for column in range(-1, width):
+        numpy_marks = _line_marks_numpy(data, ord(sep), column, width)
+        compiled_marks = _compiled_line_marks(data, ord(sep), column, width)
+        for ours, theirs in zip(compiled_marks, numpy_marks):
+            assert np.array_equal(np.asarray(ours), np.asarray([] if theirs is None else theirs))
+
+
+@pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("crlf", [False, True])
 @pytest.mark.parametrize("position", [0, 2, 4])
 @pytest.mark.parametrize("final_end", [False, True])
-def test_the_survey_gathers_a_column_as_arrow_parses_it(tmp_path, position, crlf, final_end):
+def test_the_survey_gathers_a_column_as_arrow_parses_it(tmp_path, position, crlf, final_end, compiled, monkeypatch):
     """The id column is read from the line scan (no second parse): the same cells Arrow reads."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
+    from rifml.io import accounting
     from rifml.io.accounting import SCAN_BLOCK, survey
+
+    monkeypatch.setattr(accounting, "COMPILED_SCAN_FROM", 0 if compiled else SCAN_BLOCK + 1)
 
     end = "\r\n" if crlf else "\n"
     rows = [",".join([f"P{i}", "lab_A", f" {i} ", "", "Jos\u00e9" if i % 5 == 0 else f"x{i % 7}"]) for i in range(3000)]

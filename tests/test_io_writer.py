@@ -35,6 +35,21 @@ def test_an_error_in_the_writer_thread_surfaces_and_leaves_no_file(tmp_path, mon
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_error_in_the_writer_thread_is_raised_at_the_next_write(tmp_path, monkeypatch):
+    def broken(self, frame):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(AtomicCsvWriter, "_write_now", broken)
+    after_second_write = False
+    with pytest.raises(OSError, match="disk full"):
+        with AtomicCsvWriter(tmp_path / "calls.csv") as writer:
+            writer.write(frame(0, 10))
+            writer.write(frame(10, 10))
+            after_second_write = True
+    assert not after_second_write
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_first_error_is_the_one_reported(tmp_path, monkeypatch):
     def broken(self, frame):
         raise OSError("disk full")

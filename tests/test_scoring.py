@@ -1,10 +1,11 @@
-"""The calls stage of batch scoring (scoring.InOrder): calls run in order in their own thread, errors surface."""
+"""The in-order worker of batch scoring's calls stage and of the CSV writer (rifml.in_order.InOrder):
+calls run in order in their own thread, few wait, errors surface."""
 
 import threading
 
 import pytest
 
-from rifml.scoring import InOrder
+from rifml.in_order import InOrder
 
 
 def test_calls_run_in_order_in_one_other_thread():
@@ -45,3 +46,29 @@ def test_the_callers_error_wins_and_waiting_calls_are_dropped():
             stage.submit(step, 1)
             raise KeyError("caller failed")
     assert 1 not in started  # the waiting call never ran (the first one finished, or never started)
+
+
+def test_depth_zero_keeps_one_call_in_flight():
+    finished = []
+
+    def step(i):
+        threading.Event().wait(0.002)
+        finished.append(i)
+
+    with InOrder("test-stage", depth=0) as stage:
+        for i in range(20):
+            stage.submit(step, i)
+            assert finished == list(range(i))  # submit returned only once every earlier call was done
+    assert finished == list(range(20))
+
+
+def test_drain_raises_the_error_of_a_call():
+    def step(i):
+        if i == 1:
+            raise ValueError("call 1 failed")
+
+    with InOrder("test-stage", depth=5) as stage:
+        for i in range(3):
+            stage.submit(step, i)
+        with pytest.raises(ValueError, match="call 1 failed"):
+            stage.drain()

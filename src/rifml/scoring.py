@@ -16,9 +16,8 @@ that estimated the offsets on the whole file itself (Spark) passes them in inste
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from rifml.features import lab_ids
+from rifml.in_order import InOrder
 from rifml.labs import LabAdaptation
 from rifml.validate import ValidatedChunk
 
@@ -183,7 +183,7 @@ def score_file(
             advance(chunk.accepted_lines + len(chunk.rejects))
 
     with AtomicCsvWriter(rejects_path, columns=REJECT_COLUMNS) as reject_writer, AtomicCsvWriter(calls_path) as calls_writer:
-        with Prefetcher(featured(), depth=STAGE_DEPTH, name="rifml-features") as inputs, InOrder("rifml-calls") as finishing:
+        with Prefetcher(featured(), depth=STAGE_DEPTH, name="rifml-features") as inputs, InOrder("rifml-calls", depth=STAGE_DEPTH) as finishing:
             for chunk, labs, X in inputs:
                 finishing.submit(finish, chunk, labs, None if X is None else profiler.call_scores(X))
         if tally.scored == 0:  # still give the calls file its header
@@ -194,40 +194,3 @@ def score_file(
 # Chunks waiting between two stages of score_file: one lets each stage start the next chunk as soon
 # as it hands one over; more only hold memory.
 STAGE_DEPTH = 1
-
-
-class InOrder:
-    """Run submitted calls one after another in a thread of their own, at most ``depth`` waiting.
-
-    ``submit`` returns at once unless ``depth`` calls wait (then it waits for the oldest);
-    an error of a call is raised at a later ``submit`` or on leaving the ``with`` block.
-    """
-
-    def __init__(self, name: str, depth: int = STAGE_DEPTH):
-        self.name = name
-        self.depth = depth
-        self._pending: deque[Future] = deque()
-        self._pool: ThreadPoolExecutor | None = None
-
-    def __enter__(self) -> "InOrder":
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
-        return self
-
-    def submit(self, function: Callable, *args) -> None:
-        while len(self._pending) > self.depth:
-            self._pending.popleft().result()
-        self._pending.append(self._pool.submit(function, *args))
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is not None:  # already failing: drop what has not started, report the first error
-                for future in self._pending:
-                    future.cancel()
-            while self._pending:
-                future = self._pending.popleft()
-                if exc_type is None:
-                    future.result()
-                elif not future.cancelled():
-                    future.exception()  # waits; the error is dropped
-        finally:
-            self._pool.shutdown(wait=True)

@@ -9,10 +9,11 @@ opening one has the header's number of separators by itself (it is a record of i
 a stray quote must never swallow patients), the opening line is a record of its own,
 rejected as ``unclosed quote``, and reading goes on at the next line.
 
-:func:`survey` counts lines, blank lines and odd-parity lines with numpy on the bytes,
-without the parser. :meth:`Survey.check` then verifies that the records the parser
-produced tile the file's lines exactly (no line lost, none read twice, every multi-line
-record opened and closed by odd-parity lines). A mismatch is a bug in rifml, never a
+:func:`survey` counts lines, blank lines and odd-parity lines on the bytes (a compiled
+pass per large block, numpy for small ones: the same marks), without the parser.
+:meth:`Survey.check` then verifies that the records the parser produced tile the file's
+lines exactly (no line lost, none read twice, every multi-line record opened and closed
+by odd-parity lines). A mismatch is a bug in rifml, never a
 property of the file: it raises, so no wrong total is ever printed.
 """
 
@@ -25,7 +26,12 @@ from typing import BinaryIO
 
 import numpy as np
 
+from rifml.io.compiled import compiled_on_first_call
+
 SCAN_BLOCK = 4 << 20  # bytes per step (its temporaries are ~10x this)
+# Blocks of at least this many bytes are scanned by a compiled loop (rifml.io.compiled); smaller
+# ones (small files, a file's last block) with numpy, to the same marks.
+COMPILED_SCAN_FROM = 1 << 20
 SAMPLE_BYTES = 1 << 16  # non-UTF-8 lines kept for encoding detection
 QUOTE, LF, CR = 34, 10, 13
 
@@ -221,19 +227,11 @@ def _scan(
     its temporaries stay small: a byte-wide cumulative sum would cost 8 bytes per byte.
     """
     data = np.frombuffer(block, dtype=np.uint8)
-    ends = np.flatnonzero(data == LF)
-    crs = np.flatnonzero(data == CR)
-    if len(crs):
-        follows = crs + 1 < len(data)
-        lone = crs[~follows | (data[np.minimum(crs + 1, len(data) - 1)] != LF)]
-        if len(lone):
-            result.lone_cr = True
-            ends = np.union1d(ends, lone)
+    marks = (_compiled_line_marks if len(data) >= COMPILED_SCAN_FROM else _line_marks_numpy)(
+        data, ord(sep), -1 if column is None else column, width)
+    ends, content_end, separators, quotes, cell_begin, cell_end, lone_cr = marks
+    result.lone_cr |= bool(lone_cr)
     starts = np.r_[0, ends[:-1] + 1]
-    content_end = ends.copy()
-    if len(crs):  # a CRLF's CR is not content (read at the byte before each LF: no set lookup of the CRs)
-        before = np.maximum(ends - 1, 0)
-        content_end -= (ends > 0) & (data[before] == CR) & (data[ends] == LF)
     numbers = result.lines + 1 + np.arange(len(ends), dtype=np.int64)
     result.lines += len(ends)
     blank = content_end == starts
@@ -243,12 +241,9 @@ def _scan(
             return
         result.header_line = int(numbers[nonblank[0]])
     data_line = numbers > result.header_line
-    quotes = _per_line(np.flatnonzero(data == QUOTE), starts, ends)
-    separator_at = np.flatnonzero(data == ord(sep))
-    separators = _per_line(separator_at, starts, ends)
     if result.column_cells is not None:
         keep = data_line & ~blank
-        result.column_cells.append((digest or _as_is)(_cells(data, separator_at, starts[keep], content_end[keep], column, width)))
+        result.column_cells.append((digest or _as_is)(_spans_text(data, cell_begin[keep], cell_end[keep])))
     blanks, odds, narrows = found
     narrow = data_line & (separators != width - 1)
     blanks.append(numbers[data_line & blank])
@@ -266,21 +261,119 @@ def _as_is(cells):
     return cells
 
 
-def _cells(data: np.ndarray, separator_at: np.ndarray, starts: np.ndarray, ends: np.ndarray, column: int, width: int):
-    """Field ``column`` of each line [start, end) as a pyarrow string array (lines of ``width`` fields).
+def _line_marks_numpy(data: np.ndarray, sep: int, column: int, width: int) -> tuple:
+    """:func:`_line_marks` with numpy (a few whole-block passes; small blocks, where compiling does not pay)."""
+    ends = np.flatnonzero(data == LF)
+    crs = np.flatnonzero(data == CR)
+    lone_cr = False
+    if len(crs):
+        follows = crs + 1 < len(data)
+        lone = crs[~follows | (data[np.minimum(crs + 1, len(data) - 1)] != LF)]
+        if len(lone):
+            lone_cr = True
+            ends = np.union1d(ends, lone)
+    starts = np.r_[0, ends[:-1] + 1]
+    content_end = ends.copy()
+    if len(crs):  # a CRLF's CR is not content (read at the byte before each LF: no set lookup of the CRs)
+        before = np.maximum(ends - 1, 0)
+        content_end -= (ends > 0) & (data[before] == CR) & (data[ends] == LF)
+    quotes = _per_line(np.flatnonzero(data == QUOTE), starts, ends)
+    separator_at = np.flatnonzero(data == sep)
+    separators = _per_line(separator_at, starts, ends)
+    if column < 0:
+        return ends, content_end, separators, quotes, None, None, lone_cr
+    begin, end = _cell_spans(separator_at, starts, content_end, separators, column, width)
+    return ends, content_end, separators, quotes, begin, end, lone_cr
 
-    Lines with fewer fields give some span of their bytes; such a file is not ``plain``,
+
+def _cell_spans(separator_at, starts, content_end, separators, column: int, width: int):
+    """[begin, end) of field ``column`` in each line (lines of ``width`` fields).
+
+    A line with too few fields gives an empty span at its end; such a file is not ``plain``,
     and its cells are never used.
     """
-    import pyarrow as pa
-
     first = np.searchsorted(separator_at, starts)  # index of each line's first separator
     last = max(len(separator_at) - 1, 0)
     padded = separator_at if len(separator_at) else np.zeros(1, dtype=np.int64)
-    begin = starts if column == 0 else padded[np.minimum(first + column - 1, last)] + 1
-    end = ends if column == width - 1 else padded[np.minimum(first + column, last)]
-    begin = np.minimum(begin, ends)
-    lengths = np.clip(end - begin, 0, None)
+    begin = starts if column == 0 else np.where(separators >= column, padded[np.minimum(first + column - 1, last)] + 1, content_end)
+    if column == width - 1:
+        end = content_end
+    else:
+        end = np.where(separators >= column + 1, padded[np.minimum(first + column, last)], content_end)
+    begin = np.minimum(begin, content_end)
+    return begin, np.maximum(end, begin)
+
+
+def _line_marks(data, sep, column, width):
+    """Each line of ``data`` (ending in LF, or in a CR not followed by LF) in one pass (compiled).
+
+    Returns the position of each line's end byte, of its content's end (before a CRLF's CR),
+    its separators and quotes, the span [begin, end) of field ``column`` (none when
+    ``column`` < 0; see :func:`_cell_spans` for short lines) and whether a lone CR ended a line.
+    """
+    n = data.shape[0]
+    lines = 0
+    for i in range(n):
+        byte = data[i]
+        if byte == LF or (byte == CR and (i + 1 == n or data[i + 1] != LF)):
+            lines += 1
+    ends = np.empty(lines, dtype=np.int64)
+    content_end = np.empty(lines, dtype=np.int64)
+    separators = np.zeros(lines, dtype=np.int64)
+    quotes = np.zeros(lines, dtype=np.int64)
+    begin = np.empty(lines if column >= 0 else 0, dtype=np.int64)
+    end = np.empty(lines if column >= 0 else 0, dtype=np.int64)
+    lone_cr = False
+    line = 0
+    start = 0
+    seps = 0
+    cell_begin = -1
+    cell_end = -1
+    for i in range(n):
+        byte = data[i]
+        if byte == sep:
+            seps += 1
+            if seps == column:
+                cell_begin = i + 1
+            elif seps == column + 1:
+                cell_end = i
+        elif byte == QUOTE:
+            if line < lines:  # (a block ends with a line end: always true; no bounds checks when compiled)
+                quotes[line] += 1
+        elif byte == LF or (byte == CR and (i + 1 == n or data[i + 1] != LF)):
+            last = i
+            if byte == CR:
+                lone_cr = True
+            elif i > 0 and data[i - 1] == CR:
+                last = i - 1
+            ends[line] = i
+            content_end[line] = last
+            separators[line] = seps
+            if column >= 0:
+                if column == 0:
+                    cell_begin = start
+                if cell_begin < 0 or cell_begin > last:
+                    cell_begin = last
+                if column == width - 1 or cell_end < 0:
+                    cell_end = last
+                begin[line] = cell_begin
+                end[line] = max(cell_end, cell_begin)
+            line += 1
+            start = i + 1
+            seps = 0
+            cell_begin = -1
+            cell_end = -1
+    return ends, content_end, separators, quotes, begin, end, lone_cr
+
+
+_compiled_line_marks = compiled_on_first_call(_line_marks)
+
+
+def _spans_text(data: np.ndarray, begin: np.ndarray, end: np.ndarray):
+    """The bytes [begin, end) of ``data`` for each span, as a pyarrow string array."""
+    import pyarrow as pa
+
+    lengths = end - begin
     offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
     picked = data[np.repeat(begin - offsets[:-1], lengths) + np.arange(offsets[-1])]

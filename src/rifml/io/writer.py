@@ -14,7 +14,6 @@ import io
 import os
 import re
 import tempfile
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 
@@ -25,6 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from rifml.errors import RifmlInputError
+from rifml.in_order import InOrder
+from rifml.io.float_text import COMPILED_FROM_ROWS, grid_float_text
 from rifml.io.paths import PART_SUFFIX, temp_prefix
 
 # First characters a spreadsheet reads as the start of a formula (with their full-width forms,
@@ -108,6 +109,11 @@ def _as_text_table(frame: pd.DataFrame, safe_cells: bool = False) -> pa.Table:
     columns = []
     for name in frame.columns:
         column = frame[name]
+        if column.dtype == np.float64 and len(column) >= COMPILED_FROM_ROWS:
+            text = grid_float_text(column.to_numpy())
+            if text is not None:
+                columns.append(text)
+                continue
         try:
             array = pa.array(column, from_pandas=True)
         except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed Python objects in a pass-through column
@@ -154,8 +160,7 @@ class AtomicCsvWriter:
         self.rows = 0
         self._handle = None
         self._tmp: Path | None = None
-        self._pool: ThreadPoolExecutor | None = None
-        self._pending: Future | None = None
+        self._formatting: InOrder | None = None
 
     def __enter__(self) -> "AtomicCsvWriter":
         folder = self.path.parent if str(self.path.parent) else Path(".")
@@ -168,6 +173,8 @@ class AtomicCsvWriter:
         self._tmp = Path(tmp)
         self._handle = os.fdopen(fd, "wb")  # bytes: Arrow's CSV output goes in without decoding
         self._header_written = False
+        # one chunk in flight: memory stays flat, and the chunks reach the file in order
+        self._formatting = InOrder("rifml-writer", depth=0).__enter__()
         return self
 
     def write(self, frame: pd.DataFrame) -> None:
@@ -180,15 +187,7 @@ class AtomicCsvWriter:
         if self.columns is not None:
             frame = frame.reindex(columns=self.columns)
         self.rows += len(frame)
-        self._finish_pending()
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rifml-writer")
-        self._pending = self._pool.submit(self._write_now, frame)
-
-    def _finish_pending(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
+        self._formatting.submit(self._write_now, frame)
 
     def _write_now(self, frame: pd.DataFrame) -> None:
         # Arrow's CSV writer is an order of magnitude faster than DataFrame.to_csv on large chunks;
@@ -217,15 +216,7 @@ class AtomicCsvWriter:
     ) -> None:
         assert self._handle is not None and self._tmp is not None
         try:
-            try:
-                self._finish_pending()
-            except BaseException:
-                if exc_type is None:
-                    raise
-                # already failing: the first error is the one to report
-            finally:
-                if self._pool is not None:
-                    self._pool.shutdown(wait=True)
+            self._formatting.__exit__(exc_type, exc, tb)  # raises the thread's error unless already failing
             if exc_type is None and not self._header_written and self.columns is not None:
                 names = [neutralize_cell(str(c)) if self.safe_cells else str(c) for c in self.columns]
                 self._write_with_pandas(pd.DataFrame(columns=names), header=True)
