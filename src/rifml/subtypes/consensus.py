@@ -26,6 +26,8 @@ PAC_WINDOW = (0.1, 0.9)
 RESAMPLE_N_INIT = 10
 # Restarts for the final clustering of all rows.
 FINAL_N_INIT = 10
+# EM iterations of the Gaussian refinement; started from KMeans it settles in a few dozen.
+REFINE_MAX_ITER = 200
 # Grid on which the consensus CDF is reported and drawn.
 CDF_GRID = np.linspace(0.0, 1.0, 101)
 # Within-group scales may up-weight a marker at most this many times relative to
@@ -68,7 +70,18 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
     **Final labels.** KMeans with the chosen k on all rows (scaled), with
     ``FINAL_N_INIT`` k-means++ restarts plus one start at the centroids of an
     average-linkage clustering of ``1 - M_k``; the run with the lowest
-    inertia wins.
+    inertia wins. With ``refine="gaussian"`` (default) that partition then
+    starts a Gaussian mixture with one diagonal covariance per cluster, whose
+    most likely component labels every row. KMeans gives every group the same
+    round spread, so a subtype whose patients shift only some of its markers
+    (a wide group) loses its partly shifted members to the tight balanced
+    group beside it; per-cluster variances keep them (on rifml's simulated
+    worlds, the ARI against the latent subtypes rose in every world screened).
+    ``reg_covar`` is added to every variance, in the scaled space's units
+    (within-group SDs, squared): a marker censored at its detection limit
+    ties many values, and without that floor a component collapses onto the
+    tie instead of a subtype. If the mixture empties a cluster, the KMeans
+    partition is kept.
 
     Parameters
     ----------
@@ -86,6 +99,11 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
         Absolute PAC tolerance of the k-selection rule above.
     scaling : {"within", "robust"}, default="within"
         Marker scaling, see above.
+    refine : {"gaussian", "none"}, default="gaussian"
+        Final labels from a diagonal Gaussian mixture started at the KMeans
+        partition, or the KMeans partition itself (see Final labels).
+    reg_covar : float, default=0.3
+        Added to every per-cluster variance of the refinement (scaled units).
     random_state : int, RandomState or None, default=0
         Seeds the row subsets and every KMeans run.
 
@@ -108,8 +126,13 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
     consensus_items_ : ndarray of shape (n_items,)
         Training-row indices of the rows in ``consensus_``.
     stability_ : float
-        Mean adjusted Rand index between each resample's clustering (at ``k_``)
-        and ``labels_`` on the rows of that resample.
+        Mean adjusted Rand index between each resample's clustering (at ``k_``,
+        refined as the final labels are) and ``labels_`` on the rows of that
+        resample.
+    weights_, variances_ : ndarray of shape (k_,), (k_, n_features)
+        The refinement's mixture weights and per-cluster variances in the
+        scaled space (centres: ``centers_`` scaled); ``predict`` uses them.
+        Without refinement, equal weights and unit variances (nearest centre).
     center_, scale_ : ndarray of shape (n_features,)
         Centring and scaling applied before clustering.
     n_features_in_ : int
@@ -133,6 +156,8 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
         "max_items": [Interval(Integral, 3, None, closed="left"), None],
         "pac_tolerance": [Interval(Real, 0, 1, closed="left")],
         "scaling": [StrOptions({"within", "robust"})],
+        "refine": [StrOptions({"gaussian", "none"})],
+        "reg_covar": [Interval(Real, 0, None, closed="neither")],
         "random_state": ["random_state"],
     }
 
@@ -145,6 +170,8 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
         max_items: int | None = 1200,
         pac_tolerance: float = 0.05,
         scaling: str = "within",
+        refine: str = "gaussian",
+        reg_covar: float = 0.3,
         random_state: int | np.random.RandomState | None = 0,
     ) -> None:
         self.k_min = k_min
@@ -154,6 +181,8 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
         self.max_items = max_items
         self.pac_tolerance = pac_tolerance
         self.scaling = scaling
+        self.refine = refine
+        self.reg_covar = reg_covar
         self.random_state = random_state
 
     # -- rules across parameters (each one alone is checked by _parameter_constraints) --
@@ -253,15 +282,28 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
         self.consensus_items_ = items
         self.labels_ = self._final_labels(Z, Zi, rng)
         self.centers_ = np.vstack([X[self.labels_ == c].mean(axis=0) for c in range(self.k_)])
+        self.weights_, self.variances_ = self._assignment_spreads(Z)
+        resampled = [self._refined(Zi[idx], lab) for idx, lab in zip(subsets, resample_labels[self.k_])]
         self.stability_ = float(
-            np.mean(
-                [
-                    adjusted_rand_score(self.labels_[items[idx]], lab)
-                    for idx, lab in zip(subsets, resample_labels[self.k_])
-                ]
-            )
+            np.mean([adjusted_rand_score(self.labels_[items[idx]], lab) for idx, lab in zip(subsets, resampled)])
         )
         return self
+
+    def _refined(self, Z: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """``labels`` refined by the Gaussian mixture when ``refine="gaussian"`` (see Final labels)."""
+        if self.refine == "none":
+            return labels
+        refined = gaussian_refinement(Z, labels, self.reg_covar)
+        return labels if refined is None else refined
+
+    def _assignment_spreads(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-cluster weights and variances ``predict`` weighs distances by (scaled space)."""
+        k = self.k_
+        if self.refine == "none":  # nearest centre, as KMeans assigns
+            return np.full(k, 1.0 / k), np.ones((k, Z.shape[1]))
+        counts = np.bincount(self.labels_, minlength=k)
+        variances = np.vstack([Z[self.labels_ == c].var(axis=0) for c in range(k)]) + self.reg_covar
+        return counts / counts.sum(), variances
 
     def _final_labels(self, Z: np.ndarray, Zi: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
         """KMeans on all rows: best of k-means++ restarts and a consensus-seeded start."""
@@ -282,10 +324,13 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
             seed_centers = np.vstack([Zi[hc == c].mean(axis=0) for c in range(k)])
             candidates.append(KMeans(n_clusters=k, init=seed_centers, n_init=1).fit(Z))
         best = min(candidates, key=lambda km: km.inertia_)
-        return _relabel_by_size(best.labels_)
+        return _relabel_by_size(self._refined(Z, best.labels_))
 
     def predict(self, X) -> np.ndarray:
-        """Assign rows to the nearest cluster centre (in the scaled space used for fitting).
+        """Assign rows to the most likely cluster (in the scaled space used for fitting).
+
+        With ``refine="gaussian"``, each cluster's Gaussian with its own weight and
+        diagonal variances (``weights_``, ``variances_``); otherwise the nearest centre.
 
         Parameters
         ----------
@@ -297,12 +342,45 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
         """
         check_is_fitted(self, "centers_")
         X = validate_data(self, X, dtype=np.float64, reset=False)
-        return nearest_centre((X - self.center_) / self.scale_, (self.centers_ - self.center_) / self.scale_)
+        scaled, centres = (X - self.center_) / self.scale_, (self.centers_ - self.center_) / self.scale_
+        log_density = -0.5 * (
+            ((scaled[:, None, :] - centres[None, :, :]) ** 2 / self.variances_[None]).sum(axis=2)
+            + np.log(self.variances_).sum(axis=1)
+        )
+        return (log_density + np.log(self.weights_)).argmax(axis=1)
 
 
 def nearest_centre(scaled: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """Index of the nearest centre (squared Euclidean) for every row, as KMeans assigns."""
     return ((scaled[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
+
+
+def gaussian_refinement(Z: np.ndarray, labels: np.ndarray, reg_covar: float) -> np.ndarray | None:
+    """Most likely component of a diagonal Gaussian mixture started at the partition ``labels``.
+
+    Returns None when the mixture leaves a cluster without rows (the caller keeps ``labels``).
+    """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import GaussianMixture
+
+    k = int(labels.max()) + 1
+    counts = np.bincount(labels, minlength=k)
+    if counts.min() == 0:
+        return None
+    means = np.vstack([Z[labels == c].mean(axis=0) for c in range(k)])
+    variances = np.vstack([Z[labels == c].var(axis=0) for c in range(k)]) + reg_covar
+    mixture = GaussianMixture(
+        n_components=k, covariance_type="diag", reg_covar=reg_covar, max_iter=REFINE_MAX_ITER,
+        weights_init=counts / counts.sum(), means_init=means, precisions_init=1.0 / variances,
+    )
+    # Started at a good partition, EM only polishes it: a run still moving at the cap
+    # is as usable as a converged one, and a warning per training would be noise.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        refined = mixture.fit(Z).predict(Z)
+    return refined if np.unique(refined).size == k else None
 
 
 def select_k(pac: Mapping[int, float], tolerance: float = 0.05) -> int:
