@@ -102,7 +102,7 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
     refine : {"gaussian", "none"}, default="gaussian"
         Final labels from a diagonal Gaussian mixture started at the KMeans
         partition, or the KMeans partition itself (see Final labels).
-    reg_covar : float, default=0.3
+    reg_covar : float, default=1.0
         Added to every per-cluster variance of the refinement (scaled units).
     random_state : int, RandomState or None, default=0
         Seeds the row subsets and every KMeans run.
@@ -171,7 +171,7 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
         pac_tolerance: float = 0.05,
         scaling: str = "within",
         refine: str = "gaussian",
-        reg_covar: float = 0.3,
+        reg_covar: float = 1.0,
         random_state: int | np.random.RandomState | None = 0,
     ) -> None:
         self.k_min = k_min
