@@ -116,7 +116,7 @@ class SubtypeSettings(_Settings):
     pac_tolerance: Fraction = 0.05
     scaling: Literal["within", "robust"] = "within"
     refine: Literal["gaussian", "none"] = "gaussian"
-    reg_covar: Annotated[float, Field(gt=0.0)] = 1.0
+    min_variance: Annotated[float, Field(gt=0.0)] = 1.0
     subtype_trees: Count = 40
     min_effect: Annotated[float, Field(gt=0.0)] = 1.5
     signature_reading: Literal["mean", "patchy"] = "mean"

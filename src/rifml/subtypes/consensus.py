@@ -26,8 +26,10 @@ PAC_WINDOW = (0.1, 0.9)
 RESAMPLE_N_INIT = 10
 # Restarts for the final clustering of all rows.
 FINAL_N_INIT = 10
-# EM iterations of the Gaussian refinement; started from KMeans it settles in a few dozen.
+# EM of the Gaussian refinement: started from KMeans it settles in a few dozen iterations;
+# it stops when the mean log-likelihood per row gains less than REFINE_TOL.
 REFINE_MAX_ITER = 200
+REFINE_TOL = 1e-4
 # Grid on which the consensus CDF is reported and drawn.
 CDF_GRID = np.linspace(0.0, 1.0, 101)
 # Within-group scales may up-weight a marker at most this many times relative to
@@ -77,11 +79,12 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
     (a wide group) loses its partly shifted members to the tight balanced
     group beside it; per-cluster variances keep them (on rifml's simulated
     worlds, the ARI against the latent subtypes rose in every world screened).
-    ``reg_covar`` is added to every variance, in the scaled space's units
-    (within-group SDs, squared): a marker censored at its detection limit
-    ties many values, and without that floor a component collapses onto the
-    tie instead of a subtype. If the mixture empties a cluster, the KMeans
-    partition is kept.
+    No cluster's variance on a marker may fall below ``min_variance``, in the
+    scaled space's units (1.0 = the within-group variance the scaling
+    measured): a cluster may be wider than a typical group, never tighter. A
+    marker censored at its detection limit ties many values, and without
+    the floor a cluster collapses onto the tie instead of a subtype. If the
+    mixture empties a cluster, the KMeans partition is kept.
 
     Parameters
     ----------
@@ -102,8 +105,9 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
     refine : {"gaussian", "none"}, default="gaussian"
         Final labels from a diagonal Gaussian mixture started at the KMeans
         partition, or the KMeans partition itself (see Final labels).
-    reg_covar : float, default=1.0
-        Added to every per-cluster variance of the refinement (scaled units).
+    min_variance : float, default=1.0
+        Floor of every per-cluster, per-marker variance of the refinement
+        (scaled units).
     random_state : int, RandomState or None, default=0
         Seeds the row subsets and every KMeans run.
 
@@ -157,7 +161,7 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
         "pac_tolerance": [Interval(Real, 0, 1, closed="left")],
         "scaling": [StrOptions({"within", "robust"})],
         "refine": [StrOptions({"gaussian", "none"})],
-        "reg_covar": [Interval(Real, 0, None, closed="neither")],
+        "min_variance": [Interval(Real, 0, None, closed="neither")],
         "random_state": ["random_state"],
     }
 
@@ -171,7 +175,7 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
         pac_tolerance: float = 0.05,
         scaling: str = "within",
         refine: str = "gaussian",
-        reg_covar: float = 1.0,
+        min_variance: float = 1.0,
         random_state: int | np.random.RandomState | None = 0,
     ) -> None:
         self.k_min = k_min
@@ -182,7 +186,7 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
         self.pac_tolerance = pac_tolerance
         self.scaling = scaling
         self.refine = refine
-        self.reg_covar = reg_covar
+        self.min_variance = min_variance
         self.random_state = random_state
 
     # -- rules across parameters (each one alone is checked by _parameter_constraints) --
@@ -293,7 +297,7 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
         """``labels`` refined by the Gaussian mixture when ``refine="gaussian"`` (see Final labels)."""
         if self.refine == "none":
             return labels
-        refined = gaussian_refinement(Z, labels, self.reg_covar)
+        refined = gaussian_refinement(Z, labels, self.min_variance)
         return labels if refined is None else refined
 
     def _assignment_spreads(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -301,9 +305,8 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
         k = self.k_
         if self.refine == "none":  # nearest centre, as KMeans assigns
             return np.full(k, 1.0 / k), np.ones((k, Z.shape[1]))
-        counts = np.bincount(self.labels_, minlength=k)
-        variances = np.vstack([Z[self.labels_ == c].var(axis=0) for c in range(k)]) + self.reg_covar
-        return counts / counts.sum(), variances
+        weights, _, variances = _mixture_parameters(Z, np.eye(k)[self.labels_], self.min_variance)
+        return weights, variances
 
     def _final_labels(self, Z: np.ndarray, Zi: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
         """KMeans on all rows: best of k-means++ restarts and a consensus-seeded start."""
@@ -343,11 +346,7 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
         check_is_fitted(self, "centers_")
         X = validate_data(self, X, dtype=np.float64, reset=False)
         scaled, centres = (X - self.center_) / self.scale_, (self.centers_ - self.center_) / self.scale_
-        log_density = -0.5 * (
-            ((scaled[:, None, :] - centres[None, :, :]) ** 2 / self.variances_[None]).sum(axis=2)
-            + np.log(self.variances_).sum(axis=1)
-        )
-        return (log_density + np.log(self.weights_)).argmax(axis=1)
+        return _log_joint(scaled, self.weights_, centres, self.variances_).argmax(axis=1)
 
 
 def nearest_centre(scaled: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -355,32 +354,49 @@ def nearest_centre(scaled: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return ((scaled[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
 
 
-def gaussian_refinement(Z: np.ndarray, labels: np.ndarray, reg_covar: float) -> np.ndarray | None:
+def gaussian_refinement(Z: np.ndarray, labels: np.ndarray, min_variance: float) -> np.ndarray | None:
     """Most likely component of a diagonal Gaussian mixture started at the partition ``labels``.
 
-    Returns None when the mixture leaves a cluster without rows (the caller keeps ``labels``).
+    EM in which no cluster's variance on any marker falls below ``min_variance``: the
+    constrained M-step (per cluster and marker, the larger of the weighted variance and the
+    floor) keeps EM monotone. scikit-learn's GaussianMixture only adds a constant to every
+    variance, which either lets a cluster collapse onto tied values or, large enough to
+    prevent that, blurs the difference between wide and tight clusters that the refinement
+    is for. Returns None when the mixture leaves a cluster without rows (the caller keeps
+    ``labels``).
     """
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.mixture import GaussianMixture
+    from scipy.special import logsumexp
 
     k = int(labels.max()) + 1
-    counts = np.bincount(labels, minlength=k)
-    if counts.min() == 0:
+    if np.bincount(labels, minlength=k).min() == 0:
         return None
-    means = np.vstack([Z[labels == c].mean(axis=0) for c in range(k)])
-    variances = np.vstack([Z[labels == c].var(axis=0) for c in range(k)]) + reg_covar
-    mixture = GaussianMixture(
-        n_components=k, covariance_type="diag", reg_covar=reg_covar, max_iter=REFINE_MAX_ITER,
-        weights_init=counts / counts.sum(), means_init=means, precisions_init=1.0 / variances,
-    )
-    # Started at a good partition, EM only polishes it: a run still moving at the cap
-    # is as usable as a converged one, and a warning per training would be noise.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        refined = mixture.fit(Z).predict(Z)
+    responsibilities = np.eye(k)[labels]
+    previous = -np.inf
+    for _ in range(REFINE_MAX_ITER):
+        log_joint = _log_joint(Z, *_mixture_parameters(Z, responsibilities, min_variance))
+        log_total = logsumexp(log_joint, axis=1)
+        responsibilities = np.exp(log_joint - log_total[:, None])
+        if log_total.mean() - previous < REFINE_TOL:
+            break
+        previous = log_total.mean()
+    refined = log_joint.argmax(axis=1)
     return refined if np.unique(refined).size == k else None
+
+
+def _mixture_parameters(
+    Z: np.ndarray, responsibilities: np.ndarray, min_variance: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weights, means and floored diagonal variances of each cluster (rows weighted by ``responsibilities``)."""
+    totals = responsibilities.sum(axis=0)
+    means = responsibilities.T @ Z / totals[:, None]
+    variances = responsibilities.T @ (Z * Z) / totals[:, None] - means * means
+    return totals / totals.sum(), means, np.maximum(variances, min_variance)
+
+
+def _log_joint(Z: np.ndarray, weights: np.ndarray, means: np.ndarray, variances: np.ndarray) -> np.ndarray:
+    """log(weight) + log Gaussian density (up to a constant) of every row under every cluster, (n, k)."""
+    squared = ((Z[:, None, :] - means[None, :, :]) ** 2 / variances[None, :, :]).sum(axis=2)
+    return np.log(weights) - 0.5 * (squared + np.log(variances).sum(axis=1))
 
 
 def select_k(pac: Mapping[int, float], tolerance: float = 0.05) -> int:
