@@ -72,19 +72,22 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
     **Final labels.** KMeans with the chosen k on all rows (scaled), with
     ``FINAL_N_INIT`` k-means++ restarts plus one start at the centroids of an
     average-linkage clustering of ``1 - M_k``; the run with the lowest
-    inertia wins. With ``refine="gaussian"`` (default) that partition then
+    inertia wins. With ``refine="gaussian"`` that partition then
     starts a Gaussian mixture with one diagonal covariance per cluster, whose
     most likely component labels every row. KMeans gives every group the same
     round spread, so a subtype whose patients shift only some of its markers
     (a wide group) loses its partly shifted members to the tight balanced
-    group beside it; per-cluster variances keep them (on rifml's simulated
-    worlds, the ARI against the latent subtypes rose in every world screened).
-    No cluster's variance on a marker may fall below ``min_variance``, in the
-    scaled space's units (1.0 = the within-group variance the scaling
-    measured): a cluster may be wider than a typical group, never tighter. A
-    marker censored at its detection limit ties many values, and without
-    the floor a cluster collapses onto the tie instead of a subtype. If the
-    mixture empties a cluster, the KMeans partition is kept.
+    group beside it; per-cluster variances keep them. On rifml's 25 simulated
+    worlds it raised the clusters' ARI against the latent subtypes in most,
+    but in a few it redrew the clusters so that their names and the
+    label-free readings broke (benchmarks/RESULTS.md), so it is not the
+    default yet. No cluster's variance on a marker may fall below
+    ``min_variance``, in the scaled space's units (1.0 = the within-group
+    variance the scaling measured): a cluster may be wider than a typical
+    group, never tighter. A marker censored at its detection limit ties many
+    values, and without the floor a cluster collapses onto the tie instead
+    of a subtype. If the mixture empties a cluster, the KMeans partition is
+    kept.
 
     Parameters
     ----------
@@ -102,7 +105,7 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
         Absolute PAC tolerance of the k-selection rule above.
     scaling : {"within", "robust"}, default="within"
         Marker scaling, see above.
-    refine : {"gaussian", "none"}, default="gaussian"
+    refine : {"gaussian", "none"}, default="none"
         Final labels from a diagonal Gaussian mixture started at the KMeans
         partition, or the KMeans partition itself (see Final labels).
     min_variance : float, default=1.0
@@ -174,7 +177,7 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
         max_items: int | None = 1200,
         pac_tolerance: float = 0.05,
         scaling: str = "within",
-        refine: str = "gaussian",
+        refine: str = "none",
         min_variance: float = 1.0,
         random_state: int | np.random.RandomState | None = 0,
     ) -> None:
