@@ -133,6 +133,56 @@ def test_fit_returns_self_and_is_deterministic():
     assert np.array_equal(model.consensus_, again.consensus_)
 
 
+def patchy_blobs(seed: int, n: int = 900, p: int = 10, shift: float = 3.0, p_shift: float = 0.65):
+    """A balanced group and four subtypes that each shift 3 markers, each marker in only 65% of their members.
+
+    Members shifting one of three markers sit nearer the balanced centre than their own
+    subtype's mean: a subtype is a wide group beside a tight one.
+    """
+    rng = np.random.default_rng(seed)
+    markers = [rng.choice(p, 3, replace=False) for _ in range(4)]
+    truth = rng.choice(5, n, p=[0.35, 0.2, 0.2, 0.15, 0.1])
+    Z = rng.normal(size=(n, p))
+    for g in range(1, 5):
+        rows = np.flatnonzero(truth == g)
+        on = rng.random((len(rows), 3)) < p_shift
+        on[on.sum(axis=1) == 0, rng.integers(0, 3)] = True  # a member shows at least one marker
+        Z[rows[:, None], markers[g - 1][None, :]] += shift * on
+    return 1.0 + Z * rng.uniform(0.5, 2.0, p), truth
+
+
+def test_gaussian_refinement_keeps_partly_shifted_members_in_their_subtype():
+    """Bar: per-cluster spreads recover the groups better than KMeans' round ones in each of four data
+    sets, by >= 0.03 ARI on average (measured: +0.02 to +0.09, mean +0.056)."""
+    gains = []
+    for seed in (0, 1, 2, 3):
+        X, truth = patchy_blobs(seed)
+        fits = {refine: ConsensusClustering(k_min=5, k_max=5, n_resamples=5, refine=refine, random_state=seed).fit(X)
+                for refine in ("none", "gaussian")}
+        ari = {refine: adjusted_rand_score(truth, fit.labels_) for refine, fit in fits.items()}
+        assert ari["gaussian"] > ari["none"], (seed, ari)
+        # predict follows the same per-cluster spreads as the fitted labels
+        assert np.mean(fits["gaussian"].predict(X) == fits["gaussian"].labels_) > 0.97
+        gains.append(ari["gaussian"] - ari["none"])
+    assert np.mean(gains) >= 0.03, gains
+
+
+def test_refinement_that_empties_a_cluster_is_not_used():
+    """Three stray rows labelled as a third cluster inside a real one: the mixture absorbs them, and
+    ``gaussian_refinement`` says so (None) rather than return fewer clusters than it was given."""
+    from rifml.subtypes.consensus import gaussian_refinement
+
+    rng = np.random.default_rng(0)
+    Z = np.vstack([rng.normal(size=(100, 3)), rng.normal(size=(100, 3)) + [6.0, 0.0, 0.0]])
+    two = np.repeat([0, 1], 100)
+    refined = gaussian_refinement(Z, two, min_variance=1.0)
+    assert refined is not None and adjusted_rand_score(two, refined) > 0.95
+    stray = two.copy()
+    stray[[5, 17, 42]] = 2
+    assert gaussian_refinement(Z, stray, min_variance=1.0) is None
+    assert gaussian_refinement(Z, two * 2, min_variance=1.0) is None  # id 1 has no rows
+
+
 def test_max_items_caps_the_consensus_matrix_but_labels_every_row():
     X, truth = subtype_blobs(4, n=500, seed=4)
     model = ConsensusClustering(k_max=5, n_resamples=10, max_items=200).fit(X)
