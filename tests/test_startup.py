@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from cli_support import rifml, rifml_in_process
+from cli_support import rifml_in_process
 from mlflow_support import copy_store, mlflow_store
 
 from rifml.io.reader import PanelFile, validated_chunks
@@ -110,7 +110,7 @@ print("imported:" + ",".join(sorted(m for m in {NOT_ON_THE_SCORING_PATH!r} if m 
 
 def test_a_missing_alias_still_gets_mlflow_s_explanation(store):
     work, uri = store
-    done = rifml("score", "--input", "batch.csv", "--output", "c.csv", "--rejects", "r.csv", "--tracking-uri", uri,
-                 "--model", f"models:/{NAME}@no-such-alias", cwd=work)
+    done = rifml_in_process("score", "--input", "batch.csv", "--output", "c.csv", "--rejects", "r.csv", "--tracking-uri",
+                            uri, "--model", f"models:/{NAME}@no-such-alias", cwd=work)
     assert done.returncode == 2 and "no version of rifml-immune-profile has the alias no-such-alias" in done.stderr
     assert not (work / "c.csv").exists()
