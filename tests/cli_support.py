@@ -46,6 +46,11 @@ def rifml_in_process(*args, cwd) -> Finished:
         result = CliRunner().invoke(app, [str(arg) for arg in args], catch_exceptions=False)
     finally:
         os.chdir(here)
+        if "mlflow" in sys.modules:  # the command pointed MLflow's process-wide URIs at its store: point them back
+            import mlflow
+
+            mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+            mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
