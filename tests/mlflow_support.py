@@ -62,10 +62,10 @@ def train_shared_store(folder: Path) -> TrainedStore:
     """Simulate a cohort and train the quick model into a fresh store in ``folder``: the session's template."""
     import re
 
-    from cli_support import rifml
+    from cli_support import rifml, rifml_in_process
 
     (folder / "quick.yaml").write_text(quick_train_config(SHARED_EXPERIMENT))
-    simulated = rifml("simulate", "--n", SHARED_PANELS, "--seed", 11, "--output", "cohort.csv", cwd=folder)
+    simulated = rifml_in_process("simulate", "--n", SHARED_PANELS, "--seed", 11, "--output", "cohort.csv", cwd=folder)
     assert simulated.returncode == 0, simulated.stderr
     store = TrainedStore(folder, run_id="")
     trained = rifml("train", "--data", "cohort.csv", "--config", "quick.yaml", "--tracking-uri", store.uri, cwd=folder)

@@ -1,11 +1,14 @@
-"""A new marker is a catalog entry, not a code change: train, score and report with an extended catalog."""
+"""A new marker is a catalog entry, not a code change: train, score and report with an extended catalog.
+
+The commands run in this process (`rifml_in_process`: the same command lines, without a process start each);
+the console script's own end-to-end runs are in test_cli_train_score.py and test_demo.py."""
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from cli_support import refused, rifml
+from cli_support import refused, rifml_in_process
 from mlflow_support import quick_train_config
 from rifml.config import config_dir
 
@@ -50,13 +53,15 @@ def extended(tmp_path_factory, catalog):
     for name, n, seed in [("cohort", 600, 21), ("batch", 200, 22)]:
         cohort, truth = simulate_cohort(n, seed=seed, catalog=catalog)
         with_new_marker(cohort, truth["immune_profile"], seed).to_csv(work / f"{name}.csv", index=False)
-    trained = rifml("train", "--data", "cohort.csv", "--catalog", "extended.yaml", "--config", "train.yaml",
-                    "--tracking-uri", uri, cwd=work)
+    trained = rifml_in_process("train", "--data", "cohort.csv", "--catalog", "extended.yaml", "--config", "train.yaml",
+                               "--tracking-uri", uri, cwd=work)
     assert trained.returncode == 0, trained.stderr
-    scored = rifml("score", "--input", "batch.csv", "--output", "calls.csv", "--rejects", "rejects.csv",
-                   "--catalog", "extended.yaml", "--model", "models:/rifml-immune-profile/1", "--tracking-uri", uri, cwd=work)
-    reported = rifml("report", "--input", "batch.csv", "--calls", "calls.csv", "--rejects", "rejects.csv",
-                     "--output", "report", "--model", "models:/rifml-immune-profile/1", "--tracking-uri", uri, cwd=work)
+    scored = rifml_in_process("score", "--input", "batch.csv", "--output", "calls.csv", "--rejects", "rejects.csv",
+                              "--catalog", "extended.yaml", "--model", "models:/rifml-immune-profile/1", "--tracking-uri", uri,
+                              cwd=work)
+    reported = rifml_in_process("report", "--input", "batch.csv", "--calls", "calls.csv", "--rejects", "rejects.csv",
+                                "--output", "report", "--model", "models:/rifml-immune-profile/1", "--tracking-uri", uri,
+                                cwd=work)
     return work, uri, scored, reported
 
 
@@ -94,8 +99,8 @@ def test_scoring_with_the_extended_catalog_calls_with_the_new_marker(extended):
 
 def test_the_installed_catalog_refuses_the_extended_model(extended):
     work, uri, *_ = extended
-    result = rifml("score", "--input", "batch.csv", "--output", "calls_default.csv", "--rejects", "rejects_default.csv",
-                   "--model", "models:/rifml-immune-profile/1", "--tracking-uri", uri, cwd=work)
+    result = rifml_in_process("score", "--input", "batch.csv", "--output", "calls_default.csv", "--rejects",
+                              "rejects_default.csv", "--model", "models:/rifml-immune-profile/1", "--tracking-uri", uri, cwd=work)
     refused(result, "trained with marker catalog 1.0.1", "this installation has 1.0")
 
 

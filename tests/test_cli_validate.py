@@ -1,30 +1,24 @@
-"""simulate and validate end to end through the real console script, in a temp directory."""
+"""simulate and validate end to end on the command line, in a temp directory.
 
-import os
-import subprocess
-import sys
-from pathlib import Path
+The commands run in this process (`rifml_in_process`: the same command lines without ~3 s of imports each);
+the console script itself is run for a refusal of each command, an unknown command and --debug."""
 
 import pandas as pd
 import pytest
 
-RIFML = str(Path(sys.executable).parent / "rifml")
-
-
-def rifml(*args, cwd):
-    return subprocess.run([RIFML, *map(str, args)], cwd=cwd, capture_output=True, text=True, env=os.environ.copy())
+from cli_support import refused, rifml, rifml_in_process
 
 
 @pytest.fixture(scope="module")
 def dirty(tmp_path_factory):
     work = tmp_path_factory.mktemp("dirty")
-    result = rifml("simulate", "--n", 3000, "--seed", 11, "--bad-share", 0.05, "--output", "c.csv", "--truth", "t.csv", cwd=work)
+    result = rifml_in_process("simulate", "--n", 3000, "--seed", 11, "--bad-share", 0.05, "--output", "c.csv", "--truth", "t.csv", cwd=work)
     assert result.returncode == 0, result.stderr
     return work
 
 
 def test_validate_rejects_each_corrupt_row_and_no_good_row(dirty):
-    result = rifml("validate", "--input", "c.csv", "--rejects", "r.csv", "--output", "ok.csv", cwd=dirty)
+    result = rifml_in_process("validate", "--input", "c.csv", "--rejects", "r.csv", "--output", "ok.csv", cwd=dirty)
     assert result.returncode == 0, result.stderr
     truth = pd.read_csv(dirty / "t.csv", dtype=str, keep_default_na=False)
     rejects = pd.read_csv(dirty / "r.csv", dtype=str, keep_default_na=False)
@@ -40,39 +34,46 @@ def test_validate_rejects_each_corrupt_row_and_no_good_row(dirty):
 
 def test_validate_on_parquet_matches_csv(dirty):
     pd.read_csv(dirty / "c.csv", dtype=str, keep_default_na=False).to_parquet(dirty / "c.parquet")
-    assert rifml("validate", "--input", "c.parquet", "--rejects", "rp.csv", cwd=dirty).returncode == 0
-    assert rifml("validate", "--input", "c.csv", "--rejects", "rc.csv", cwd=dirty).returncode == 0
+    assert rifml_in_process("validate", "--input", "c.parquet", "--rejects", "rp.csv", cwd=dirty).returncode == 0
+    assert rifml_in_process("validate", "--input", "c.csv", "--rejects", "rc.csv", cwd=dirty).returncode == 0
     pd.testing.assert_frame_equal(pd.read_csv(dirty / "rp.csv"), pd.read_csv(dirty / "rc.csv"))
 
 
 def test_simulate_is_reproducible(tmp_path):
     for name in ["a.csv", "b.csv"]:
-        assert rifml("simulate", "--n", 200, "--seed", 5, "--output", name, cwd=tmp_path).returncode == 0
+        assert rifml_in_process("simulate", "--n", 200, "--seed", 5, "--output", name, cwd=tmp_path).returncode == 0
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
 
 
 @pytest.mark.parametrize(
-    "setup, args, message",
+    "run, setup, args, message",
     [
-        (None, ["--input", "absent.csv"], "no such file"),
-        ("", ["--input", "f.csv"], "empty"),
-        ("patient_id,pb_nk_pct\n", ["--input", "f.csv"], "header only"),
-        ("id,x\n1,2\n", ["--input", "f.csv"], "no patient_id column"),
+        (rifml, None, ["--input", "absent.csv"], "no such file"),
+        (rifml_in_process, "", ["--input", "f.csv"], "empty"),
+        (rifml_in_process, "patient_id,pb_nk_pct\n", ["--input", "f.csv"], "header only"),
+        (rifml_in_process, "id,x\n1,2\n", ["--input", "f.csv"], "no patient_id column"),
     ],
+    ids=["absent-process", "empty", "header-only", "no-patient-id"],
 )
-def test_file_problems_exit_2_with_one_line(tmp_path, setup, args, message):
+def test_file_problems_exit_2_with_one_line(tmp_path, run, setup, args, message):
     if setup is not None:
         (tmp_path / "f.csv").write_text(setup)
-    result = rifml("validate", *args, "--rejects", "r.csv", cwd=tmp_path)
+    result = run("validate", *args, "--rejects", "r.csv", cwd=tmp_path)
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r.csv").exists()
 
 
+def test_simulate_refuses_one_file_for_two_outputs_and_writes_nothing(tmp_path):
+    # through the console script: simulate's exit status and one-line stderr as a process shows them
+    refused(rifml("simulate", "--n", "5", "--output", "t.csv", "--truth", "t.csv", cwd=tmp_path), "--truth t.csv", "--output t.csv")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_usage_errors_exit_2(tmp_path):
-    assert rifml("validate", "--rejects", "r.csv", cwd=tmp_path).returncode == 2
-    assert rifml("simulate", "--n", 0, "--output", "x.csv", cwd=tmp_path).returncode == 2
+    assert rifml_in_process("validate", "--rejects", "r.csv", cwd=tmp_path).returncode == 2
+    assert rifml_in_process("simulate", "--n", 0, "--output", "x.csv", cwd=tmp_path).returncode == 2
     assert rifml("nonsense", cwd=tmp_path).returncode == 2
 
 
@@ -82,7 +83,7 @@ def test_debug_shows_traceback(tmp_path):
 
 
 def test_help_lists_commands(tmp_path):
-    result = rifml("--help", cwd=tmp_path)
+    result = rifml_in_process("--help", cwd=tmp_path)
     assert result.returncode == 0
     for command in ["simulate", "validate"]:
         assert command in result.stdout
@@ -91,7 +92,7 @@ def test_help_lists_commands(tmp_path):
 def test_simulate_writes_parquet_with_the_same_cells_as_csv(tmp_path):
     """Parquet output (issue 12's untested list): the same seed gives the same cohort in either format."""
     for name in ("s.csv", "s.parquet"):
-        result = rifml("simulate", "--n", 200, "--seed", 5, "--bad-share", 0.05, "--output", name, cwd=tmp_path)
+        result = rifml_in_process("simulate", "--n", 200, "--seed", 5, "--bad-share", 0.05, "--output", name, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
     csv = pd.read_csv(tmp_path / "s.csv", dtype=str, keep_default_na=False)
     parquet = pd.read_parquet(tmp_path / "s.parquet")

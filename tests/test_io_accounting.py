@@ -1,15 +1,12 @@
 """Every physical record accounted for: rows in N comes from the file, broken quotes reject one line."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cli_support import rifml_in_process
 from rifml.errors import RifmlInputError
 from rifml.io.accounting import AccountingError, Survey
 from rifml.io.reader import PanelFile, validated_chunks
@@ -95,10 +92,7 @@ def test_cli_never_prints_a_wrong_sum(tmp_path, catalog):
     lines[50] = lines[50].replace("lab_C", '"lab_C')
     path = tmp_path / "panels.csv"
     path.write_text("\n".join(lines) + "\n")
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "rifml"), "validate", "--input", str(path), "--rejects", str(tmp_path / "r.csv")],
-        capture_output=True, text=True, cwd=tmp_path,
-    )
+    done = rifml_in_process("validate", "--input", path, "--rejects", tmp_path / "r.csv", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     last = done.stdout.strip().splitlines()
     assert last[-1] == "rows in 200 = accepted 199 + rejected 1"

@@ -1,20 +1,14 @@
 """Header mapping: catalog aliases, the user's --columns map, ambiguity errors, the summary of renamed columns."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pandas as pd
 import pytest
 from pydantic import ValidationError
 
+from cli_support import rifml_in_process
 from rifml.catalog import Catalog, spelling_key
 from rifml.errors import RifmlInputError
 from rifml.io.columns import ColumnMap, load_column_map, match_header
 from rifml.io.reader import PanelFile
-
-RIFML = str(Path(sys.executable).parent / "rifml")
 
 
 def names(header, catalog, column_map=None):
@@ -111,11 +105,8 @@ def test_panel_file_reads_renamed_columns_and_reports_them(tmp_path, catalog):
 def test_cli_validate_with_a_column_map_lists_what_fed_what(tmp_path):
     (tmp_path / "lab.csv").write_text("Sample,Th1/Th2 (IFN-g/IL-4),IL-6 [ng/mL],CRP\nA,12,0.004,1\nB,,x,2\n", encoding="utf-8")
     (tmp_path / "map.yaml").write_text("Sample: patient_id\n", encoding="utf-8")
-    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    result = subprocess.run(
-        [RIFML, "validate", "--input", "lab.csv", "--rejects", "rejects.csv", "--output", "ok.csv", "--columns", "map.yaml"],
-        cwd=tmp_path, capture_output=True, text=True, env=environment,
-    )
+    result = rifml_in_process("validate", "--input", "lab.csv", "--rejects", "rejects.csv", "--output", "ok.csv",
+                              "--columns", "map.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert ("columns: 'Sample' -> patient_id; 'Th1/Th2 (IFN-g/IL-4)' -> pb_th1_th2_ifng_il4; "
             "'IL-6 [ng/mL]' -> serum_il6_pg_ml [ng/mL] x1000") in result.stdout
@@ -128,10 +119,8 @@ def test_cli_validate_with_a_column_map_lists_what_fed_what(tmp_path):
 def test_cli_refuses_an_unknown_mapped_column_in_one_line(tmp_path):
     (tmp_path / "lab.csv").write_text("Sample,NK\nA,12\n", encoding="utf-8")
     (tmp_path / "map.yaml").write_text("Sample: patient_id\nNK: nk_percent\n", encoding="utf-8")
-    result = subprocess.run(
-        [RIFML, "validate", "--input", "lab.csv", "--rejects", "rejects.csv", "--columns", "map.yaml"],
-        cwd=tmp_path, capture_output=True, text=True,
-    )
+    result = rifml_in_process("validate", "--input", "lab.csv", "--rejects", "rejects.csv", "--columns", "map.yaml",
+                              cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
@@ -173,8 +162,7 @@ def test_outcomes_reads_panel_covariates_through_the_same_options(tmp_path, cata
 def test_an_output_aimed_at_the_columns_map_is_refused(tmp_path):
     (tmp_path / "p.csv").write_text("Patient ID,NK\nP1,12\n", encoding="utf-8")
     (tmp_path / "map.yaml").write_text('"Patient ID": patient_id\nNK: pb_nk_pct\n', encoding="utf-8")
-    result = subprocess.run([RIFML, "validate", "--input", "p.csv", "--rejects", "map.yaml", "--columns", "map.yaml"],
-                            cwd=tmp_path, capture_output=True, text=True)
+    result = rifml_in_process("validate", "--input", "p.csv", "--rejects", "map.yaml", "--columns", "map.yaml", cwd=tmp_path)
     assert result.returncode == 2
     assert "--rejects map.yaml is the same file as --columns map.yaml" in result.stderr
     assert (tmp_path / "map.yaml").read_text(encoding="utf-8").startswith('"Patient ID": patient_id')

@@ -1,14 +1,12 @@
 """Long-format files: the pivot to one panel per patient, units per line, conflicts and accounting line by line."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from cli_support import rifml_in_process
 from rifml.errors import RifmlInputError
 from rifml.io.dialects import ReadOptions
 from rifml.io.long_format import CONFLICT, MISSING_ANALYTE, pivot_long
@@ -16,7 +14,6 @@ from rifml.io.reader import PanelFile, validated_chunks
 from rifml.io.units import UNIT_NOT_ACCEPTED, UNKNOWN_UNIT
 from rifml.contract import MISSING_ID, PERCENT_ABOVE_100, UNCLOSED_QUOTE
 
-RIFML = str(Path(sys.executable).parent / "rifml")
 HEADER = ["patient_id", "analyte", "value", "unit", "lab_id", "age_years"]
 
 
@@ -175,11 +172,8 @@ def test_cli_validate_accounts_for_every_line(tmp_path):
         ("P2", "NK cells", "10", "%", "lab_A", "31"),
         ("", "IL-6", "1", "pg/mL", "", ""),
     ])
-    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    result = subprocess.run(
-        [RIFML, "validate", "--input", "long.csv", "--rejects", "rejects.csv", "--output", "ok.csv", "--layout", "long"],
-        cwd=tmp_path, capture_output=True, text=True, env=environment,
-    )
+    result = rifml_in_process("validate", "--input", "long.csv", "--rejects", "rejects.csv", "--output", "ok.csv",
+                              "--layout", "long", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "rows in 5 = accepted 2 + rejected 3"
     rejects = pd.read_csv(tmp_path / "rejects.csv", dtype=str, keep_default_na=False)
@@ -241,10 +235,8 @@ def test_plain_lab_and_long_forms_give_identical_panels_and_calls(tmp_path, cata
     from rifml.io.writer import write_table
     from rifml.simulate import simulate_cohort
 
-    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-
     def rifml(*args):
-        result = subprocess.run([RIFML, *map(str, args)], cwd=tmp_path, capture_output=True, text=True, env=environment)
+        result = rifml_in_process(*args, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         return result
 
@@ -288,11 +280,9 @@ def test_forcing_long_layout_on_a_wide_file_is_one_error(tmp_path, catalog):
 
 def test_spark_engine_refuses_long_files_in_one_line(tmp_path):
     _write_long(tmp_path / "long.csv", [("P1", "NK cells", "14", "%", "", "")])
-    result = subprocess.run(
-        [RIFML, "score", "--input", "long.csv", "--output", "calls.csv", "--rejects", "rejects.csv", "--engine", "spark",
-         "--model", "model-folder"],  # a model given as a path needs no store: the file is judged first
-        cwd=tmp_path, capture_output=True, text=True,
-    )
+    result = rifml_in_process("score", "--input", "long.csv", "--output", "calls.csv", "--rejects", "rejects.csv",
+                              "--engine", "spark", "--model", "model-folder",  # a path needs no store: the file is judged first
+                              cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == "rifml: error: long.csv: long layout and units in headers are read by --engine local only"
 

@@ -1,28 +1,25 @@
-"""rifml simulate --outcomes, rifml outcomes and rifml plan-trial end to end, through the console script,
+"""rifml simulate --outcomes, rifml outcomes and rifml plan-trial end to end on the command line,
 in a temp directory with a real SQLite MLflow store. Calls come from the simulator's latent truth
-(no model training), shaped like a calls file."""
+(no model training), shaped like a calls file.
 
-import os
-import subprocess
-import sys
+The commands run in this process (`rifml_in_process`: the same command lines without ~3 s of imports each);
+one refusal of each command goes through the console script, for the exit status and stderr a process shows."""
+
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-RIFML = str(Path(sys.executable).parent / "rifml")
+from cli_support import rifml, rifml_in_process
+
 N = 4000
-
-
-def rifml(*args, cwd):
-    return subprocess.run([RIFML, *map(str, args)], cwd=cwd, capture_output=True, text=True, env=os.environ.copy())
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     work = tmp_path_factory.mktemp("outcomes")
-    result = rifml("simulate", "--n", N, "--seed", 3, "--bad-share", 0.02, "--output", "panels.csv",
-                   "--truth", "truth.csv", "--outcomes", "outcomes.csv", cwd=work)
+    result = rifml_in_process("simulate", "--n", N, "--seed", 3, "--bad-share", 0.02, "--output", "panels.csv",
+                              "--truth", "truth.csv", "--outcomes", "outcomes.csv", cwd=work)
     assert result.returncode == 0, result.stderr
     assert "wrote outcomes of" in result.stdout
     truth = pd.read_csv(work / "truth.csv", dtype=str, keep_default_na=False)
@@ -35,9 +32,9 @@ def registry(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def analysed(registry):
-    result = rifml("outcomes", "--panels", "panels.csv", "--calls", "calls.csv", "--outcomes", "outcomes.csv",
-                   "--output", "out", "--adjust", "age_years,embryo_quality",
-                   "--tracking-uri", f"sqlite:///{registry / 'mlflow.db'}", cwd=registry)
+    result = rifml_in_process("outcomes", "--panels", "panels.csv", "--calls", "calls.csv", "--outcomes", "outcomes.csv",
+                              "--output", "out", "--adjust", "age_years,embryo_quality",
+                              "--tracking-uri", f"sqlite:///{registry / 'mlflow.db'}", cwd=registry)
     assert result.returncode == 0, result.stderr
     return registry, result
 
@@ -54,7 +51,7 @@ def test_simulated_registry_has_the_contract_columns(registry):
 
 def test_simulate_without_outcomes_is_unchanged(registry, tmp_path):
     # The registry has its own random stream: the cohort file is the same with or without --outcomes.
-    assert rifml("simulate", "--n", N, "--seed", 3, "--bad-share", 0.02, "--output", "p.csv", cwd=tmp_path).returncode == 0
+    assert rifml_in_process("simulate", "--n", N, "--seed", 3, "--bad-share", 0.02, "--output", "p.csv", cwd=tmp_path).returncode == 0
     assert (tmp_path / "p.csv").read_bytes() == (registry / "panels.csv").read_bytes()
 
 
@@ -108,7 +105,7 @@ def test_outcomes_run_is_logged_without_patient_ids(analysed):
 
 def test_plan_trial_with_and_without_outcomes(analysed):
     work, _ = analysed
-    result = rifml("plan-trial", "--calls", "calls.csv", "--effect", "0.10", "--output", "plan.csv", cwd=work)
+    result = rifml_in_process("plan-trial", "--calls", "calls.csv", "--effect", "0.10", "--output", "plan.csv", cwd=work)
     assert result.returncode == 0, result.stderr
     plan = pd.read_csv(work / "plan.csv")
     assert set(plan["level"]) == {"profile", "subtype"}
@@ -119,8 +116,8 @@ def test_plan_trial_with_and_without_outcomes(analysed):
     assert balanced["patients_to_screen"] == -(-712 * len(calls) // balanced["n_calls"])  # ceil(712 / prevalence)
     assert "balanced" in result.stdout and "to screen" in result.stdout
 
-    result = rifml("plan-trial", "--calls", "calls.csv", "--outcomes", "outcomes.csv", "--effect", "0.1",
-                   "--output", "plan2.csv", cwd=work)
+    result = rifml_in_process("plan-trial", "--calls", "calls.csv", "--outcomes", "outcomes.csv", "--effect", "0.1",
+                              "--output", "plan2.csv", cwd=work)
     assert result.returncode == 0, result.stderr
     observed = pd.read_csv(work / "plan2.csv")
     assert observed["control_rate_source"].str.startswith("untreated (n=").any()
@@ -128,20 +125,22 @@ def test_plan_trial_with_and_without_outcomes(analysed):
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    "run, args, message",
     [
-        (["plan-trial", "--calls", "calls.csv", "--effect", "0"], "--effect"),
-        (["plan-trial", "--calls", "outcomes.csv", "--effect", "0.1"], "no immune_profile"),
-        (["outcomes", "--panels", "panels.csv", "--calls", "calls.csv", "--outcomes", "outcomes.csv", "--output", "o2",
-          "--adjust", "bmi"], "--adjust bmi"),
-        (["outcomes", "--panels", "panels.csv", "--calls", "calls.csv", "--outcomes", "absent.csv", "--output", "o3"],
-         "no such file"),
-        (["outcomes", "--panels", "panels.csv", "--calls", "calls.csv", "--outcomes", "outcomes.csv", "--output", "calls.csv"],
-         "would destroy the input"),
+        (rifml, ["plan-trial", "--calls", "calls.csv", "--effect", "0"], "--effect"),
+        (rifml_in_process, ["plan-trial", "--calls", "outcomes.csv", "--effect", "0.1"], "no immune_profile"),
+        (rifml, ["outcomes", "--panels", "panels.csv", "--calls", "calls.csv", "--outcomes", "outcomes.csv",
+                 "--output", "o2", "--adjust", "bmi"], "--adjust bmi"),
+        (rifml_in_process, ["outcomes", "--panels", "panels.csv", "--calls", "calls.csv", "--outcomes", "absent.csv",
+                            "--output", "o3"], "no such file"),
+        (rifml_in_process, ["outcomes", "--panels", "panels.csv", "--calls", "calls.csv", "--outcomes", "outcomes.csv",
+                            "--output", "calls.csv"], "would destroy the input"),
     ],
+    ids=["plan-trial-effect-process", "plan-trial-no-profile", "outcomes-adjust-process", "outcomes-absent",
+         "outcomes-destroys-input"],
 )
-def test_bad_input_exits_2_with_one_line(registry, args, message):
-    result = rifml(*args, cwd=registry)
+def test_bad_input_exits_2_with_one_line(registry, run, args, message):
+    result = run(*args, cwd=registry)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

@@ -1,14 +1,12 @@
-"""`rifml report`: cohort and patient pages, end to end through the CLI with a real SQLite MLflow store."""
+"""`rifml report`: cohort and patient pages, end to end on the command line with a real SQLite MLflow store."""
 
 import base64
 import html
 import io
-import os
 import re
 import shutil
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +29,9 @@ from rifml.report import (
     waterfall,
     write_report,
 )
+from cli_support import rifml_in_process
 from mlflow_support import SHARED_PANELS, copy_store
 
-RIFML = str(Path(sys.executable).parent / "rifml")
 ODD_IDS = [
     "a/b/../../c",
     "患者-001",
@@ -50,8 +48,8 @@ SAFE_NAME = re.compile(r"^\d{5,}-[A-Za-z0-9_-]+\.html$")
 
 
 def rifml(*args, cwd):
-    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    result = subprocess.run([RIFML, *map(str, args)], cwd=cwd, capture_output=True, text=True, env=environment)
+    # in this process: the report's pages are tested here, not the process (test_safety_cli runs `rifml report`)
+    result = rifml_in_process(*args, cwd=cwd)
     assert result.returncode == 0, result.stderr
     return result
 

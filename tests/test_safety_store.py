@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_support import refused, rifml
+from cli_support import refused, rifml, rifml_in_process
 from mlflow_support import quick_train_config
 
 
@@ -17,7 +17,7 @@ def cohort(tmp_path_factory):
     work = tmp_path_factory.mktemp("store")
     # what is tested is the store, not the model: the smallest settings that still train every part
     (work / "quick.yaml").write_text(quick_train_config("store-test", n_estimators=10, k_max=3, n_resamples=2))
-    assert rifml("simulate", "--n", 300, "--seed", 31, "--output", "cohort.csv", cwd=work).returncode == 0
+    assert rifml_in_process("simulate", "--n", 300, "--seed", 31, "--output", "cohort.csv", cwd=work).returncode == 0
     return work
 
 
@@ -28,6 +28,7 @@ def fresh(cohort: Path, folder: Path) -> Path:
 
 
 def test_a_name_that_escapes_the_store_is_refused_before_training(cohort, tmp_path):
+    # through the console script: train's exit status and one-line stderr as a process shows them
     fresh(cohort, tmp_path)
     escaped = rifml("train", "--data", "cohort.csv", "--config", "quick.yaml", "--experiment", "../../escaped", cwd=tmp_path)
     refused(escaped, "../../escaped")
@@ -59,7 +60,7 @@ def test_two_trainings_at_once_on_one_store_both_register_and_keep_odd_names(coh
     train_twice_at_once(tmp_path, "trial #2", "--no-champion")
     assert runs_in(db_path, "trial #2") == 2
     assert (tmp_path / "mlartifacts" / "trial #2").is_dir()
-    refused(rifml("score", "--input", "cohort.csv", "--output", "c.csv", "--rejects", "r.csv", cwd=tmp_path),
+    refused(rifml_in_process("score", "--input", "cohort.csv", "--output", "c.csv", "--rejects", "r.csv", cwd=tmp_path),
             "alias champion", "latest registered: version 2", "--model models:/rifml-immune-profile/2")
     train_twice_at_once(tmp_path, "existing-store")
     assert runs_in(db_path, "existing-store") == 2
@@ -69,8 +70,8 @@ def test_two_trainings_at_once_on_one_store_both_register_and_keep_odd_names(coh
 
 def test_training_on_nothing_usable_is_a_clear_error(tmp_path):
     (tmp_path / "bad.csv").write_text("patient_id,pb_nk_pct\nA,-1\nB,abc\n")
-    refused(rifml("train", "--data", "bad.csv", cwd=tmp_path), "no rows left to train on", "all 2")
+    refused(rifml_in_process("train", "--data", "bad.csv", cwd=tmp_path), "no rows left to train on", "all 2")
     lines = ["patient_id,pb_nk_pct,em_unk_cd56_pct,immune_profile"] + [f"P{i},{5 + i % 7},{3 + i % 5},balanced" for i in range(60)]
     (tmp_path / "one.csv").write_text("\n".join(lines) + "\n")
-    refused(rifml("train", "--data", "one.csv", cwd=tmp_path), "one profile only", "balanced")
+    refused(rifml_in_process("train", "--data", "one.csv", cwd=tmp_path), "one profile only", "balanced")
     assert not (tmp_path / "mlflow.db").exists()

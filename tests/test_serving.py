@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cli_support import rifml_in_process
 from mlflow_support import mlflow_store
 
 from rifml.pipeline import calls_columns, profile_columns
@@ -23,12 +24,6 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 MODEL_URI = "models:/rifml-immune-profile@champion"
 STARTUP_SECONDS = 90
-
-
-def run(*args, cwd):
-    result = subprocess.run([str(BIN / args[0]), *map(str, args[1:])], cwd=cwd, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 def free_port() -> int:
@@ -68,7 +63,8 @@ def stop_group(server: subprocess.Popen) -> None:
 def store(trained_store, tmp_path_factory):
     """The session's trained store (read only: serving loads the champion) and a 40-panel batch."""
     work = tmp_path_factory.mktemp("serving")
-    run("rifml", "simulate", "--n", 40, "--seed", 12, "--output", "batch.csv", cwd=work)
+    simulated = rifml_in_process("simulate", "--n", 40, "--seed", 12, "--output", "batch.csv", cwd=work)
+    assert simulated.returncode == 0, simulated.stderr
     return work, trained_store.uri
 
 

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from cli_support import rifml_in_process
 from rifml.catalog import load_catalog
 from rifml.errors import RifmlInputError
 from rifml.scenarios import available_scenarios, merge_patch, scenario_description
@@ -527,20 +525,14 @@ def test_random_worlds_are_valid_reproducible_and_move_every_knob():
 
 
 def test_cli_simulates_a_scenario_scoring_batch(tmp_path):
-    rifml = str(Path(sys.executable).parent / "rifml")
     scenario = next(n for n in available_scenarios() if any(l.scoring_only for l in load_simulation_config(scenario=n).labs.values()))
     new_labs = {k for k, l in load_simulation_config(scenario=scenario).labs.items() if l.scoring_only}
     for batch in ("train", "score"):
-        result = subprocess.run(
-            [rifml, "simulate", "--n", "400", "--output", f"{batch}.csv", "--scenario", scenario, "--batch", batch],
-            cwd=tmp_path, capture_output=True, text=True, env=os.environ.copy(),
-        )
+        result = rifml_in_process("simulate", "--n", "400", "--output", f"{batch}.csv", "--scenario", scenario,
+                                  "--batch", batch, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
     train = pd.read_csv(tmp_path / "train.csv", dtype=str)
     score = pd.read_csv(tmp_path / "score.csv", dtype=str)
     assert not new_labs & set(train["lab_id"]) and new_labs <= set(score["lab_id"])
-    result = subprocess.run(
-        [rifml, "simulate", "--n", "10", "--output", "x.csv", "--scenario", "no_such_scenario"],
-        cwd=tmp_path, capture_output=True, text=True, env=os.environ.copy(),
-    )
+    result = rifml_in_process("simulate", "--n", "10", "--output", "x.csv", "--scenario", "no_such_scenario", cwd=tmp_path)
     assert result.returncode == 2 and "unknown scenario" in result.stderr and result.stderr.count("\n") == 1

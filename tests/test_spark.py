@@ -3,13 +3,13 @@
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from cli_support import rifml_in_process
 from mlflow_support import mlflow_store
 from typer.testing import CliRunner
 
@@ -29,7 +29,6 @@ from rifml.spark_input import FIELD_COUNT, RECORD, read_panel, record_positions,
 from rifml.validate import validate_chunk  # noqa: E402
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
 CHUNK_ROWS = 50  # several Arrow batches per partition and several local chunks for a 300-row file
 N_SIMULATED = 296
 SPLIT_BYTES = "8k"  # Spark splits the ~38 kB batch file into several partitions (the default is 128 MB)
@@ -45,18 +44,13 @@ def spark():
     session.stop()
 
 
-def run(*args, cwd):
-    result = subprocess.run([str(BIN / "rifml"), *map(str, args)], cwd=cwd, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    return result
-
-
 @pytest.fixture(scope="module")
 def work(trained_store, spark, tmp_path_factory):
     """The session's trained store (read only), and a 300-row batch with corrupt rows, duplicates far apart,
     a short row, an extra column."""
     work = tmp_path_factory.mktemp("spark")
-    run("simulate", "--n", N_SIMULATED, "--seed", 22, "--bad-share", 0.1, "--output", "sim.csv", cwd=work)
+    simulated = rifml_in_process("simulate", "--n", N_SIMULATED, "--seed", 22, "--bad-share", 0.1, "--output", "sim.csv", cwd=work)
+    assert simulated.returncode == 0, simulated.stderr
     batch = pd.read_csv(work / "sim.csv", dtype=str, keep_default_na=False)
     batch["site_note"] = [f'note {i}, "quoted"' if i % 7 == 0 else "" for i in range(len(batch))]
     batch.loc[batch.index % 3 == 1, "lab_id"] = UNSEEN_LAB  # ~100 panels of a lab the model never saw: adapted

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from cli_support import rifml
+from cli_support import rifml_in_process
 from mlflow_support import copy_store, mlflow_store
 
 from rifml.io.reader import PanelFile, validated_chunks
@@ -26,7 +26,7 @@ def store(trained_store, tmp_path_factory):
     """A copy of the session's store (version 1, champion), a version 2 added to it, and a batch to score."""
     copied = copy_store(trained_store, tmp_path_factory.mktemp("startup"))
     work, uri = copied.folder, copied.uri
-    done = rifml("simulate", "--n", 120, "--seed", 22, "--bad-share", 0.05, "--output", "batch.csv", cwd=work)
+    done = rifml_in_process("simulate", "--n", 120, "--seed", 22, "--bad-share", 0.05, "--output", "batch.csv", cwd=work)
     assert done.returncode == 0, done.stderr
     # Version 2 (champion): the same profiler logged again, into its own folder (seconds, not a training).
     with mlflow_store(uri):  # MLflow's URIs are process-wide: restored for the tests that follow
@@ -110,7 +110,7 @@ print("imported:" + ",".join(sorted(m for m in {NOT_ON_THE_SCORING_PATH!r} if m 
 
 def test_a_missing_alias_still_gets_mlflow_s_explanation(store):
     work, uri = store
-    done = rifml("score", "--input", "batch.csv", "--output", "c.csv", "--rejects", "r.csv", "--tracking-uri", uri,
-                 "--model", f"models:/{NAME}@no-such-alias", cwd=work)
+    done = rifml_in_process("score", "--input", "batch.csv", "--output", "c.csv", "--rejects", "r.csv", "--tracking-uri",
+                            uri, "--model", f"models:/{NAME}@no-such-alias", cwd=work)
     assert done.returncode == 2 and "no version of rifml-immune-profile has the alias no-such-alias" in done.stderr
     assert not (work / "c.csv").exists()

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from sklearn.base import clone
 
-from cli_support import refused, rifml
+from cli_support import refused, rifml_in_process
 from rifml.config import TrainConfig, config_dir, load_train_config
 from rifml.errors import RifmlInputError
 from rifml.pipeline import ImmuneProfiler
@@ -131,11 +131,11 @@ def test_training_config_accepts_the_validated_model():
 def test_train_refuses_a_bad_config_before_reading_data(tmp_path, text, words):
     (tmp_path / "bad.yaml").write_text(text)
     started = time.perf_counter()
-    result = rifml("train", "--data", "no-such-file.csv", "--config", "bad.yaml", "--tracking-uri",
-                   f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path)
+    result = rifml_in_process("train", "--data", "no-such-file.csv", "--config", "bad.yaml", "--tracking-uri",
+                              f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path)
     seconds = time.perf_counter() - started
     line = refused(result, "training config bad.yaml is malformed at", *words)
     assert "no-such-file" not in line  # the data was never looked at
     assert not (tmp_path / "mlflow.db").exists()  # nor the store
     assert "reading" not in result.stderr
-    print(f"refused in {seconds:.2f} s (process start included)")
+    print(f"refused in {seconds:.2f} s (in process)")

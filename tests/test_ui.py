@@ -172,10 +172,3 @@ def test_port_taken_is_one_line_and_exit_2(tmp_path):
     )
     assert "Traceback" not in result.stderr
 
-
-def test_missing_store_is_refused_not_created(tmp_path):
-    db = tmp_path / "nothing-here.db"
-    result = rifml("ui", "--tracking-uri", f"sqlite:///{db}", "--port", free_port(), cwd=tmp_path)
-    assert result.returncode == 2
-    assert f"no store at {db}" in result.stderr
-    assert not db.exists()
