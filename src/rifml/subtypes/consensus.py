@@ -379,6 +379,8 @@ def gaussian_refinement(Z: np.ndarray, labels: np.ndarray, min_variance: float) 
         log_joint = _log_joint(Z, *_mixture_parameters(Z, responsibilities, min_variance))
         log_total = logsumexp(log_joint, axis=1)
         responsibilities = np.exp(log_joint - log_total[:, None])
+        if responsibilities.sum(axis=0).min() < 1e-9:  # a cluster lost every row: its parameters are undefined
+            return None
         if log_total.mean() - previous < REFINE_TOL:
             break
         previous = log_total.mean()
