@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 	# pip's notes about absent local mirrors are noise; its exit status still counts (pipefail).
 	$(BIN)/python -m pip install $(PIP_QUIET) -e ".[dev]" 2>&1 | { grep -v "^WARNING: Location" || true; }
 	$(BIN)/python -c "import rifml, lightgbm, mlflow, shap, pandera"
+	# Spark's class archive, recorded here by scoring a few simulated panels (~1 min, once per install) so that
+	# no scoring run pays for recording it (src/rifml/spark_archive.py). Optional: without Java, Spark runs without it.
+	@echo "recording Spark's class archive (about a minute, once per install) ..."
+	timeout 600 $(BIN)/python -m rifml.spark_archive 2>/dev/null || echo "Spark class archive not recorded: Spark runs start without it"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -3,6 +3,7 @@
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -318,3 +319,28 @@ def test_a_local_jvm_writes_its_class_archive_once_and_maps_it_once_a_jvm_has_ch
     assert mapped.returncode == 0 and "sharing" in mapped.stderr
     monkeypatch.setenv(ARCHIVE_SETTING, "off")
     assert class_archive() is None and local_settings(set())[JAVA_OPTIONS] == LOCAL_SETTINGS[JAVA_OPTIONS]
+
+
+def test_install_records_the_class_archive_from_a_scoring_run_not_a_users(tmp_path, monkeypatch):
+    """`make install` runs `python -m rifml.spark_archive`: a fresh JVM scores simulated panels and leaves a
+    part that the next local run checks and maps; with the archive off, or already there, it does nothing."""
+    from rifml.spark_archive import record_class_archive
+
+    monkeypatch.setenv(ARCHIVE_SETTING, "off")
+    assert record_class_archive() is False
+    monkeypatch.setenv(ARCHIVE_SETTING, str(tmp_path))
+    class_archive().write_bytes(b"")  # an archive already there: nothing to record, no session started
+    assert record_class_archive() is False
+    class_archive().unlink()
+    done = subprocess.run([sys.executable, "-m", "rifml.spark_archive"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, ARCHIVE_SETTING: str(tmp_path)})
+    assert done.returncode == 0 and "Spark class archive: recorded" in done.stdout, done.stderr[-2000:]
+    deadline = time.time() + 120  # the JVM writes the part as it exits, after the Python process
+    while time.time() < deadline and not list(tmp_path.glob("*.part")):
+        time.sleep(1)
+    parts = list(tmp_path.glob("*.part"))
+    assert len(parts) == 1
+    deadline = time.time() + 120
+    while time.time() < deadline and not archive_options(class_archive()).endswith(f"-XX:SharedArchiveFile={class_archive()}"):
+        time.sleep(2)  # a part still being written fails the check and waits for the next run
+    assert class_archive().is_file()
