@@ -7,8 +7,8 @@ against 30.2 s without an archive and 24-27 s with one. ``make install`` therefo
 ``python -m rifml.spark_archive``: a small model fitted on simulated panels scores a few
 thousand simulated panels on Spark, through the same code as a scoring run, so the archive
 holds the classes such a run loads (a job on the same JVM path without a model gave an
-archive worth almost nothing: 28-29 s). The JVM writes the archive (a part) as it exits,
-after this process; the next local run checks the part and maps it.
+archive worth almost nothing: 28-29 s). The JVM writes the archive (a part) as it exits, and
+this waits for it; the next local run checks the part and maps it.
 """
 
 from __future__ import annotations
@@ -50,7 +50,19 @@ def record_class_archive() -> bool:
         cohort.to_csv(batch, index=False, lineterminator="\r\n")  # as labs export: the CRLF reader path
         tally = score_with_spark(PanelFile(batch, profiler.catalog_), profiler, Path(folder, "calls.csv"),
                                  Path(folder, "rejects.csv"))
+    _wait_for_the_jvm()
     return tally.scored == WARM_PANELS
+
+
+def _wait_for_the_jvm() -> None:
+    """End the JVM now and wait while it writes the archive (15-20 s), so that a run started right after
+    the install finds a whole part to map, not one still being written (which it would have to skip)."""
+    from pyspark import SparkContext
+
+    process = getattr(SparkContext._gateway, "proc", None)
+    if process is not None:
+        process.stdin.close()  # PySpark's JVM exits when its stdin closes
+        process.wait(timeout=300)
 
 
 if __name__ == "__main__":
