@@ -29,6 +29,7 @@ def record_class_archive() -> bool:
     if archive is None or archive.is_file() or existing_session() is not None:
         return False
     from rifml.catalog import load_catalog
+    from rifml.explain.explainer import VECTORIZED_ROWS
     from rifml.io.reader import PanelFile
     from rifml.model import CalibratedBoostedClassifier
     from rifml.pipeline import ImmuneProfiler
@@ -44,6 +45,10 @@ def record_class_archive() -> bool:
         classifier=CalibratedBoostedClassifier(n_estimators=5, calibration_folds=2),
         subtype_trees=2, background_size=20,
     ).fit(panel.drop(columns=catalog.label_column))
+    # numba's on-disk cache of the scoring kernels too (batches above explainer.VECTORIZED_ROWS use them): the first
+    # run of a fresh install, on either engine, would otherwise compile them (Spark: in each worker).
+    large, _, _, _ = clean_batch(catalog, config, VECTORIZED_ROWS + 1000, 3, "score", 0.0)
+    profiler.call(large.drop(columns=catalog.label_column))
     with tempfile.TemporaryDirectory(prefix="rifml-spark-archive-") as folder:
         cohort, _ = simulate_cohort(WARM_PANELS, seed=2, bad_share=0.0, config=config, catalog=catalog, batch="score")
         batch = Path(folder, "batch.csv")
