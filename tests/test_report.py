@@ -7,12 +7,15 @@ import re
 import shutil
 import sqlite3
 import subprocess
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from rifml.contract import censored_column
 from rifml.errors import RifmlInputError
 from rifml.report import (
     RESEARCH_USE,
@@ -22,6 +25,7 @@ from rifml.report import (
     build_cohort,
     describe_model,
     find_findings,
+    lab_drift,
     load_interventions,
     patient_file_names,
     read_calls,
@@ -247,6 +251,33 @@ def test_waterfall_steps_add_up_to_the_total_with_the_rest_summed():
     assert chart["total"]["value"] == f"{values.sum():+.2f}"
     plot = (chart["plot_start"], chart["plot_start"] + chart["plot_width"])
     assert all(plot[0] - 0.1 <= s["x"] and s["x"] + s["width"] <= plot[1] + 1.1 for s in chart["steps"])
+
+
+def test_lab_drift_answers_a_lab_without_measured_values_with_n_0_and_no_median(catalog):
+    """A lab whose panels hold none of a drifting marker (or only censored cells) gets n = 0 and no median
+    (the page shows "–"), computed without numpy's "Mean of empty slice" warning."""
+    drifting = [m.name for m in catalog.numeric_markers if m.drifts]
+    first = drifting[0]
+    panel = pd.DataFrame({catalog.lab_column: ["lab_a"] * 3 + ["lab_b"] * 2 + ["lab_c"],
+                          **{m: [10.0, 20.0, 40.0, np.nan, np.nan, 5.0] for m in drifting}})
+    panel[censored_column(first)] = [False, False, False, False, False, True]  # lab_c's only cell is "<5"
+    profiler = SimpleNamespace(catalog_=catalog, features_=SimpleNamespace(lab_shifts_={"lab_a": {first: 0.1}},
+                                                                            known_labs_=["lab_a"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        drift = lab_drift(panel, profiler).set_index(["lab", "marker"])
+    assert drift.loc[("lab_a", first), "n"] == 3 and drift.loc[("lab_a", first), "batch_pct"] == pytest.approx(0.0)
+    assert drift.loc[("lab_a", first), "learned_pct"] == pytest.approx(100 * np.expm1(0.1))
+    for lab in ("lab_b", "lab_c"):
+        assert drift.loc[(lab, first), "n"] == 0 and np.isnan(drift.loc[(lab, first), "batch_pct"])
+    if len(drifting) > 1:  # lab_c's uncensored cell of another marker is measured
+        assert drift.loc[("lab_c", drifting[1]), "n"] == 1
+    # a batch in which no lab measured the marker at all: every lab n = 0, still no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        empty = lab_drift(panel.assign(**{first: np.nan}), profiler)
+    assert (empty.loc[empty["marker"] == first, "n"] == 0).all()
+    assert empty.loc[empty["marker"] == first, "batch_pct"].isna().all()
 
 
 def test_patient_file_names_are_unique_safe_and_keep_order():
