@@ -30,6 +30,7 @@ from rifml.report import (
     patient_file_names,
     read_calls,
     read_panel_for_calls,
+    read_reject_counts,
     waterfall,
     write_report,
 )
@@ -278,6 +279,32 @@ def test_lab_drift_answers_a_lab_without_measured_values_with_n_0_and_no_median(
         empty = lab_drift(panel.assign(**{first: np.nan}), profiler)
     assert (empty.loc[empty["marker"] == first, "n"] == 0).all()
     assert empty.loc[empty["marker"] == first, "batch_pct"].isna().all()
+
+
+@pytest.mark.parametrize("reader, content, words", [
+    ("rejects", None, "cannot read the rejects file"),
+    ("rejects", b"", "cannot read the rejects file"),
+    ("rejects", b"\xff\xfe\x00 not utf-8", "cannot read the rejects file"),
+    ("rejects", b"row,patient_id,column\n2,P1,pb_nk_pct\n", "not a rifml rejects file (no reason column)"),
+    ("calls", None, "cannot read the calls file"),
+    ("calls", b"", "cannot read the calls file"),
+    ("calls", b"patient_id,immune_profile\n", "no calls to report"),
+])
+def test_unreadable_calls_and_rejects_files_are_one_line_errors(tmp_path, catalog, reader, content, words):
+    path = tmp_path / f"{reader}.csv"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(RifmlInputError, match=re.escape(words)) as error:
+        read_reject_counts(path) if reader == "rejects" else read_calls(path, catalog)
+    assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
+
+
+def test_reject_counts_read_ids_and_reasons_as_written(tmp_path):
+    path = tmp_path / "rejects.csv"
+    path.write_text("row,patient_id,column,value,reason,all_problems\n2,NA,pb_nk_pct,-1,negative value,negative value\n"
+                    "3,,,,missing patient_id,missing patient_id\n4,NA,pb_nk_pct,x,negative value,negative value\n",
+                    encoding="utf-8")
+    assert read_reject_counts(path) == {"negative value": 2, "missing patient_id": 1}
 
 
 def test_patient_file_names_are_unique_safe_and_keep_order():

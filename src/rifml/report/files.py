@@ -33,12 +33,17 @@ from rifml.report.render import render_index, render_patient_pages
 REPORT_MARKER = ".rifml-report"
 
 
+def _read_output_csv(path: Path, what: str) -> pd.DataFrame:
+    """A CSV that rifml wrote (UTF-8), every cell as text exactly (an id "NA" stays "NA"); ``what`` names it in errors."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise RifmlInputError(f"{path}: cannot read the {what} ({exc})") from exc
+
+
 def read_calls(path: Path, catalog: Catalog) -> pd.DataFrame:
     """A calls file from ``rifml score``; ids kept as text exactly (an id "NA" stays "NA")."""
-    try:
-        calls = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise RifmlInputError(f"{path}: cannot read the calls file ({exc})") from exc
+    calls = _read_output_csv(path, "calls file")
     if calls.empty:
         raise RifmlInputError(f"{path}: no calls to report (were all rows rejected?)")
     calls = _restored(calls)
@@ -126,10 +131,7 @@ def read_panel_for_calls(path: Path, catalog: Catalog, ids: pd.Series, read_opti
 
 def read_reject_counts(path: Path) -> Counter:
     """Rejected rows by reason, from a rejects file of ``rifml score`` or ``rifml validate``."""
-    try:
-        rejects = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise RifmlInputError(f"{path}: cannot read the rejects file ({exc})") from exc
+    rejects = _read_output_csv(path, "rejects file")
     if REJECTS_REASON not in rejects:
         raise RifmlInputError(f"{path}: not a rifml rejects file (no {REJECTS_REASON} column)")
     return Counter(rejects[REJECTS_REASON].tolist())
