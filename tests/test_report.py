@@ -17,6 +17,7 @@ import pytest
 
 from rifml.contract import censored_column
 from rifml.errors import RifmlInputError
+from rifml.report.render import drift_table
 from rifml.report import (
     RESEARCH_USE,
     BandAxis,
@@ -203,6 +204,26 @@ def test_index_summarizes_rejects_and_describes_the_registered_model(scored, pag
     assert f"trained on</dt><dd>{SHARED_PANELS:,} panels" in index
 
 
+def test_index_drift_table_shows_each_lab_once_with_its_own_values_under_each_header(scored, pages, profiler):
+    work, index = scored[0], pages[0]
+    section = index[index.index('id="drift"'):]
+    section = section[:section.index("</table>")]
+    header = [html.unescape(m) for m in re.findall(r'<th class="num">([^<]*): batch</th>', section)]
+    rows = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td>(.*?)</tr>", section, re.S)
+    labs = [html.unescape(lab) for lab, _, _ in rows]
+    assert len(labs) == len(set(labs)) and UNKNOWN_LAB in labs and len(labs) > 1
+    calls = read_calls(work / "calls.csv", profiler.catalog_)
+    panel, _ = read_panel_for_calls(work / "batch.csv", profiler.catalog_, calls["patient_id"])
+    drift = lab_drift(panel, profiler).set_index(["lab", "marker"])
+    for lab, (_, known, cells) in zip(labs, rows):
+        assert known == ("yes" if lab in profiler.features_.known_labs_ else "no: not normalized"), lab
+        batch = re.findall(r'<td class="num">([^<]*?) <span class="muted small">\(n=(\d+)\)</span>', cells)
+        expected = [drift.loc[(lab, m)] for m in header]
+        assert [int(n) for _, n in batch] == [int(e["n"]) for e in expected], lab
+        assert [text for text, _ in batch] == ["–" if np.isnan(e["batch_pct"]) else "%+.0f%%" % e["batch_pct"]
+                                               for e in expected], lab
+
+
 def test_patient_ids_never_reach_mlflow(scored):
     work = scored[0]
     dump = "\n".join(sqlite3.connect(work / "mlflow.db").iterdump())
@@ -279,6 +300,26 @@ def test_lab_drift_answers_a_lab_without_measured_values_with_n_0_and_no_median(
         empty = lab_drift(panel.assign(**{first: np.nan}), profiler)
     assert (empty.loc[empty["marker"] == first, "n"] == 0).all()
     assert empty.loc[empty["marker"] == first, "batch_pct"].isna().all()
+
+
+def test_drift_table_cells_sit_under_their_marker_s_header(catalog):
+    """The header follows the catalog (pb_* before em_*), a pivot sorts by name: each cell must be its column's;
+    and a batch with an unknown lab still shows each lab once."""
+    drifting = [m.name for m in catalog.numeric_markers if m.drifts]
+    assert drifting != sorted(drifting)  # else this test could not tell the two orders apart
+    labs = ["lab_b", "lab_a", "lab_new"]
+    drift = pd.DataFrame([{"lab": lab, "marker": m, "n": 10 * i + j, "batch_pct": float(100 * i + j),
+                           "learned_pct": np.nan if lab == "lab_new" else float(-j), "known": lab != "lab_new"}
+                          for i, lab in enumerate(labs) for j, m in enumerate(drifting)])
+    header, rows = drift_table(drift)
+    assert header == drifting
+    assert [row["lab"] for row in rows] == sorted(labs)  # one row per lab, known or not
+    for row in rows:
+        i = labs.index(row["lab"])
+        assert row["known"] == (row["lab"] != "lab_new")
+        assert [c["batch"] for c in row["cells"]] == [float(100 * i + j) for j in range(len(drifting))]
+        assert [c["n"] for c in row["cells"]] == [10 * i + j for j in range(len(drifting))]
+    assert drift_table(drift.iloc[:0]) == ([], [])
 
 
 @pytest.mark.parametrize("reader, content, words", [
