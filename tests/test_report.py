@@ -17,7 +17,7 @@ import pytest
 
 from rifml.contract import censored_column
 from rifml.errors import RifmlInputError
-from rifml.report.render import drift_table
+from rifml.report.render import _counts, drift_table
 from rifml.report import (
     RESEARCH_USE,
     BandAxis,
@@ -320,6 +320,15 @@ def test_drift_table_cells_sit_under_their_marker_s_header(catalog):
         assert [c["batch"] for c in row["cells"]] == [float(100 * i + j) for j in range(len(drifting))]
         assert [c["n"] for c in row["cells"]] == [10 * i + j for j in range(len(drifting))]
     assert drift_table(drift.iloc[:0]) == ([], [])
+
+
+def test_profile_counts_list_every_profile_with_zero_where_nobody_was_called():
+    profiles = ["balanced", "hyperactive", "hypoactive", "mixed"]
+    counted = _counts(pd.Series(["hyperactive", "balanced", "hyperactive"]), profiles)
+    assert [(row["name"], row["n"]) for row in counted] == [("balanced", 1), ("hyperactive", 2), ("hypoactive", 0), ("mixed", 0)]
+    assert [row["pct"] for row in counted] == pytest.approx([100 / 3, 200 / 3, 0, 0])
+    assert [row["n"] for row in _counts(pd.Series([], dtype=object), profiles)] == [0, 0, 0, 0]
+    assert [row["name"] for row in _counts(pd.Series(["b", "a", "b"]))] == ["b", "a"]  # no order: values seen, most first
 
 
 @pytest.mark.parametrize("reader, content, words", [

@@ -234,10 +234,12 @@ def render_patient_pages(data: CohortData, interventions: Interventions, generat
 
 
 def _counts(values: pd.Series, order: list[str] | None = None) -> list[dict]:
+    """Patients per value, most first; with ``order`` (the catalog's profiles) every one of them, n = 0 included:
+    a profile nobody was called is a finding, not a row to leave out."""
     counts = values.value_counts()
-    keys = [k for k in order if k in counts.index] if order else list(counts.index)
+    keys = list(order) if order else list(counts.index)
     total = max(int(counts.sum()), 1)
-    return [{"name": k, "n": int(counts[k]), "pct": 100 * counts[k] / total} for k in keys]
+    return [{"name": k, "n": int(counts.get(k, 0)), "pct": 100 * counts.get(k, 0) / total} for k in keys]
 
 
 def _model_section(data: CohortData) -> dict:
