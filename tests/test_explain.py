@@ -15,7 +15,7 @@ from rifml.explain import ARGMAX, COVERAGE, InterventionalExplainer, check_tree_
 from rifml.explain import explainer as explainer_module
 from rifml.explain.leaves import LeafTable, leaf_table
 from rifml.explain.patterns import TreeTable, pattern_table
-from rifml.explain.trees import parse_tree
+from rifml.explain.trees import Branches, SplitNodes, parse_tree
 from rifml.model import CalibratedBoostedClassifier
 from rifml.pipeline import ImmuneProfiler
 
@@ -141,6 +141,20 @@ def test_models_mixing_small_and_large_trees(monkeypatch):
     kinds = {type(t) for per_class in explainer.trees_ for t in per_class}
     assert kinds == {TreeTable, LeafTable}
     assert_matches_shap(model, X, background, explainer, rows=100)
+
+
+def test_both_table_forms_keep_the_parsed_tree_s_split_nodes():
+    """A pattern table and a leaf table declare no split-node fields of their own: they route rows as the tree does."""
+    model, X, _ = random_model(20, n_estimators=2)
+    tree = parse_tree(model.booster_.dump_model()["tree_info"][0]["tree_structure"])
+    background = X[:50]
+    small, large = pattern_table(tree, background), leaf_table(tree, background)
+    assert isinstance(small, SplitNodes) and isinstance(large, Branches) and not isinstance(small, Branches)
+    for table in (small, large):
+        assert table.n_nodes == tree.n_nodes > 1
+        np.testing.assert_array_equal(table.decisions(X), tree.decisions(X))
+    np.testing.assert_array_equal(large.left, tree.left)
+    np.testing.assert_array_equal(large.right, tree.right)
 
 
 @pytest.mark.parametrize("num_leaves", [8, 63])

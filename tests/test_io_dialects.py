@@ -2,6 +2,7 @@
 
 import gzip
 import re
+from dataclasses import fields
 
 import pandas as pd
 import pytest
@@ -180,6 +181,35 @@ def test_overrides_win_over_detection(tmp_path, catalog):
 def test_bad_overrides_are_one_line_errors(options, message):
     with pytest.raises(RifmlInputError, match=message):
         ReadOptions(**options)
+
+
+# design.md: every command that reads a panel file takes all six reading options
+READING_COMMANDS = ("validate", "train", "score", "report", "outcomes")
+READING_FLAGS = {"--sep", "--decimal", "--encoding", "--sheet", "--columns", "--layout"}
+
+
+def test_the_command_line_reading_options_are_the_read_options_fields(tmp_path):
+    """One home: the CLI declares a flag per ReadOptions field (no field of its own) and builds a ReadOptions."""
+    import typer
+
+    from rifml.cli import _READING_OPTIONS, Reading, app
+    from rifml.io.columns import load_column_map
+
+    assert list(_READING_OPTIONS) == [f.name for f in fields(ReadOptions)]
+    commands = typer.main.get_command(app).commands
+    for name in READING_COMMANDS:
+        flags = {flag for parameter in commands[name].params for flag in parameter.opts}
+        assert READING_FLAGS <= flags, (name, READING_FLAGS - flags)
+    (tmp_path / "map.yaml").write_text('"NK (%)": pb_nk_pct\n', encoding="utf-8")
+    given = {"sep": "tab", "decimal": ",", "encoding": "latin-1", "sheet": "panels", "column_map": tmp_path / "map.yaml",
+             "layout": "long"}
+    reading = Reading(given)
+    assert reading.columns == tmp_path / "map.yaml"
+    assert reading.options() == ReadOptions(sep="\t", decimal=",", encoding="latin-1", sheet="panels",
+                                            column_map=load_column_map(tmp_path / "map.yaml"), layout="long")
+    assert Reading().options() == ReadOptions() and Reading().columns is None
+    with pytest.raises(RifmlInputError, match="--sep"):
+        Reading({"sep": "|"}).options()
 
 
 def test_excel_sheet_choice_and_row_numbers(tmp_path, catalog):

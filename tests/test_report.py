@@ -7,13 +7,17 @@ import re
 import shutil
 import sqlite3
 import subprocess
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from rifml.contract import censored_column
 from rifml.errors import RifmlInputError
+from rifml.report.render import _counts, drift_table
 from rifml.report import (
     RESEARCH_USE,
     BandAxis,
@@ -22,10 +26,12 @@ from rifml.report import (
     build_cohort,
     describe_model,
     find_findings,
+    lab_drift,
     load_interventions,
     patient_file_names,
     read_calls,
     read_panel_for_calls,
+    read_reject_counts,
     waterfall,
     write_report,
 )
@@ -198,6 +204,26 @@ def test_index_summarizes_rejects_and_describes_the_registered_model(scored, pag
     assert f"trained on</dt><dd>{SHARED_PANELS:,} panels" in index
 
 
+def test_index_drift_table_shows_each_lab_once_with_its_own_values_under_each_header(scored, pages, profiler):
+    work, index = scored[0], pages[0]
+    section = index[index.index('id="drift"'):]
+    section = section[:section.index("</table>")]
+    header = [html.unescape(m) for m in re.findall(r'<th class="num">([^<]*): batch</th>', section)]
+    rows = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td>(.*?)</tr>", section, re.S)
+    labs = [html.unescape(lab) for lab, _, _ in rows]
+    assert len(labs) == len(set(labs)) and UNKNOWN_LAB in labs and len(labs) > 1
+    calls = read_calls(work / "calls.csv", profiler.catalog_)
+    panel, _ = read_panel_for_calls(work / "batch.csv", profiler.catalog_, calls["patient_id"])
+    drift = lab_drift(panel, profiler).set_index(["lab", "marker"])
+    for lab, (_, known, cells) in zip(labs, rows):
+        assert known == ("yes" if lab in profiler.features_.known_labs_ else "no: not normalized"), lab
+        batch = re.findall(r'<td class="num">([^<]*?) <span class="muted small">\(n=(\d+)\)</span>', cells)
+        expected = [drift.loc[(lab, m)] for m in header]
+        assert [int(n) for _, n in batch] == [int(e["n"]) for e in expected], lab
+        assert [text for text, _ in batch] == ["–" if np.isnan(e["batch_pct"]) else "%+.0f%%" % e["batch_pct"]
+                                               for e in expected], lab
+
+
 def test_patient_ids_never_reach_mlflow(scored):
     work = scored[0]
     dump = "\n".join(sqlite3.connect(work / "mlflow.db").iterdump())
@@ -247,6 +273,88 @@ def test_waterfall_steps_add_up_to_the_total_with_the_rest_summed():
     assert chart["total"]["value"] == f"{values.sum():+.2f}"
     plot = (chart["plot_start"], chart["plot_start"] + chart["plot_width"])
     assert all(plot[0] - 0.1 <= s["x"] and s["x"] + s["width"] <= plot[1] + 1.1 for s in chart["steps"])
+
+
+def test_lab_drift_answers_a_lab_without_measured_values_with_n_0_and_no_median(catalog):
+    """A lab whose panels hold none of a drifting marker (or only censored cells) gets n = 0 and no median
+    (the page shows "–"), computed without numpy's "Mean of empty slice" warning."""
+    drifting = [m.name for m in catalog.numeric_markers if m.drifts]
+    first = drifting[0]
+    panel = pd.DataFrame({catalog.lab_column: ["lab_a"] * 3 + ["lab_b"] * 2 + ["lab_c"],
+                          **{m: [10.0, 20.0, 40.0, np.nan, np.nan, 5.0] for m in drifting}})
+    panel[censored_column(first)] = [False, False, False, False, False, True]  # lab_c's only cell is "<5"
+    profiler = SimpleNamespace(catalog_=catalog, features_=SimpleNamespace(lab_shifts_={"lab_a": {first: 0.1}},
+                                                                            known_labs_=["lab_a"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        drift = lab_drift(panel, profiler).set_index(["lab", "marker"])
+    assert drift.loc[("lab_a", first), "n"] == 3 and drift.loc[("lab_a", first), "batch_pct"] == pytest.approx(0.0)
+    assert drift.loc[("lab_a", first), "learned_pct"] == pytest.approx(100 * np.expm1(0.1))
+    for lab in ("lab_b", "lab_c"):
+        assert drift.loc[(lab, first), "n"] == 0 and np.isnan(drift.loc[(lab, first), "batch_pct"])
+    if len(drifting) > 1:  # lab_c's uncensored cell of another marker is measured
+        assert drift.loc[("lab_c", drifting[1]), "n"] == 1
+    # a batch in which no lab measured the marker at all: every lab n = 0, still no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        empty = lab_drift(panel.assign(**{first: np.nan}), profiler)
+    assert (empty.loc[empty["marker"] == first, "n"] == 0).all()
+    assert empty.loc[empty["marker"] == first, "batch_pct"].isna().all()
+
+
+def test_drift_table_cells_sit_under_their_marker_s_header(catalog):
+    """The header follows the catalog (pb_* before em_*), a pivot sorts by name: each cell must be its column's;
+    and a batch with an unknown lab still shows each lab once."""
+    drifting = [m.name for m in catalog.numeric_markers if m.drifts]
+    assert drifting != sorted(drifting)  # else this test could not tell the two orders apart
+    labs = ["lab_b", "lab_a", "lab_new"]
+    drift = pd.DataFrame([{"lab": lab, "marker": m, "n": 10 * i + j, "batch_pct": float(100 * i + j),
+                           "learned_pct": np.nan if lab == "lab_new" else float(-j), "known": lab != "lab_new"}
+                          for i, lab in enumerate(labs) for j, m in enumerate(drifting)])
+    header, rows = drift_table(drift)
+    assert header == drifting
+    assert [row["lab"] for row in rows] == sorted(labs)  # one row per lab, known or not
+    for row in rows:
+        i = labs.index(row["lab"])
+        assert row["known"] == (row["lab"] != "lab_new")
+        assert [c["batch"] for c in row["cells"]] == [float(100 * i + j) for j in range(len(drifting))]
+        assert [c["n"] for c in row["cells"]] == [10 * i + j for j in range(len(drifting))]
+    assert drift_table(drift.iloc[:0]) == ([], [])
+
+
+def test_profile_counts_list_every_profile_with_zero_where_nobody_was_called():
+    profiles = ["balanced", "hyperactive", "hypoactive", "mixed"]
+    counted = _counts(pd.Series(["hyperactive", "balanced", "hyperactive"]), profiles)
+    assert [(row["name"], row["n"]) for row in counted] == [("balanced", 1), ("hyperactive", 2), ("hypoactive", 0), ("mixed", 0)]
+    assert [row["pct"] for row in counted] == pytest.approx([100 / 3, 200 / 3, 0, 0])
+    assert [row["n"] for row in _counts(pd.Series([], dtype=object), profiles)] == [0, 0, 0, 0]
+    assert [row["name"] for row in _counts(pd.Series(["b", "a", "b"]))] == ["b", "a"]  # no order: values seen, most first
+
+
+@pytest.mark.parametrize("reader, content, words", [
+    ("rejects", None, "cannot read the rejects file"),
+    ("rejects", b"", "cannot read the rejects file"),
+    ("rejects", b"\xff\xfe\x00 not utf-8", "cannot read the rejects file"),
+    ("rejects", b"row,patient_id,column\n2,P1,pb_nk_pct\n", "not a rifml rejects file (no reason column)"),
+    ("calls", None, "cannot read the calls file"),
+    ("calls", b"", "cannot read the calls file"),
+    ("calls", b"patient_id,immune_profile\n", "no calls to report"),
+])
+def test_unreadable_calls_and_rejects_files_are_one_line_errors(tmp_path, catalog, reader, content, words):
+    path = tmp_path / f"{reader}.csv"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(RifmlInputError, match=re.escape(words)) as error:
+        read_reject_counts(path) if reader == "rejects" else read_calls(path, catalog)
+    assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
+
+
+def test_reject_counts_read_ids_and_reasons_as_written(tmp_path):
+    path = tmp_path / "rejects.csv"
+    path.write_text("row,patient_id,column,value,reason,all_problems\n2,NA,pb_nk_pct,-1,negative value,negative value\n"
+                    "3,,,,missing patient_id,missing patient_id\n4,NA,pb_nk_pct,x,negative value,negative value\n",
+                    encoding="utf-8")
+    assert read_reject_counts(path) == {"negative value": 2, "missing patient_id": 1}
 
 
 def test_patient_file_names_are_unique_safe_and_keep_order():

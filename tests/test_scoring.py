@@ -58,7 +58,9 @@ def test_depth_zero_keeps_one_call_in_flight():
     with InOrder("test-stage", depth=0) as stage:
         for i in range(20):
             stage.submit(step, i)
-            assert finished == list(range(i))  # submit returned only once every earlier call was done
+            # submit returned only once every earlier call was done; call i itself may already be done too
+            # (it waits 2 ms, and a loaded machine can hold this thread longer)
+            assert finished in (list(range(i)), list(range(i + 1)))
     assert finished == list(range(20))
 
 

@@ -18,7 +18,8 @@ from cli_support import rifml_in_process
 from mlflow_support import mlflow_store
 
 from rifml.pipeline import calls_columns, profile_columns
-from rifml.serving import score_frame
+from rifml.contract import REJECT_COLUMNS, REJECT_REASON, REJECTS_REASON, REJECTS_ROW
+from rifml.serving import REJECT_DETAILS, score_frame
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -213,6 +214,13 @@ def test_pyfunc_predict_matches_score_frame_for_text_and_numbers(pyfunc, panels)
     assert got.loc[where["corrupt"], "status"] == "rejected"
 
 
+def test_the_answer_carries_every_rejects_file_field_but_the_row_and_id():
+    """The rejects-file field names REJECT_DETAILS renames are rifml.contract's; none is left out or invented."""
+    answered = set(REJECT_DETAILS) | {REJECTS_REASON}
+    assert answered == set(REJECT_COLUMNS) - {REJECTS_ROW, "patient_id"}
+    assert REJECT_REASON not in REJECT_DETAILS.values() and len(set(REJECT_DETAILS.values())) == len(REJECT_DETAILS)
+
+
 def test_the_pyfunc_answers_as_local_scoring_of_the_same_rows(pyfunc, panels, catalog, tmp_path):
     """One scoring path: a request's answer equals what `rifml score` writes for the same rows as a file."""
     from rifml.io.reader import PanelFile, validated_chunks
@@ -231,6 +239,8 @@ def test_the_pyfunc_answers_as_local_scoring_of_the_same_rows(pyfunc, panels, ca
     assert tally.scored == len(scored) == len(calls) and sum(tally.reasons.values()) == len(rejects) == len(rejected) > 0
     assert rejects["row"].astype(int).tolist() == (rejected.index + 2).tolist()
     assert rejects["reason"].tolist() == rejected["reject_reason"].tolist()
+    for field, name in REJECT_DETAILS.items():  # the answer renames the file's fields, cell for cell
+        assert rejects[field].tolist() == rejected[name].tolist(), field
     for column in calls_columns(catalog):
         if pd.api.types.is_numeric_dtype(scored[column]):
             np.testing.assert_allclose(pd.to_numeric(calls[column].replace("", np.nan)), scored[column].astype(float),

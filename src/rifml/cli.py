@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections import Counter
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Callable, Literal, Optional, TypeVar
 
@@ -124,28 +124,33 @@ LayoutOption = Annotated[
 ]
 
 
+# Keyed by the rifml.io.dialects.ReadOptions field each option sets (--columns sets column_map once its file
+# is read): ReadOptions is where the reading options live; here typer only parses them.
+_READING_OPTIONS = {"sep": SepOption, "decimal": DecimalOption, "encoding": EncodingOption, "sheet": SheetOption,
+                    "column_map": ColumnsOption, "layout": LayoutOption}
+
+
 @dataclass(frozen=True)
 class Reading:
-    """How a command was told to read its panel file (``None``: detected), as given on the command line."""
+    """The reading options as given on the command line, by ReadOptions field (None or absent: detected).
 
-    sep: str | None = None
-    decimal: str | None = None
-    encoding: str | None = None
-    sheet: str | None = None
-    columns: Path | None = None
-    layout: str | None = None
+    Turned into a ReadOptions only by :meth:`options`, which reads the --columns file and checks the
+    values: a command checks its paths first, and the --columns file is one of its inputs.
+    """
+
+    given: dict = field(default_factory=dict)
+
+    @property
+    def columns(self) -> Path | None:
+        """The --columns file, for the command's path checks."""
+        return self.given.get("column_map")
 
     def options(self):
         """The reading options as one value for :class:`rifml.io.reader.PanelFile` (reads the --columns map)."""
         from rifml.io.columns import load_column_map
         from rifml.io.dialects import ReadOptions
 
-        return ReadOptions(sep=self.sep, decimal=self.decimal, encoding=self.encoding, sheet=self.sheet,
-                           column_map=load_column_map(self.columns) if self.columns else None, layout=self.layout)
-
-
-_READING_OPTIONS = {"sep": SepOption, "decimal": DecimalOption, "encoding": EncodingOption, "sheet": SheetOption,
-                    "columns": ColumnsOption, "layout": LayoutOption}
+        return ReadOptions(**{**self.given, "column_map": load_column_map(self.columns) if self.columns else None})
 
 
 def reads_panels(command: Command) -> Command:
@@ -161,7 +166,7 @@ def reads_panels(command: Command) -> Command:
 
     @functools.wraps(command)
     def with_reading(*args, **kwargs):
-        reading = Reading(**{name: kwargs.pop(name, None) for name in _READING_OPTIONS})
+        reading = Reading({name: kwargs.pop(name, None) for name in _READING_OPTIONS})
         return command(*args, reading=reading, **kwargs)
 
     with_reading.__signature__ = signature.replace(parameters=kept + added)

@@ -77,7 +77,13 @@ def censored_column(marker: str) -> str:
 
 
 # -- Rejects file: one row per refused input row -----------------------------------------
-REJECT_COLUMNS = ["row", "patient_id", "column", "value", "reason", "all_problems"]
+# Its fields by name, for code that reads or renames one of them (serving's answer, the report's counts).
+REJECTS_ROW = "row"
+REJECTS_COLUMN = "column"
+REJECTS_VALUE = "value"
+REJECTS_REASON = "reason"
+REJECTS_ALL_PROBLEMS = "all_problems"
+REJECT_COLUMNS = [REJECTS_ROW, "patient_id", REJECTS_COLUMN, REJECTS_VALUE, REJECTS_REASON, REJECTS_ALL_PROBLEMS]
 
 # Reasons, in plain words (design.md). Row-level reasons come first when a row has several problems.
 MISSING_ID = "missing patient_id"

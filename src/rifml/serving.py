@@ -27,7 +27,17 @@ import numpy as np  # noqa: E402
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from rifml.contract import REJECT_REASON, REJECTED, SCORED, STATUS, calls_columns
+from rifml.contract import (
+    REJECT_REASON,
+    REJECTED,
+    REJECTS_ALL_PROBLEMS,
+    REJECTS_COLUMN,
+    REJECTS_REASON,
+    REJECTS_VALUE,
+    SCORED,
+    STATUS,
+    calls_columns,
+)
 from rifml.labs import LabAdaptation
 from rifml.pipeline import ImmuneProfiler
 from rifml.tracking import PROFILER_ARTIFACT
@@ -40,7 +50,7 @@ BATCH_FLAGS = (DUPLICATE_FLAG, FIELD_COUNT_FLAG)
 # Model parameter carrying whole-file lab offsets (LabAdaptation.to_json) to batch engines' workers.
 LAB_OFFSETS_PARAM = "lab_offsets"
 # Rejects-file fields (contract.REJECT_COLUMNS) beyond the reason, under their output names.
-REJECT_DETAILS = {"column": "reject_column", "value": "reject_value", "all_problems": "reject_all_problems"}
+REJECT_DETAILS = {REJECTS_COLUMN: "reject_column", REJECTS_VALUE: "reject_value", REJECTS_ALL_PROBLEMS: "reject_all_problems"}
 
 
 def _batch_flag(raw: pd.DataFrame, name: str) -> np.ndarray | None:
@@ -91,7 +101,7 @@ def score_frame(profiler: ImmuneProfiler, raw: pd.DataFrame, labs: LabAdaptation
     out[catalog.id_column] = raw[catalog.id_column].to_numpy() if catalog.id_column in raw else None
     rejects = checked.rejects.set_index("row")
     out[STATUS] = np.where(out.index.isin(rejects.index), REJECTED, SCORED)
-    out[REJECT_REASON] = rejects["reason"].reindex(out.index).fillna("").to_numpy()
+    out[REJECT_REASON] = rejects[REJECTS_REASON].reindex(out.index).fillna("").to_numpy()
     for field, name in REJECT_DETAILS.items():
         out[name] = rejects[field].reindex(out.index).fillna("").astype(str).to_numpy()
     return out.reset_index(drop=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rifml.explain.shapley import FOR_A, FOR_B, MAX_PATH_FEATURES
-from rifml.explain.trees import ParsedTree
+from rifml.explain.trees import Branches, ParsedTree
 
 # A leaf gets a table over all its 2**d masks when that is small: at most this many values
 # (2**6 masks x 6 features = 384) or no more than its groups hold; otherwise the 1 + d masks
@@ -33,13 +33,13 @@ MAX_TABLE_VALUES = 384
 
 
 @dataclass
-class LeafTable:
+class LeafTable(Branches):
     """One larger tree: routing arrays, and per leaf what scoring needs to explain a row.
 
     Attributes
     ----------
     features, thresholds, default_left, missing, left, right : per internal node, pre-order
-        As in :class:`rifml.explain.trees.ParsedTree`.
+        As in :class:`rifml.explain.trees.Branches`.
     slot : ndarray of int (n_nodes,)
         Bit of the node's feature in the masks of every leaf below it (order of first
         appearance on the path from the root).
@@ -57,12 +57,6 @@ class LeafTable:
     full_table : ndarray of bool (n_leaves,)
     """
 
-    features: np.ndarray
-    thresholds: np.ndarray
-    default_left: np.ndarray
-    missing: np.ndarray
-    left: np.ndarray
-    right: np.ndarray
     slot: np.ndarray
     leaf_values: np.ndarray
     leaf_features: np.ndarray

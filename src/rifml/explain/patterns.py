@@ -12,24 +12,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from rifml.explain.shapley import FOR_A, FOR_B
-from rifml.explain.trees import ParsedTree
+from rifml.explain.trees import ParsedTree, SplitNodes
 
 # 2**10 patterns x at most 10 features = 80 KiB per tree; larger trees go leaf by leaf (leaves.py).
 MAX_PATTERN_NODES = 10
 
 
 @dataclass
-class TreeTable:
+class TreeTable(SplitNodes):
     """One small tree, flattened for routing, with its precomputed SHAP table.
 
     Attributes
     ----------
-    features : ndarray of int (n_nodes,)
-        Model feature index tested at each internal node.
-    thresholds : ndarray of float (n_nodes,)
-    default_left : ndarray of bool (n_nodes,)
-    missing : ndarray of int (n_nodes,)
-        0 = "None" (NaN is read as 0.0), 1 = "Zero", 2 = "NaN".
+    features, thresholds, default_left, missing : per internal node, pre-order
+        As in :class:`rifml.explain.trees.SplitNodes` (a pattern's bits stand for the branches).
     used : ndarray of int (n_used,)
         Distinct model features this tree tests; columns of ``table``.
     table : ndarray of float (2**n_nodes, n_used)
@@ -38,10 +34,6 @@ class TreeTable:
         Leaf value each pattern reaches (for margins).
     """
 
-    features: np.ndarray
-    thresholds: np.ndarray
-    default_left: np.ndarray
-    missing: np.ndarray
     used: np.ndarray
     table: np.ndarray
     leaf_of_pattern: np.ndarray

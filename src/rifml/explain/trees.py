@@ -35,21 +35,23 @@ def go_left(values: np.ndarray, threshold: float, default_left: bool, missing: i
 
 
 @dataclass
-class ParsedTree:
-    """One tree of ``Booster.dump_model()``: internal nodes in pre-order, leaves in depth-first order.
+class SplitNodes:
+    """A tree's internal nodes in pre-order and what each one tests: every form of a tree routes by these.
 
-    ``left``/``right`` hold a child's internal-node index, or ``~leaf`` (negative) for a leaf.
-    ``leaf_paths[l]`` lists ``(node, goes_left)`` from the root to leaf ``l``.
+    Attributes
+    ----------
+    features : ndarray of int (n_nodes,)
+        Model feature index tested at each internal node.
+    thresholds : ndarray of float (n_nodes,)
+    default_left : ndarray of bool (n_nodes,)
+    missing : ndarray of int (n_nodes,)
+        :data:`MISSING_CODES`: 0 = "None" (NaN is read as 0.0), 1 = "Zero", 2 = "NaN".
     """
 
     features: np.ndarray
     thresholds: np.ndarray
     default_left: np.ndarray
     missing: np.ndarray
-    left: np.ndarray
-    right: np.ndarray
-    leaf_values: np.ndarray
-    leaf_paths: list[list[tuple[int, bool]]]
 
     @property
     def n_nodes(self) -> int:
@@ -61,6 +63,26 @@ class ParsedTree:
         for j in range(self.n_nodes):
             out[:, j] = go_left(X[:, self.features[j]], self.thresholds[j], bool(self.default_left[j]), int(self.missing[j]))
         return out
+
+
+@dataclass
+class Branches(SplitNodes):
+    """Split nodes with their children: ``left``/``right`` hold a child's internal-node index, or ``~leaf``
+    (negative) for a leaf."""
+
+    left: np.ndarray
+    right: np.ndarray
+
+
+@dataclass
+class ParsedTree(Branches):
+    """One tree of ``Booster.dump_model()``: internal nodes in pre-order, leaves in depth-first order.
+
+    ``leaf_paths[l]`` lists ``(node, goes_left)`` from the root to leaf ``l``.
+    """
+
+    leaf_values: np.ndarray
+    leaf_paths: list[list[tuple[int, bool]]]
 
 
 def parse_tree(structure: dict) -> ParsedTree:

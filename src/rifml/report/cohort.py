@@ -156,16 +156,27 @@ def lab_drift(panel: pd.DataFrame, profiler: ImmuneProfiler) -> pd.DataFrame:
         if flag in panel:
             values = values.where(~panel[flag].astype(bool))
         logs = np.log(values.where(values > 0))
-        overall = logs.median()
+        overall = _median_or_nan(logs)
         for lab, group in logs.groupby(labs):
             learned = features.lab_shifts_.get(lab, {}).get(marker.name)
             rows.append({
                 "lab": lab, "marker": marker.name, "n": int(group.notna().sum()),
-                "batch_pct": 100 * np.expm1(group.median() - overall),
+                "batch_pct": 100 * np.expm1(_median_or_nan(group) - overall),
                 "learned_pct": 100 * np.expm1(learned) if learned is not None else np.nan,
                 "known": lab in features.known_labs_,
             })
     return pd.DataFrame(rows)
+
+
+def _median_or_nan(logs: pd.Series) -> float:
+    """The median of the measured values; NaN (shown as "–", n = 0) when there are none.
+
+    A lab can send no measured value of a marker (biopsy-only panels, every cell censored): that is a
+    group with nothing to summarize, not a numerical accident, so it is answered without asking numpy
+    for the mean of an empty slice.
+    """
+    measured = logs.dropna()
+    return float(measured.median()) if len(measured) else np.nan
 
 
 def _flag_column(calls: pd.DataFrame, column: str) -> np.ndarray:

@@ -24,7 +24,7 @@ from rifml import __version__
 from rifml.catalog import Catalog
 from rifml.errors import RifmlInputError
 from rifml.io.paths import PART_SUFFIX, temp_prefix
-from rifml.contract import CONTRIBUTION_SUFFIX, REPORTED_DECIMALS, calls_columns, profile_columns
+from rifml.contract import CONTRIBUTION_SUFFIX, REJECTS_REASON, REPORTED_DECIMALS, calls_columns, profile_columns
 from rifml.pipeline import ImmuneProfiler
 from rifml.report.cohort import ModelCard, build_cohort
 from rifml.report.interventions import load_interventions
@@ -33,12 +33,17 @@ from rifml.report.render import render_index, render_patient_pages
 REPORT_MARKER = ".rifml-report"
 
 
+def _read_output_csv(path: Path, what: str) -> pd.DataFrame:
+    """A CSV that rifml wrote (UTF-8), every cell as text exactly (an id "NA" stays "NA"); ``what`` names it in errors."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise RifmlInputError(f"{path}: cannot read the {what} ({exc})") from exc
+
+
 def read_calls(path: Path, catalog: Catalog) -> pd.DataFrame:
     """A calls file from ``rifml score``; ids kept as text exactly (an id "NA" stays "NA")."""
-    try:
-        calls = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise RifmlInputError(f"{path}: cannot read the calls file ({exc})") from exc
+    calls = _read_output_csv(path, "calls file")
     if calls.empty:
         raise RifmlInputError(f"{path}: no calls to report (were all rows rejected?)")
     calls = _restored(calls)
@@ -112,7 +117,7 @@ def read_panel_for_calls(path: Path, catalog: Catalog, ids: pd.Series, read_opti
     wanted = set(ids)
     parts, reasons = [], Counter()
     for chunk in validated_chunks(PanelFile(path, catalog, options=read_options)):
-        reasons.update(chunk.rejects["reason"])
+        reasons.update(chunk.rejects[REJECTS_REASON])
         parts.append(chunk.panel[chunk.panel[catalog.id_column].isin(wanted)])
     panel = pd.concat(parts).set_index(catalog.id_column, drop=False)
     missing = ids[~ids.isin(panel.index)]
@@ -126,13 +131,10 @@ def read_panel_for_calls(path: Path, catalog: Catalog, ids: pd.Series, read_opti
 
 def read_reject_counts(path: Path) -> Counter:
     """Rejected rows by reason, from a rejects file of ``rifml score`` or ``rifml validate``."""
-    try:
-        rejects = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise RifmlInputError(f"{path}: cannot read the rejects file ({exc})") from exc
-    if "reason" not in rejects:
-        raise RifmlInputError(f"{path}: not a rifml rejects file (no reason column)")
-    return Counter(rejects["reason"].tolist())
+    rejects = _read_output_csv(path, "rejects file")
+    if REJECTS_REASON not in rejects:
+        raise RifmlInputError(f"{path}: not a rifml rejects file (no {REJECTS_REASON} column)")
+    return Counter(rejects[REJECTS_REASON].tolist())
 
 
 def _registry_version(client, model_uri: str):

@@ -234,10 +234,12 @@ def render_patient_pages(data: CohortData, interventions: Interventions, generat
 
 
 def _counts(values: pd.Series, order: list[str] | None = None) -> list[dict]:
+    """Patients per value, most first; with ``order`` (the catalog's profiles) every one of them, n = 0 included:
+    a profile nobody was called is a finding, not a row to leave out."""
     counts = values.value_counts()
-    keys = [k for k in order if k in counts.index] if order else list(counts.index)
+    keys = list(order) if order else list(counts.index)
     total = max(int(counts.sum()), 1)
-    return [{"name": k, "n": int(counts[k]), "pct": 100 * counts[k] / total} for k in keys]
+    return [{"name": k, "n": int(counts.get(k, 0)), "pct": 100 * counts.get(k, 0) / total} for k in keys]
 
 
 def _model_section(data: CohortData) -> dict:
@@ -301,15 +303,12 @@ def render_index(data: CohortData, interventions: Interventions, generated: str)
     flag_counts = Counter(flag["title"] for fl in flags for flag in fl)
     findings = [{"finding": h.finding.finding, "treatments": h.finding.treatments, "profiles": h.finding.profiles,
                  "n": int(h.applies.sum())} for h in data.findings]
-    # dropna=False: a marker no lab of this batch has a learned shift for keeps its (empty) column
-    drift_table = (drift.pivot_table(index=["lab", "known"], columns="marker", values=["n", "batch_pct", "learned_pct"],
-                                     aggfunc="first", dropna=False) if len(drift) else None)
+    drifting, drift_rows = drift_table(drift)
     page = IndexPage(
         shared=_shared(data, interventions, generated), n=len(calls), sources=data.sources,
         profiles=_counts(calls[catalog.label_column], profiles), colours=PROFILE_COLOURS,
         subtypes=[dict(row, profile=subtype_profile.get(row["name"], "")) for row in _counts(calls[SUBTYPE])],
-        figures=figures, shap=shap, drift=_drift_rows(drift_table),
-        drifting=list(dict.fromkeys(drift["marker"])) if len(drift) else [], lab_column=catalog.lab_column,
+        figures=figures, shap=shap, drift=drift_rows, drifting=drifting, lab_column=catalog.lab_column,
         rejects=[{"reason": r, "n": c} for r, c in data.rejects.most_common()],
         rejects_total=sum(data.rejects.values()), rejects_source=data.rejects_source,
         flag_counts=sorted(flag_counts.items()), findings=findings, model=_model_section(data),
@@ -319,12 +318,21 @@ def render_index(data: CohortData, interventions: Interventions, generated: str)
     return environment().get_template("index.html").render(**vars(page))
 
 
-def _drift_rows(table: pd.DataFrame | None) -> list[dict]:
-    if table is None:
-        return []
-    markers = list(dict.fromkeys(table.columns.get_level_values(1)))
+def drift_table(drift: pd.DataFrame) -> tuple[list[str], list[dict]]:
+    """The cohort page's drift table: its markers (the header, in :func:`lab_drift`'s catalog order) and one
+    row per lab (by name) whose cells follow that header.
+
+    Cells are looked up by marker name, since a pivot's columns are sorted by name, not in the header's order;
+    and a lab is one row: ``known`` is the lab's, not a second index (a pivot over (lab, known) would pair
+    every lab with both answers as soon as one lab is unknown).
+    """
+    if not len(drift):
+        return [], []
+    markers = list(dict.fromkeys(drift["marker"]))
+    table = drift.pivot(index="lab", columns="marker", values=["n", "batch_pct", "learned_pct"])
+    known = drift.groupby("lab")["known"].first()
     rows = []
-    for (lab, known), row in table.iterrows():
+    for lab, row in table.iterrows():
         cells = [{"batch": row[("batch_pct", m)], "learned": row[("learned_pct", m)], "n": row[("n", m)]} for m in markers]
-        rows.append({"lab": lab, "known": bool(known), "cells": cells})
-    return rows
+        rows.append({"lab": lab, "known": bool(known[lab]), "cells": cells})
+    return markers, rows
