@@ -19,7 +19,7 @@ import pytest
 from cli_support import rifml_in_process
 from rifml.catalog import load_catalog
 from rifml.errors import RifmlInputError
-from rifml.marker_noise import NO_AXIS, NoiseSpec, band_level, standard_noise
+from rifml.marker_noise import MAX_TAIL_SD, NO_AXIS, NoiseSpec, band_level, standard_noise
 from rifml.scenarios import available_scenarios
 from rifml.simulate import baseline_distribution, load_simulation_config, simulate_cohort
 
@@ -196,6 +196,23 @@ def test_student_t_noise_keeps_the_band_quantile_and_has_heavy_tails():
     assert (kurtosis > 4.5).all()  # normal: 3; t(4) has none, so the sample's is large
 
 
+def test_tails_keep_the_rank_correlation_and_stay_finite():
+    """t noise is a per-marker monotone map of the correlated normal noise (a Gaussian copula)."""
+    noise = NoiseSpec(correlation={"axis": 0.5, "compartment": 0.15}, tail_df=4)
+    z = standard_noise(np.random.default_rng(2), noise, NUMERIC, 5000, COVERAGE)
+    ranks = pd.DataFrame(z).rank().to_numpy()
+    spearman = np.corrcoef(ranks.T)
+    expected = 6 / np.pi * np.arcsin(0.65 / 2)  # Spearman's rho of a normal pair correlated 0.65: 0.632
+    same_axis, _, across = pairs_by_relation(NUMERIC)
+    for i, j in same_axis:
+        assert spearman[i, j] == pytest.approx(expected, abs=0.05)
+    for i, j in across:
+        assert spearman[i, j] == pytest.approx(0.0, abs=0.05)
+    # the heaviest tails allowed still give finite values, capped where an analyser's range ends
+    extreme = standard_noise(np.random.default_rng(3), NoiseSpec(tail_df=2.01), NUMERIC, 20_000, COVERAGE)
+    assert np.isfinite(extreme).all() and np.abs(extreme).max() == MAX_TAIL_SD
+
+
 @pytest.mark.parametrize(
     "noise", ["{correlation: {axis: 0.5, compartment: 0.15}}", "{tail_df: 4}", "{correlation: {axis: 0.4, compartment: 0.15}, tail_df: 5}"]
 )
@@ -219,7 +236,7 @@ def test_heavy_tails_put_many_more_values_far_outside_the_bands(tmp_path):
     for name, config in (("normal", normal), ("heavy", heavy)):
         z = standardized_log_values(simulate_cohort(4000, seed=6, config=config)[0], config)
         far[name] = np.nanmean(np.abs(z.to_numpy()) > 3.5)
-    # normal: 4.7e-4 of cells beyond 3.5 SDs; scaled t(4): ~0.013
+    # normal: 4.7e-4 of cells beyond 3.5 SDs; scaled t(4): ~0.012
     assert far["normal"] < 0.002 and far["heavy"] > 0.008
 
 
