@@ -19,7 +19,7 @@ import pytest
 from cli_support import rifml_in_process
 from rifml.catalog import load_catalog
 from rifml.errors import RifmlInputError
-from rifml.marker_noise import MAX_TAIL_SD, NO_AXIS, NoiseSpec, band_level, standard_noise
+from rifml.marker_noise import MAX_TAIL_SD, NO_AXIS, NoiseSpec, band_quantiles, standard_noise
 from rifml.scenarios import available_scenarios
 from rifml.simulate import baseline_distribution, load_simulation_config, simulate_cohort
 
@@ -76,6 +76,8 @@ def standardized_log_values(cohort: pd.DataFrame, config) -> pd.DataFrame:
         ("noise: {tail_df: 2}", "noise.tail_df: .*must be above 2.*no finite variance"),
         ("noise: {tail_df: 1.5}", "must be above 2"),
         ("noise: {tail_df: many}", "noise.tail_df"),
+        ("noise: {tail_df: .inf}", "noise.tail_df"),
+        ("noise: {skew: .nan}", "noise.skew"),
         ("noise: {corelation: {axis: 0.5}}", "unknown key; did you mean 'correlation'"),
         ("noise: {correlation: {axes: 0.5}}", "unknown key; did you mean 'axis'"),
     ],
@@ -109,7 +111,7 @@ def test_a_scenario_without_noise_draws_the_same_cohort_as_before_the_knobs():
 
 
 def test_noise_written_out_at_its_defaults_changes_nothing(tmp_path):
-    explicit = overlay(tmp_path, "noise: {correlation: {axis: 0, compartment: 0.0}, tail_df: null}")
+    explicit = overlay(tmp_path, "noise: {correlation: {axis: 0, compartment: 0.0}, tail_df: null, skew: 0}")
     assert explicit == load_simulation_config()
     assert digest(*simulate_cohort(300, seed=5, config=explicit)) == digest(*simulate_cohort(300, seed=5))
 
@@ -180,20 +182,37 @@ def test_correlation_shows_in_the_written_values_of_fertile_controls(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def test_student_t_noise_keeps_the_band_quantile_and_has_heavy_tails():
+@pytest.mark.parametrize("noise", [NoiseSpec(tail_df=4), NoiseSpec(skew=0.5), NoiseSpec(tail_df=5, skew=-0.5)])
+def test_reshaped_noise_keeps_the_band_quantiles(noise):
+    """Heavy tails and skew leave the share of noise below each band edge where the normal put it."""
+    z = standard_noise(np.random.default_rng(1), noise, NUMERIC, 20_000, COVERAGE)
+    for j, marker in enumerate(NUMERIC):
+        for level in band_quantiles(marker, COVERAGE):
+            edge = NormalDist().inv_cdf(level)  # where the band's edge falls in standardized noise
+            # 20,000 draws: binomial SD <= 0.0035
+            assert np.mean(z[:, j] < edge) == pytest.approx(level, abs=0.012), (marker.name, level)
+
+
+def test_student_t_noise_has_heavy_tails_around_the_same_centre():
     z = standard_noise(np.random.default_rng(1), NoiseSpec(tail_df=4), NUMERIC, 20_000, COVERAGE)
     normal = standard_noise(np.random.default_rng(1), NoiseSpec(), NUMERIC, 20_000, COVERAGE)
-    for j, marker in enumerate(NUMERIC):
-        level = band_level(marker, COVERAGE)
-        top = NormalDist().inv_cdf(level)  # where the band's top falls in standardized noise
-        # the scaled t puts the same share below it: 20,000 draws, binomial SD <= 0.002
-        assert np.mean(z[:, j] < top) == pytest.approx(level, abs=0.008), marker.name
-        assert np.median(z[:, j]) == pytest.approx(0.0, abs=0.03), marker.name
+    np.testing.assert_allclose(np.median(z, axis=0), 0.0, atol=0.03)
     # far out: beyond 4 normal SDs a normal puts 6e-5 of its mass, this t(4) ~0.0066
     beyond = np.mean(np.abs(z) > 4)
     assert 0.004 < beyond < 0.01 and np.mean(np.abs(normal) > 4) < 0.0005
     kurtosis = np.mean(z**4, axis=0) / np.mean(z**2, axis=0) ** 2
     assert (kurtosis > 4.5).all()  # normal: 3; t(4) has none, so the sample's is large
+
+
+@pytest.mark.parametrize("skew", [0.5, -0.5])
+def test_skew_lengthens_the_tail_on_its_side(skew):
+    z = standard_noise(np.random.default_rng(2), NoiseSpec(skew=skew), NUMERIC, 20_000, COVERAGE)
+    centred = z - z.mean(axis=0)
+    skewness = np.mean(centred**3, axis=0) / np.mean(centred**2, axis=0) ** 1.5
+    # sinh(asinh(x) + 0.5) of a normal x has skewness 0.76; placed on the band it keeps its sign
+    assert (np.sign(skew) * skewness > 0.4).all()
+    far_up, far_down = np.mean(z > 3), np.mean(z < -3)
+    assert (far_up > 3 * far_down) if skew > 0 else (far_down > 3 * far_up)
 
 
 def test_tails_keep_the_rank_correlation_and_stay_finite():
@@ -214,7 +233,9 @@ def test_tails_keep_the_rank_correlation_and_stay_finite():
 
 
 @pytest.mark.parametrize(
-    "noise", ["{correlation: {axis: 0.5, compartment: 0.15}}", "{tail_df: 4}", "{correlation: {axis: 0.4, compartment: 0.15}, tail_df: 5}"]
+    "noise",
+    ["{correlation: {axis: 0.5, compartment: 0.15}}", "{tail_df: 4}", "{correlation: {axis: 0.4, compartment: 0.15}, tail_df: 5}",
+     "{skew: 0.6}", "{skew: -0.4, tail_df: 6}"],
 )
 def test_bands_keep_their_coverage_on_fertile_controls(tmp_path, noise):
     """Every marker's catalog band still holds band_coverage (0.90) of balanced panels."""

@@ -4,13 +4,14 @@ rifml's default world draws every marker's standardized log noise independently 
 Real immune panels are not like that: markers of one immune axis move together (peripheral NK %
 and NK cytotoxicity; the Th1/Th2 ratios and serum IFN-g/TNF-a), markers of one compartment share
 a sample (the endometrial qPCR ratios come from one RNA extraction), and values have heavier
-tails than a log-normal (a few patients far out). ``noise:`` in configs/simulate.yaml draws such
+tails than a log-normal (a few patients far out), on one side more than the other. ``noise:``
+in configs/simulate.yaml draws such
 worlds, so that rifml can be measured where independence does not hold. Which markers share an
 axis or a compartment comes from the catalog, never from marker names.
 
-Both knobs keep each marker's band right: correlated noise keeps unit variance, and Student-t
-noise is scaled so that the catalog band still holds ``band_coverage`` of the fertile controls
-(see :func:`standard_noise`). Off (the default), the noise is drawn exactly as before, so the
+Every knob keeps each marker's band right: correlated noise keeps unit variance, and
+heavy-tailed or skewed noise is placed so that the catalog band still holds ``band_coverage``
+of the fertile controls (see :func:`standard_noise`). Off (the default), the noise is drawn exactly as before, so the
 default world and every scenario without a ``noise:`` block draw the same cohorts as ever.
 """
 
@@ -74,7 +75,9 @@ class NoiseSpec(BaseModel):
 
     correlation: CorrelationSpec = CorrelationSpec()
     # Student-t degrees of freedom of the noise; None = normal (the default world)
-    tail_df: float | None = None
+    tail_df: float | None = Field(default=None, allow_inf_nan=False)
+    # sinh-arcsinh skew of the noise, sinh(asinh(x) + skew): > 0 a longer upper tail; 0 = symmetric
+    skew: float = Field(default=0.0, allow_inf_nan=False)
 
     @field_validator("tail_df")
     @classmethod
@@ -88,17 +91,24 @@ class NoiseSpec(BaseModel):
     @property
     def is_independent_normal(self) -> bool:
         """True for the default world's noise: no shared factor, normal tails."""
-        return self.correlation.axis == 0 and self.correlation.compartment == 0 and self.tail_df is None
+        return self.correlation.axis == 0 and self.correlation.compartment == 0 and not self.reshaped
+
+    @property
+    def reshaped(self) -> bool:
+        """True when the noise is not normal: heavy tails or skew."""
+        return self.tail_df is not None or self.skew != 0
 
 
-def band_level(marker: Marker, coverage: float) -> float:
-    """The quantile of the standardized noise at a marker's band top: the band holds ``coverage``.
+def band_quantiles(marker: Marker, coverage: float) -> tuple[float, float]:
+    """Where a marker's band sits in its fertile controls' distribution: two probabilities.
 
-    A band with a positive lower edge is the central ``coverage`` interval in log space; a band
-    starting at 0 has no lower edge there, so ``coverage`` lies below its top.
+    A band with a positive lower edge is the central ``coverage`` interval in log space: its
+    edges are the ``(1 - coverage) / 2`` and ``(1 + coverage) / 2`` quantiles. A band starting
+    at 0 has no lower edge there: its top is the ``coverage`` quantile, and the median (0.5)
+    is the other fixed point (``zero_band_median_fraction`` of the top).
     """
     low, _ = marker.reference_band  # type: ignore[misc]
-    return 0.5 + coverage / 2 if low > 0 else coverage
+    return (0.5 - coverage / 2, 0.5 + coverage / 2) if low > 0 else (0.5, coverage)
 
 
 def standard_noise(
@@ -115,14 +125,16 @@ def standard_noise(
     so a world with other noise keeps the same patients, subtypes, labs, panels and context
     for a seed, and only the marker values differ.
 
-    Student-t noise (``tail_df``) maps each (possibly correlated) normal value through the
-    t distribution's quantile function (a Gaussian copula: ranks, hence rank correlations,
-    are those of the normal noise; Pearson correlations shrink a little, 0.65 -> 0.63 at df 4),
-    times a per-marker scale that puts the band's quantile (:func:`band_level`) where the
-    normal one was: the band still holds ``coverage`` of the fertile controls, the median and
-    the bulk stay where the catalog puts them, and only the tails beyond the band grow.
-    (Unit variance would instead pull the bulk inwards, and the band would hold more than
-    ``coverage``.) Values are capped at ``MAX_TAIL_SD``.
+    Heavy tails (``tail_df``) and skew (``skew``) reshape each marker's noise by a monotone
+    map of the (possibly correlated) normal value x: the Student-t quantile of x's normal
+    probability, then ``sinh(asinh(.) + skew)`` (a Gaussian copula: ranks, hence rank
+    correlations, are those of the normal noise; Pearson correlations shrink a little, 0.65 ->
+    0.63 at df 4). An affine map per marker then puts the reshaped noise's quantiles at the
+    band's edges where the normal ones were (:func:`band_quantiles`; a band from 0 keeps its
+    median and its top): the band still holds ``coverage`` of the fertile controls and stays where the
+    catalog puts it, and only the values beyond it change. (Unit variance would instead pull
+    the bulk inwards, and the band would hold more than ``coverage``.) Values are capped at
+    ``MAX_TAIL_SD``.
     """
     m = len(markers)
     z = rng.standard_normal((n, m))
@@ -142,10 +154,20 @@ def standard_noise(
         axis_col = np.array([axis_names.index(x) if x != NO_AXIS else len(axis_names) for x in axes])
         compartment_col = np.array([compartment_names.index(mk.compartment) for mk in markers])
         z = own_weight * z + axis_weight * axis_factors[:, axis_col] + compartment_weight * compartment_factors[:, compartment_col]
-    if noise.tail_df is not None:
-        levels = np.array([band_level(mk, coverage) for mk in markers])
-        scale = np.array([_STANDARD_NORMAL.inv_cdf(q) for q in levels]) / student_t.ppf(levels, noise.tail_df)
-        # t quantile of the normal's tail probability, from the near side: exact far into both tails
-        heavy = np.sign(z) * student_t.isf(ndtr(-np.abs(z)), noise.tail_df)
-        z = np.clip(heavy * scale, -MAX_TAIL_SD, MAX_TAIL_SD)
+    if noise.reshaped:
+        lower, upper = np.array([band_quantiles(mk, coverage) for mk in markers]).T
+        to_normal = np.vectorize(_STANDARD_NORMAL.inv_cdf)
+        shaped_lower, shaped_upper = _reshape(to_normal(lower), noise), _reshape(to_normal(upper), noise)
+        scale = (to_normal(upper) - to_normal(lower)) / (shaped_upper - shaped_lower)
+        z = np.clip(to_normal(lower) + scale * (_reshape(z, noise) - shaped_lower), -MAX_TAIL_SD, MAX_TAIL_SD)
     return z
+
+
+def _reshape(x: np.ndarray, noise: NoiseSpec) -> np.ndarray:
+    """The monotone map from normal noise to the configured shape (before placing it on the band)."""
+    if noise.tail_df is not None:
+        # t quantile of the normal's tail probability, from the near side: exact far into both tails
+        x = np.sign(x) * student_t.isf(ndtr(-np.abs(x)), noise.tail_df)
+    if noise.skew != 0:
+        x = np.sinh(np.arcsinh(x) + noise.skew)
+    return x

@@ -32,7 +32,7 @@ from rifml.config import load_validated, load_yaml, validate_mapping
 from rifml.contract import DUPLICATE_ID, MISSING_ID, NEGATIVE, NO_MARKERS, NOT_A_NUMBER, PERCENT_ABOVE_100
 from rifml.scenarios import merge_patch, random_seed, scenario_overlay, scenario_path
 from rifml.errors import RifmlInputError
-from rifml.marker_noise import NoiseSpec, band_level, standard_noise
+from rifml.marker_noise import NoiseSpec, band_quantiles, standard_noise
 from rifml.outcomes.simulate import OutcomesSpec
 
 Panel = Literal["complete", "blood_only", "biopsy_only"]
@@ -331,7 +331,7 @@ def baseline_distribution(marker: Marker, config: SimulationConfig) -> tuple[flo
         ``(median, log_sd)`` of the log-normal distribution.
     """
     low, high = marker.reference_band  # type: ignore[misc]
-    level = band_level(marker, config.baseline.band_coverage)
+    _, level = band_quantiles(marker, config.baseline.band_coverage)
     if low > 0:
         # Symmetric in log space: the band is the central `coverage` interval.
         median = float(np.sqrt(low * high))
