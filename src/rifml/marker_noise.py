@@ -1,18 +1,19 @@
-"""The simulator's within-patient marker noise: independent normal, or correlated and heavy-tailed.
+"""The simulator's within-patient marker noise: independent normal, or correlated, heavy-tailed, skewed.
 
 rifml's default world draws every marker's standardized log noise independently from N(0, 1).
 Real immune panels are not like that: markers of one immune axis move together (peripheral NK %
 and NK cytotoxicity; the Th1/Th2 ratios and serum IFN-g/TNF-a), markers of one compartment share
 a sample (the endometrial qPCR ratios come from one RNA extraction), and values have heavier
 tails than a log-normal (a few patients far out), on one side more than the other. ``noise:``
-in configs/simulate.yaml draws such
-worlds, so that rifml can be measured where independence does not hold. Which markers share an
-axis or a compartment comes from the catalog, never from marker names.
+in configs/simulate.yaml draws such worlds, so that rifml can be measured where independence
+and normality do not hold. Which markers share an axis or a compartment comes from the
+catalog, never from marker names.
 
 Every knob keeps each marker's band right: correlated noise keeps unit variance, and
 heavy-tailed or skewed noise is placed so that the catalog band still holds ``band_coverage``
-of the fertile controls (see :func:`standard_noise`). Off (the default), the noise is drawn exactly as before, so the
-default world and every scenario without a ``noise:`` block draw the same cohorts as ever.
+of the fertile controls (see :func:`standard_noise`). Off (the default), the noise is drawn
+exactly as before, so the default world and every scenario without a ``noise:`` block draw
+the same cohorts as ever.
 """
 
 from __future__ import annotations
@@ -131,8 +132,8 @@ def standard_noise(
     correlations, are those of the normal noise; Pearson correlations shrink a little, 0.65 ->
     0.63 at df 4). An affine map per marker then puts the reshaped noise's quantiles at the
     band's edges where the normal ones were (:func:`band_quantiles`; a band from 0 keeps its
-    median and its top): the band still holds ``coverage`` of the fertile controls and stays where the
-    catalog puts it, and only the values beyond it change. (Unit variance would instead pull
+    median and its top): the band still holds ``coverage`` of the fertile controls and stays
+    where the catalog puts it, and only the values beyond it change. (Unit variance would instead pull
     the bulk inwards, and the band would hold more than ``coverage``.) Values are capped at
     ``MAX_TAIL_SD``.
     """
