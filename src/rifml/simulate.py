@@ -220,7 +220,7 @@ class SimulationConfig(_Strict):
     context: ContextSpec
     corruption: CorruptionSpec
     significant_digits: int = Field(default=3, ge=1, le=6)
-    noise: NoiseSpec = NoiseSpec()  # correlated / heavy-tailed marker noise (rifml.marker_noise); default off
+    noise: NoiseSpec = NoiseSpec()  # correlated / heavy-tailed / skewed marker noise (rifml.marker_noise); default off
     outcomes: OutcomesSpec | None = None  # the registry of `simulate --outcomes` (rifml.outcomes.simulate)
 
     @model_validator(mode="after")
@@ -434,7 +434,7 @@ def _marker_values(
     """Log-normal marker values with subtype shifts and lab drift (n x numeric markers).
 
     Log-normal in the default world; ``config.noise`` may correlate the noise within a patient
-    or give it heavier tails (rifml.marker_noise).
+    or give it heavier or skewed tails (rifml.marker_noise).
     """
     n = len(lab_idx)
     params = np.array([baseline_distribution(m, config) for m in markers])
