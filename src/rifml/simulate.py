@@ -32,6 +32,7 @@ from rifml.config import load_validated, load_yaml, validate_mapping
 from rifml.contract import DUPLICATE_ID, MISSING_ID, NEGATIVE, NO_MARKERS, NOT_A_NUMBER, PERCENT_ABOVE_100
 from rifml.scenarios import merge_patch, random_seed, scenario_overlay, scenario_path
 from rifml.errors import RifmlInputError
+from rifml.marker_noise import NoiseSpec, band_quantiles, standard_noise
 from rifml.outcomes.simulate import OutcomesSpec
 
 Panel = Literal["complete", "blood_only", "biopsy_only"]
@@ -219,6 +220,7 @@ class SimulationConfig(_Strict):
     context: ContextSpec
     corruption: CorruptionSpec
     significant_digits: int = Field(default=3, ge=1, le=6)
+    noise: NoiseSpec = NoiseSpec()  # correlated / heavy-tailed / skewed marker noise (rifml.marker_noise); default off
     outcomes: OutcomesSpec | None = None  # the registry of `simulate --outcomes` (rifml.outcomes.simulate)
 
     @model_validator(mode="after")
@@ -329,15 +331,15 @@ def baseline_distribution(marker: Marker, config: SimulationConfig) -> tuple[flo
         ``(median, log_sd)`` of the log-normal distribution.
     """
     low, high = marker.reference_band  # type: ignore[misc]
-    coverage = config.baseline.band_coverage
+    _, level = band_quantiles(marker, config.baseline.band_coverage)
     if low > 0:
         # Symmetric in log space: the band is the central `coverage` interval.
         median = float(np.sqrt(low * high))
-        log_sd = float(np.log(high / low) / (2 * _STANDARD_NORMAL.inv_cdf(0.5 + coverage / 2)))
+        log_sd = float(np.log(high / low) / (2 * _STANDARD_NORMAL.inv_cdf(level)))
     else:
         # A band from 0 has no lower edge in log space: `coverage` lies below its top.
         median = config.baseline.zero_band_median_fraction * high
-        log_sd = float(np.log(high / median) / _STANDARD_NORMAL.inv_cdf(coverage))
+        log_sd = float(np.log(high / median) / _STANDARD_NORMAL.inv_cdf(level))
     override = config.baseline.overrides.get(marker.name)
     if override is not None:
         median = override.median if override.median is not None else median
@@ -429,11 +431,15 @@ def _marker_values(
     shifts: np.ndarray,
     lab_idx: np.ndarray,
 ) -> np.ndarray:
-    """Log-normal marker values with subtype shifts and lab drift (n x numeric markers)."""
+    """Log-normal marker values with subtype shifts and lab drift (n x numeric markers).
+
+    Log-normal in the default world; ``config.noise`` may correlate the noise within a patient
+    or give it heavier or skewed tails (rifml.marker_noise).
+    """
     n = len(lab_idx)
     params = np.array([baseline_distribution(m, config) for m in markers])
     log_median, log_sd = np.log(params[:, 0]), params[:, 1]
-    z = rng.standard_normal((n, len(markers)))
+    z = standard_noise(rng, config.noise, markers, n, config.baseline.band_coverage)
     log_values = log_median + log_sd * (z + shifts)
     log_values += np.log(lab_drift_factors(config, markers))[lab_idx]
     values = np.exp(log_values)
