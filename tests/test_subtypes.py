@@ -16,6 +16,7 @@ from rifml.subtypes import (
     ConsensusClustering,
     name_clusters,
     profiles_from_signatures,
+    refine_named_partition,
     split_by_profile,
     subtype_effects,
     subtype_signatures,
@@ -157,20 +158,34 @@ def test_gaussian_refinement_keeps_partly_shifted_members_in_their_subtype():
     gains = []
     for seed in (0, 1, 2, 3):
         X, truth = patchy_blobs(seed)
-        fits = {refine: ConsensusClustering(k_min=5, k_max=5, n_resamples=5, refine=refine, random_state=seed).fit(X)
-                for refine in ("none", "gaussian")}
-        ari = {refine: adjusted_rand_score(truth, fit.labels_) for refine, fit in fits.items()}
+        kmeans = ConsensusClustering(k_min=5, k_max=5, n_resamples=5, random_state=seed).fit(X)
+        scaled = (X - kmeans.center_) / kmeans.scale_
+        refined = refine_named_partition(scaled, kmeans.labels_, np.arange(5), min_variance=1.0)
+        ari = {"none": adjusted_rand_score(truth, kmeans.labels_), "gaussian": adjusted_rand_score(truth, refined)}
         assert ari["gaussian"] > ari["none"], (seed, ari)
-        # predict follows the same per-cluster spreads as the fitted labels
-        assert np.mean(fits["gaussian"].predict(X) == fits["gaussian"].labels_) > 0.97
         gains.append(ari["gaussian"] - ari["none"])
     assert np.mean(gains) >= 0.03, gains
+
+
+def test_clusters_of_one_name_are_refined_as_one_group():
+    """KMeans cuts a large round group in two pieces that name the same thing; the refinement merges
+    them first (one component, ARI >= 0.9 against the two true groups) and keeps differently named
+    clusters apart."""
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(900, 4))
+    truth = np.repeat([0, 1], [600, 300])
+    Z[truth == 1, 0] += 6.0 + 1.5 * rng.normal(size=300)  # a wide subtype beside the tight group
+    labels = np.where(truth == 1, 2, (Z[:, 1] > 0).astype(int))  # the round group cut in halves
+    merged = refine_named_partition(Z, labels, np.array(["balanced", "balanced", "a-high"]))
+    assert merged.max() == 1 and adjusted_rand_score(truth, merged) >= 0.9
+    kept = refine_named_partition(Z, labels, np.array(["balanced", "b-low", "a-high"]))
+    assert kept.max() == 2
 
 
 def test_refinement_that_empties_a_cluster_is_not_used():
     """Three stray rows labelled as a third cluster inside a real one: the mixture absorbs them, and
     ``gaussian_refinement`` says so (None) rather than return fewer clusters than it was given."""
-    from rifml.subtypes.consensus import gaussian_refinement
+    from rifml.subtypes.mixture import gaussian_refinement
 
     rng = np.random.default_rng(0)
     Z = np.vstack([rng.normal(size=(100, 3)), rng.normal(size=(100, 3)) + [6.0, 0.0, 0.0]])
@@ -266,7 +281,7 @@ def test_effect_below_the_bar_is_balanced_above_it_is_named(catalog):
 
 def test_no_effects_is_balanced(catalog):
     out = name_clusters(_zero_effects(catalog, 3), catalog)
-    assert list(out.columns) == ["cluster", "subtype", "profile", "abnormal_markers", "evidence", "signature"]
+    assert list(out.columns) == ["cluster", "subtype", "parts", "profile", "abnormal_markers", "evidence", "signature"]
     assert list(out["cluster"]) == [0, 1, 2]
     assert list(out["profile"]) == ["balanced"] * 3
     assert list(out["subtype"]) == ["balanced", "balanced-2", "balanced-3"]
@@ -627,3 +642,18 @@ def test_unshifted_spread_and_a_learned_null():
     z = np.array([3.0, 0.0])
     expected = np.log(0.5 + 0.5 * norm.pdf(z, 2.0, 1.0) / norm.pdf(z, 1.0, 2.0))
     np.testing.assert_allclose(one.score(pd.DataFrame({"m": z})), expected, rtol=1e-12)
+
+
+def test_markers_censored_at_a_limit_share_one_spread_across_clusters():
+    """A shared marker gets the pooled within-cluster variance in every cluster (the others keep their
+    own): the size-weighted mean of the clusters' own variances, floored like the rest."""
+    from rifml.subtypes.mixture import mixture_parameters
+
+    rng = np.random.default_rng(1)
+    Z = np.vstack([rng.normal(0.0, 1.0, size=(300, 2)), rng.normal(4.0, 3.0, size=(100, 2))])
+    responsibilities = np.eye(2)[np.repeat([0, 1], [300, 100])]
+    _, _, own = mixture_parameters(Z, responsibilities, min_variance=0.01)
+    _, _, mixed = mixture_parameters(Z, responsibilities, min_variance=0.01, shared=np.array([False, True]))
+    assert own[1, 1] > 4 * own[0, 1]  # the wide cluster is wide on both markers
+    assert np.allclose(mixed[:, 0], own[:, 0])
+    assert mixed[0, 1] == mixed[1, 1] == pytest.approx((300 * own[0, 1] + 100 * own[1, 1]) / 400)

@@ -95,7 +95,7 @@ def test_every_setting_reaches_the_pipeline():
                   "reg_lambda": 0.3, "calibration_folds": 4},
         "subtypes": {"k_min": 3, "k_max": 6, "n_resamples": 9, "subsample": 0.7, "max_items": 900,
                      "pac_tolerance": 0.02, "scaling": "robust", "subtype_trees": 13, "min_effect": 1.2,
-                     "signature_reading": "patchy", "lab_min_panels": 25},
+                     "signature_reading": "patchy", "lab_min_panels": 25, "refine": "none", "min_variance": 0.5},
         "features": {"lab_min_count": 11, "censor_fraction": 0.4, "normalize_labs": False},
         "explain": {"background_size": 150},
         "random_state": 7,

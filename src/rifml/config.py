@@ -115,7 +115,7 @@ class SubtypeSettings(_Settings):
     max_items: Optional[Count] = 1200
     pac_tolerance: Fraction = 0.05
     scaling: Literal["within", "robust"] = "within"
-    refine: Literal["gaussian", "none"] = "none"
+    refine: Literal["gaussian", "none"] = "gaussian"
     min_variance: Annotated[float, Field(gt=0.0)] = 1.0
     subtype_trees: Count = 40
     min_effect: Annotated[float, Field(gt=0.0)] = 1.5

@@ -30,6 +30,7 @@ from rifml.subtypes import (
     name_clusters,
     nearest_centre,
     profiles_from_signatures,
+    refine_named_partition,
     split_by_profile,
     subtype_effects,
     subtype_signatures,
@@ -146,6 +147,15 @@ class ImmuneProfiler(BaseEstimator):
         Trees per class of the subtype-assignment model (it only picks the nearest named
         subtype, and scoring routes every row through all of its trees); it learns at the
         classifier's rate scaled by ``classifier.n_estimators / subtype_trees`` (at most 0.5).
+    refine : {"gaussian", "none"}
+        Whether the consensus partition is refined before it is named: clusters of the
+        same name merged, then a diagonal Gaussian mixture with one spread per cluster and
+        marker (:func:`rifml.subtypes.refine_named_partition`; markers the catalog marks
+        ``censorable`` keep one spread for all clusters), or KMeans' round clusters kept as
+        they are.
+    min_variance : float
+        Floor of every cluster's variance per marker in that mixture, in squared
+        within-group SDs of the clustering's scaled space.
     min_effect : float
         Effect (within-cluster SDs against the cohort's reference level; the norm of an
         axis's markers' effects) from which an axis names a subtype (see
@@ -195,6 +205,8 @@ class ImmuneProfiler(BaseEstimator):
         "clustering": [ConsensusClustering, None],
         "classifier": [CalibratedBoostedClassifier, None],
         "subtype_trees": [Interval(Integral, 1, None, closed="left")],
+        "refine": [StrOptions({"gaussian", "none"})],
+        "min_variance": [Interval(Real, 0, None, closed="neither")],
         "min_effect": [Interval(Real, 0, None, closed="neither")],
         "signature_reading": [StrOptions({"mean", "patchy"})],
         "lab_min_panels": [Interval(Integral, 1, None, closed="left")],
@@ -208,6 +220,8 @@ class ImmuneProfiler(BaseEstimator):
         clustering: ConsensusClustering | None = None,
         classifier: CalibratedBoostedClassifier | None = None,
         subtype_trees: int = 40,
+        refine: str = "gaussian",
+        min_variance: float = 1.0,
         min_effect: float = 1.5,
         signature_reading: str = "mean",
         lab_min_panels: int = 30,
@@ -218,6 +232,8 @@ class ImmuneProfiler(BaseEstimator):
         self.clustering = clustering
         self.classifier = classifier
         self.subtype_trees = subtype_trees
+        self.refine = refine
+        self.min_variance = min_variance
         self.min_effect = min_effect
         self.signature_reading = signature_reading
         self.lab_min_panels = lab_min_panels
@@ -339,6 +355,13 @@ class ImmuneProfiler(BaseEstimator):
 
         with threadpool_limits(limits=1):
             labels = split_by_profile(scaled, labels, profiles_of, self.clustering_.k_max, self.random_state)
+        if self.refine == "gaussian":
+            # After the cuts, not before: a cut piece rejoins the cluster of its name, and the mixture's
+            # wide clusters are not cut again into weak one-marker subtypes (benchmarks/RESULTS.md).
+            named = name_clusters(consensus_reference.against(filled, labels).effects, self.catalog_,
+                                  min_effect=self.min_effect)
+            censorable = np.array([self.catalog_.by_name[m].censorable for m in markers])
+            labels = refine_named_partition(scaled, labels, named["parts"].to_numpy(), self.min_variance, censorable)
         self.subtype_labels_ = labels
         self.subtype_centers_ = np.vstack([scaled[labels == c].mean(axis=0) for c in range(labels.max() + 1)])
         self.cluster_medians_ = matrix.groupby(labels).median()

@@ -3,6 +3,7 @@
 All pure (no file I/O):
 
 * :mod:`rifml.subtypes.consensus`: how many stable groups the complete panels hold.
+* :mod:`rifml.subtypes.mixture`: the named partition refined with one spread per cluster.
 * :mod:`rifml.subtypes.naming`: the cohort's own reference, effect sizes against it,
   and the subtype names and profiles they give.
 * :mod:`rifml.subtypes.readings`: a panel's profile read from the subtype signatures
@@ -13,6 +14,7 @@ names below keep them loading.
 """
 
 from rifml.subtypes.consensus import PAC_WINDOW, ConsensusClustering, nearest_centre, select_k
+from rifml.subtypes.mixture import refine_named_partition
 from rifml.subtypes.naming import SubtypeEffects, name_clusters, split_by_profile, subtype_effects
 from rifml.subtypes.readings import Signature, profiles_from_signatures, rule_profile, subtype_signatures
 
@@ -21,6 +23,7 @@ __all__ = [
     "ConsensusClustering",
     "nearest_centre",
     "select_k",
+    "refine_named_partition",
     "SubtypeEffects",
     "name_clusters",
     "split_by_profile",

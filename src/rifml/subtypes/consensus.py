@@ -26,10 +26,6 @@ PAC_WINDOW = (0.1, 0.9)
 RESAMPLE_N_INIT = 10
 # Restarts for the final clustering of all rows.
 FINAL_N_INIT = 10
-# EM of the Gaussian refinement: started from KMeans it settles in a few dozen iterations;
-# it stops when the mean log-likelihood per row gains less than REFINE_TOL.
-REFINE_MAX_ITER = 200
-REFINE_TOL = 1e-4
 # Grid on which the consensus CDF is reported and drawn.
 CDF_GRID = np.linspace(0.0, 1.0, 101)
 # Within-group scales may up-weight a marker at most this many times relative to
@@ -72,22 +68,7 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
     **Final labels.** KMeans with the chosen k on all rows (scaled), with
     ``FINAL_N_INIT`` k-means++ restarts plus one start at the centroids of an
     average-linkage clustering of ``1 - M_k``; the run with the lowest
-    inertia wins. With ``refine="gaussian"`` that partition then
-    starts a Gaussian mixture with one diagonal covariance per cluster, whose
-    most likely component labels every row. KMeans gives every group the same
-    round spread, so a subtype whose patients shift only some of its markers
-    (a wide group) loses its partly shifted members to the tight balanced
-    group beside it; per-cluster variances keep them. On rifml's 25 simulated
-    worlds it raised the clusters' ARI against the latent subtypes in most,
-    but in a few it redrew the clusters so that their names and the
-    label-free readings broke (benchmarks/RESULTS.md), so it is not the
-    default yet. No cluster's variance on a marker may fall below
-    ``min_variance``, in the scaled space's units (1.0 = the within-group
-    variance the scaling measured): a cluster may be wider than a typical
-    group, never tighter. A marker censored at its detection limit ties many
-    values, and without the floor a cluster collapses onto the tie instead
-    of a subtype. If the mixture empties a cluster, the KMeans partition is
-    kept.
+    inertia wins.
 
     Parameters
     ----------
@@ -105,12 +86,6 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
         Absolute PAC tolerance of the k-selection rule above.
     scaling : {"within", "robust"}, default="within"
         Marker scaling, see above.
-    refine : {"gaussian", "none"}, default="none"
-        Final labels from a diagonal Gaussian mixture started at the KMeans
-        partition, or the KMeans partition itself (see Final labels).
-    min_variance : float, default=1.0
-        Floor of every per-cluster, per-marker variance of the refinement
-        (scaled units).
     random_state : int, RandomState or None, default=0
         Seeds the row subsets and every KMeans run.
 
@@ -133,13 +108,8 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
     consensus_items_ : ndarray of shape (n_items,)
         Training-row indices of the rows in ``consensus_``.
     stability_ : float
-        Mean adjusted Rand index between each resample's clustering (at ``k_``,
-        refined as the final labels are) and ``labels_`` on the rows of that
-        resample.
-    weights_, variances_ : ndarray of shape (k_,), (k_, n_features)
-        The refinement's mixture weights and per-cluster variances in the
-        scaled space (centres: ``centers_`` scaled); ``predict`` uses them.
-        Without refinement, equal weights and unit variances (nearest centre).
+        Mean adjusted Rand index between each resample's clustering (at ``k_``)
+        and ``labels_`` on the rows of that resample.
     center_, scale_ : ndarray of shape (n_features,)
         Centring and scaling applied before clustering.
     n_features_in_ : int
@@ -163,8 +133,6 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
         "max_items": [Interval(Integral, 3, None, closed="left"), None],
         "pac_tolerance": [Interval(Real, 0, 1, closed="left")],
         "scaling": [StrOptions({"within", "robust"})],
-        "refine": [StrOptions({"gaussian", "none"})],
-        "min_variance": [Interval(Real, 0, None, closed="neither")],
         "random_state": ["random_state"],
     }
 
@@ -177,8 +145,6 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
         max_items: int | None = 1200,
         pac_tolerance: float = 0.05,
         scaling: str = "within",
-        refine: str = "none",
-        min_variance: float = 1.0,
         random_state: int | np.random.RandomState | None = 0,
     ) -> None:
         self.k_min = k_min
@@ -188,8 +154,6 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
         self.max_items = max_items
         self.pac_tolerance = pac_tolerance
         self.scaling = scaling
-        self.refine = refine
-        self.min_variance = min_variance
         self.random_state = random_state
 
     # -- rules across parameters (each one alone is checked by _parameter_constraints) --
@@ -289,27 +253,15 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
         self.consensus_items_ = items
         self.labels_ = self._final_labels(Z, Zi, rng)
         self.centers_ = np.vstack([X[self.labels_ == c].mean(axis=0) for c in range(self.k_)])
-        self.weights_, self.variances_ = self._assignment_spreads(Z)
-        resampled = [self._refined(Zi[idx], lab) for idx, lab in zip(subsets, resample_labels[self.k_])]
         self.stability_ = float(
-            np.mean([adjusted_rand_score(self.labels_[items[idx]], lab) for idx, lab in zip(subsets, resampled)])
+            np.mean(
+                [
+                    adjusted_rand_score(self.labels_[items[idx]], lab)
+                    for idx, lab in zip(subsets, resample_labels[self.k_])
+                ]
+            )
         )
         return self
-
-    def _refined(self, Z: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """``labels`` refined by the Gaussian mixture when ``refine="gaussian"`` (see Final labels)."""
-        if self.refine == "none":
-            return labels
-        refined = gaussian_refinement(Z, labels, self.min_variance)
-        return labels if refined is None else refined
-
-    def _assignment_spreads(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-cluster weights and variances ``predict`` weighs distances by (scaled space)."""
-        k = self.k_
-        if self.refine == "none":  # nearest centre, as KMeans assigns
-            return np.full(k, 1.0 / k), np.ones((k, Z.shape[1]))
-        weights, _, variances = _mixture_parameters(Z, np.eye(k)[self.labels_], self.min_variance)
-        return weights, variances
 
     def _final_labels(self, Z: np.ndarray, Zi: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
         """KMeans on all rows: best of k-means++ restarts and a consensus-seeded start."""
@@ -330,13 +282,10 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
             seed_centers = np.vstack([Zi[hc == c].mean(axis=0) for c in range(k)])
             candidates.append(KMeans(n_clusters=k, init=seed_centers, n_init=1).fit(Z))
         best = min(candidates, key=lambda km: km.inertia_)
-        return _relabel_by_size(self._refined(Z, best.labels_))
+        return relabel_by_size(best.labels_)
 
     def predict(self, X) -> np.ndarray:
-        """Assign rows to the most likely cluster (in the scaled space used for fitting).
-
-        With ``refine="gaussian"``, each cluster's Gaussian with its own weight and
-        diagonal variances (``weights_``, ``variances_``); otherwise the nearest centre.
+        """Assign rows to the nearest cluster centre (in the scaled space used for fitting).
 
         Parameters
         ----------
@@ -348,60 +297,12 @@ class ConsensusClustering(ClusterMixin, BaseEstimator):
         """
         check_is_fitted(self, "centers_")
         X = validate_data(self, X, dtype=np.float64, reset=False)
-        scaled, centres = (X - self.center_) / self.scale_, (self.centers_ - self.center_) / self.scale_
-        return _log_joint(scaled, self.weights_, centres, self.variances_).argmax(axis=1)
+        return nearest_centre((X - self.center_) / self.scale_, (self.centers_ - self.center_) / self.scale_)
 
 
 def nearest_centre(scaled: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """Index of the nearest centre (squared Euclidean) for every row, as KMeans assigns."""
     return ((scaled[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
-
-
-def gaussian_refinement(Z: np.ndarray, labels: np.ndarray, min_variance: float) -> np.ndarray | None:
-    """Most likely component of a diagonal Gaussian mixture started at the partition ``labels``.
-
-    EM in which no cluster's variance on any marker falls below ``min_variance``: the
-    constrained M-step (per cluster and marker, the larger of the weighted variance and the
-    floor) keeps EM monotone. scikit-learn's GaussianMixture only adds a constant to every
-    variance, which either lets a cluster collapse onto tied values or, large enough to
-    prevent that, blurs the difference between wide and tight clusters that the refinement
-    is for. Returns None when the mixture leaves a cluster without rows (the caller keeps
-    ``labels``).
-    """
-    from scipy.special import logsumexp
-
-    k = int(labels.max()) + 1
-    if np.bincount(labels, minlength=k).min() == 0:
-        return None
-    responsibilities = np.eye(k)[labels]
-    previous = -np.inf
-    for _ in range(REFINE_MAX_ITER):
-        log_joint = _log_joint(Z, *_mixture_parameters(Z, responsibilities, min_variance))
-        log_total = logsumexp(log_joint, axis=1)
-        responsibilities = np.exp(log_joint - log_total[:, None])
-        if responsibilities.sum(axis=0).min() < 1e-9:  # a cluster lost every row: its parameters are undefined
-            return None
-        if log_total.mean() - previous < REFINE_TOL:
-            break
-        previous = log_total.mean()
-    refined = log_joint.argmax(axis=1)
-    return refined if np.unique(refined).size == k else None
-
-
-def _mixture_parameters(
-    Z: np.ndarray, responsibilities: np.ndarray, min_variance: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Weights, means and floored diagonal variances of each cluster (rows weighted by ``responsibilities``)."""
-    totals = responsibilities.sum(axis=0)
-    means = responsibilities.T @ Z / totals[:, None]
-    variances = responsibilities.T @ (Z * Z) / totals[:, None] - means * means
-    return totals / totals.sum(), means, np.maximum(variances, min_variance)
-
-
-def _log_joint(Z: np.ndarray, weights: np.ndarray, means: np.ndarray, variances: np.ndarray) -> np.ndarray:
-    """log(weight) + log Gaussian density (up to a constant) of every row under every cluster, (n, k)."""
-    squared = ((Z[:, None, :] - means[None, :, :]) ** 2 / variances[None, :, :]).sum(axis=2)
-    return np.log(weights) - 0.5 * (squared + np.log(variances).sum(axis=1))
 
 
 def select_k(pac: Mapping[int, float], tolerance: float = 0.05) -> int:
@@ -484,7 +385,7 @@ def _delta_area(areas: Mapping[int, float]) -> dict[int, float]:
     return out
 
 
-def _relabel_by_size(labels: np.ndarray) -> np.ndarray:
+def relabel_by_size(labels: np.ndarray) -> np.ndarray:
     """Renumber clusters 0..k-1 by decreasing size (ties by first appearance): stable ids."""
     ids, first, counts = np.unique(labels, return_index=True, return_counts=True)
     order = ids[np.lexsort((first, -counts))]

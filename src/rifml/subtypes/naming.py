@@ -256,7 +256,8 @@ def name_clusters(effects: pd.DataFrame, catalog: Catalog, min_effect: float = 1
     Returns
     -------
     DataFrame
-        Columns ``cluster``, ``subtype``, ``profile``, ``abnormal_markers`` (";"-joined,
+        Columns ``cluster``, ``subtype``, ``parts`` (the name before "-2" suffixes: equal
+        for clusters that name the same thing), ``profile``, ``abnormal_markers`` (";"-joined,
         the markers of the abnormal parts, strongest first), ``evidence`` (per abnormal
         part its effect and its markers', e.g. ``nk-high 1.7 SD (pb_nk_pct +1.1,
         pb_nk_cytotox_pct +1.3)``, ";"-joined, strongest part first) and ``signature``
@@ -289,6 +290,7 @@ def name_clusters(effects: pd.DataFrame, catalog: Catalog, min_effect: float = 1
             {
                 "cluster": cluster,
                 "subtype": "+".join(names) or BALANCED,
+                "parts": "+".join(names) or BALANCED,
                 "profile": _profile(signal for *_, found in parts for _, _, signal, _ in found),
                 "abnormal_markers": ";".join(name for *_, found in parts for _, name, _, _ in found),
                 "evidence": ";".join(
@@ -298,7 +300,7 @@ def name_clusters(effects: pd.DataFrame, catalog: Catalog, min_effect: float = 1
                 "signature": ";".join(sorted(name for *_, found in parts for _, name, _, _ in found)),
             }
         )
-    out = pd.DataFrame(rows, columns=["cluster", "subtype", "profile", "abnormal_markers", "evidence", "signature"])
+    out = pd.DataFrame(rows, columns=["cluster", "subtype", "parts", "profile", "abnormal_markers", "evidence", "signature"])
     out["subtype"] = _disambiguate(out["subtype"].tolist())
     return out
 
