@@ -642,18 +642,3 @@ def test_unshifted_spread_and_a_learned_null():
     z = np.array([3.0, 0.0])
     expected = np.log(0.5 + 0.5 * norm.pdf(z, 2.0, 1.0) / norm.pdf(z, 1.0, 2.0))
     np.testing.assert_allclose(one.score(pd.DataFrame({"m": z})), expected, rtol=1e-12)
-
-
-def test_markers_censored_at_a_limit_share_one_spread_across_clusters():
-    """A shared marker gets the pooled within-cluster variance in every cluster (the others keep their
-    own): the size-weighted mean of the clusters' own variances, floored like the rest."""
-    from rifml.subtypes.mixture import mixture_parameters
-
-    rng = np.random.default_rng(1)
-    Z = np.vstack([rng.normal(0.0, 1.0, size=(300, 2)), rng.normal(4.0, 3.0, size=(100, 2))])
-    responsibilities = np.eye(2)[np.repeat([0, 1], [300, 100])]
-    _, _, own = mixture_parameters(Z, responsibilities, min_variance=0.01)
-    _, _, mixed = mixture_parameters(Z, responsibilities, min_variance=0.01, shared=np.array([False, True]))
-    assert own[1, 1] > 4 * own[0, 1]  # the wide cluster is wide on both markers
-    assert np.allclose(mixed[:, 0], own[:, 0])
-    assert mixed[0, 1] == mixed[1, 1] == pytest.approx((300 * own[0, 1] + 100 * own[1, 1]) / 400)

@@ -150,9 +150,8 @@ class ImmuneProfiler(BaseEstimator):
     refine : {"gaussian", "none"}
         Whether the consensus partition is refined before it is named: clusters of the
         same name merged, then a diagonal Gaussian mixture with one spread per cluster and
-        marker (:func:`rifml.subtypes.refine_named_partition`; markers the catalog marks
-        ``censorable`` keep one spread for all clusters), or KMeans' round clusters kept as
-        they are.
+        marker (:func:`rifml.subtypes.refine_named_partition`), or KMeans' round clusters
+        kept as they are.
     min_variance : float
         Floor of every cluster's variance per marker in that mixture, in squared
         within-group SDs of the clustering's scaled space.
@@ -360,8 +359,7 @@ class ImmuneProfiler(BaseEstimator):
             # wide clusters are not cut again into weak one-marker subtypes (benchmarks/RESULTS.md).
             named = name_clusters(consensus_reference.against(filled, labels).effects, self.catalog_,
                                   min_effect=self.min_effect)
-            censorable = np.array([self.catalog_.by_name[m].censorable for m in markers])
-            labels = refine_named_partition(scaled, labels, named["parts"].to_numpy(), self.min_variance, censorable)
+            labels = refine_named_partition(scaled, labels, named["parts"].to_numpy(), self.min_variance)
         self.subtype_labels_ = labels
         self.subtype_centers_ = np.vstack([scaled[labels == c].mean(axis=0) for c in range(labels.max() + 1)])
         self.cluster_medians_ = matrix.groupby(labels).median()

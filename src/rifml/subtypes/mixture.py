@@ -23,8 +23,7 @@ REFINE_TOL = 1e-4
 
 
 def refine_named_partition(
-    scaled: np.ndarray, labels: np.ndarray, names: np.ndarray, min_variance: float = 1.0,
-    shared: np.ndarray | None = None,
+    scaled: np.ndarray, labels: np.ndarray, names: np.ndarray, min_variance: float = 1.0
 ) -> np.ndarray:
     """Clusters of the same name merged, then refined by :func:`gaussian_refinement`.
 
@@ -39,10 +38,6 @@ def refine_named_partition(
         :func:`rifml.subtypes.name_clusters`); equal names are one component.
     min_variance : float, default=1.0
         Floor of every cluster's variance on every marker (scaled units).
-    shared : ndarray of bool, shape (n_markers,), optional
-        Markers whose variance all clusters share (the pooled within-cluster variance):
-        markers censored at a detection limit, where a cluster's spread says how many of
-        its panels sit under the limit rather than how wide the subtype is.
 
     Returns
     -------
@@ -53,13 +48,11 @@ def refine_named_partition(
     from rifml.subtypes.consensus import relabel_by_size
 
     merged = pd.factorize(np.asarray(names))[0][np.asarray(labels)]
-    refined = gaussian_refinement(scaled, merged, min_variance, shared)
+    refined = gaussian_refinement(scaled, merged, min_variance)
     return relabel_by_size(merged if refined is None else refined)
 
 
-def gaussian_refinement(
-    Z: np.ndarray, labels: np.ndarray, min_variance: float, shared: np.ndarray | None = None
-) -> np.ndarray | None:
+def gaussian_refinement(Z: np.ndarray, labels: np.ndarray, min_variance: float) -> np.ndarray | None:
     """Most likely component of a diagonal Gaussian mixture started at the partition ``labels``.
 
     EM in which no cluster's variance on any marker falls below ``min_variance``: the
@@ -68,9 +61,8 @@ def gaussian_refinement(
     without the floor a cluster collapses onto the tie instead of a subtype.
     scikit-learn's GaussianMixture only adds a constant to every variance, which either lets
     a cluster collapse onto tied values or, large enough to prevent that, blurs the
-    difference between wide and tight clusters that the refinement is for. Markers in
-    ``shared`` (a boolean mask) get one variance for all clusters, the pooled one. Returns
-    None when the mixture leaves a cluster without rows (the caller keeps ``labels``).
+    difference between wide and tight clusters that the refinement is for. Returns None
+    when the mixture leaves a cluster without rows (the caller keeps ``labels``).
     """
     from scipy.special import logsumexp
 
@@ -80,7 +72,7 @@ def gaussian_refinement(
     responsibilities = np.eye(k)[labels]
     previous = -np.inf
     for _ in range(REFINE_MAX_ITER):
-        log_joint = log_joint_density(Z, *mixture_parameters(Z, responsibilities, min_variance, shared))
+        log_joint = log_joint_density(Z, *mixture_parameters(Z, responsibilities, min_variance))
         log_total = logsumexp(log_joint, axis=1)
         responsibilities = np.exp(log_joint - log_total[:, None])
         if responsibilities.sum(axis=0).min() < 1e-9:  # a cluster lost every row: its parameters are undefined
@@ -93,15 +85,12 @@ def gaussian_refinement(
 
 
 def mixture_parameters(
-    Z: np.ndarray, responsibilities: np.ndarray, min_variance: float, shared: np.ndarray | None = None
+    Z: np.ndarray, responsibilities: np.ndarray, min_variance: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Weights, means and floored diagonal variances of each cluster (rows weighted by ``responsibilities``);
-    the markers in ``shared`` get the pooled within-cluster variance in every cluster."""
+    """Weights, means and floored diagonal variances of each cluster (rows weighted by ``responsibilities``)."""
     totals = responsibilities.sum(axis=0)
     means = responsibilities.T @ Z / totals[:, None]
     variances = responsibilities.T @ (Z * Z) / totals[:, None] - means * means
-    if shared is not None and np.any(shared):
-        variances[:, shared] = totals @ variances[:, shared] / totals.sum()
     return totals / totals.sum(), means, np.maximum(variances, min_variance)
 
 
