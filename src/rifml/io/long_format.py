@@ -23,16 +23,8 @@ import numpy as np
 import pandas as pd
 
 from rifml.catalog import Catalog
-from rifml.contract import (
-    MISSING_ID,
-    REJECT_COLUMNS,
-    REJECTS_ALL_PROBLEMS,
-    REJECTS_COLUMN,
-    REJECTS_REASON,
-    REJECTS_ROW,
-    REJECTS_VALUE,
-    WRONG_FIELD_COUNT,
-)
+from rifml.contract import MISSING_ID, REJECT_COLUMNS, WRONG_FIELD_COUNT
+from rifml.contract import REJECTS_ALL_PROBLEMS, REJECTS_COLUMN, REJECTS_REASON, REJECTS_ROW, REJECTS_VALUE
 from rifml.errors import RifmlInputError
 from rifml.io.columns import ColumnMap, match_name, takes_unit
 from rifml.io.units import conversion, scale_column
