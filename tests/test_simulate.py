@@ -463,8 +463,6 @@ def test_scenario_naming_unknown_markers_raises(tmp_path, text, match):
 @pytest.mark.parametrize(
     "text",
     [
-        "baseline: {assay_factors: {pb_nk_pct: 0}}\n",
-        "labs:\n  lab_A: {marker_drift: {pb_nk_pct: -1}}\n",
         "shift: {scale: 0}\n",
         "labs:\n  lab_A: {scoring_only: maybe}\n",
         "subtypes:\n  mixed: null\n",  # prevalences no longer sum to 1
@@ -472,6 +470,18 @@ def test_scenario_naming_unknown_markers_raises(tmp_path, text, match):
 )
 def test_malformed_scenario_raises(tmp_path, text):
     with pytest.raises(RifmlInputError):
+        overlay(tmp_path, text)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("baseline: {assay_factors: {pb_nk_pct: 0}}\n", "at baseline: .*assay_factors must be positive"),
+        ("labs:\n  lab_A: {marker_drift: {pb_nk_pct: -1}}\n", "at labs.lab_A: .*marker_drift factors must be positive"),
+    ],
+)
+def test_non_positive_factor_names_its_setting(tmp_path, text, message):
+    with pytest.raises(RifmlInputError, match=message):
         overlay(tmp_path, text)
 
 

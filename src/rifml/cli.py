@@ -261,7 +261,7 @@ def validate(
     from rifml.catalog import load_catalog
     from rifml.io.paths import prepare_outputs
     from rifml.io.reader import PanelFile, validated_chunks
-    from rifml.contract import REJECT_COLUMNS
+    from rifml.contract import REJECT_COLUMNS, REJECTS_REASON
     from rifml.io.writer import AtomicCsvWriter
 
     prepare_outputs([("--input", input), ("--catalog", catalog), ("--columns", reading.columns)], [("--rejects", rejects), ("--output", output)])
@@ -273,7 +273,7 @@ def validate(
         accepted_writer = stack.enter_context(AtomicCsvWriter(output, columns=panel_file.columns, safe_cells=False)) if output else None
         for chunk in validated_chunks(panel_file):
             reject_writer.write(chunk.rejects)
-            reasons.update(chunk.rejects["reason"])
+            reasons.update(chunk.rejects[REJECTS_REASON])
             accepted += chunk.accepted_lines
             if accepted_writer:
                 accepted_writer.write(chunk.accepted_raw)
@@ -297,6 +297,7 @@ def read_clean_panel(path: Path, catalog, chunk_rows: int = 50_000, options=None
     """Validate a whole file into one clean panel (training data); returns (panel, reject reasons)."""
     import pandas as pd
 
+    from rifml.contract import REJECTS_REASON
     from rifml.io.reader import PanelFile, validated_chunks
 
     panels, reasons = [], Counter()
@@ -304,7 +305,7 @@ def read_clean_panel(path: Path, catalog, chunk_rows: int = 50_000, options=None
     print_reading(panel_file)
     for chunk in validated_chunks(panel_file):
         panels.append(chunk.panel)
-        reasons.update(chunk.rejects["reason"])
+        reasons.update(chunk.rejects[REJECTS_REASON])
     err.print(panel_file.describe(), markup=False, highlight=False)
     return pd.concat(panels), reasons
 

@@ -19,7 +19,7 @@ import pandas as pd
 from sklearn.metrics import adjusted_rand_score, f1_score
 
 from rifml.catalog import BALANCED, Catalog, load_catalog
-from rifml.contract import SUBTYPE, SUBTYPE_PROFILE, driver_columns, profile_columns
+from rifml.contract import REJECTS_ROW, SUBTYPE, SUBTYPE_PROFILE, driver_columns, profile_columns
 from rifml.evaluation import expected_calibration_error
 from rifml.simulate import SimulationConfig, simulate_cohort
 from rifml.validate import repeated_ids, validate_chunk
@@ -193,7 +193,7 @@ def clean_batch(catalog: Catalog, config: SimulationConfig, n: int, seed: int, b
     rows = truth["row"].to_numpy()
     checked = validate_chunk(cohort, rows, catalog, duplicate_ids=repeated_ids(cohort[catalog.id_column]))
     clean_truth = truth.set_index("row").loc[checked.panel.index].reset_index()
-    return checked.panel, clean_truth, set(checked.rejects["row"].astype(int)), truth
+    return checked.panel, clean_truth, set(checked.rejects[REJECTS_ROW].astype(int)), truth
 
 
 def evaluate_scenario(

@@ -75,6 +75,11 @@ def _check_shares(shares: dict[str, float], what: str) -> None:
         raise ValueError(f"{what} must sum to 1 (they sum to {total:.4f})")
 
 
+def _check_positive(factors: dict[str, float], what: str) -> None:
+    if any(v <= 0 for v in factors.values()):
+        raise ValueError(f"{what} must be positive")
+
+
 class SubtypeSpec(_Strict):
     profile: Profile
     prevalence: float = Field(ge=0, le=1)
@@ -105,8 +110,7 @@ class LabSpec(_Strict):
 
     @model_validator(mode="after")
     def _positive_factors(self) -> "LabSpec":
-        if any(v <= 0 for v in self.marker_drift.values()):
-            raise ValueError("marker_drift factors must be positive")
+        _check_positive(self.marker_drift, "marker_drift factors")
         return self
 
 
@@ -128,8 +132,7 @@ class BaselineSpec(_Strict):
 
     @model_validator(mode="after")
     def _positive_factors(self) -> "BaselineSpec":
-        if any(v <= 0 for v in self.assay_factors.values()):
-            raise ValueError("assay_factors must be positive")
+        _check_positive(self.assay_factors, "assay_factors")
         return self
 
 

@@ -32,7 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rifml.contract import REJECT_COLUMNS, calls_columns
+from rifml.contract import REJECT_COLUMNS, REJECTS_ROW, calls_columns
 from rifml.io.reader import PanelFile
 from rifml.labs import LabAdaptation
 from rifml.scoring import Tally, scored_chunks
@@ -376,7 +376,7 @@ def score_with_spark(
                     if not answer.rejects:  # the header or blank lines only
                         continue
                     rejects = _frame(answer.rejects)
-                    rejects["row"] += start
+                    rejects[REJECTS_ROW] += start
                     calls = _frame(answer.calls) if answer.calls else None
                     reject_writer.write(rejects)
                     if calls is not None:

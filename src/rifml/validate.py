@@ -35,6 +35,11 @@ from rifml.contract import (
     NOT_A_NUMBER,
     PERCENT_ABOVE_100,
     REJECT_COLUMNS,
+    REJECTS_ALL_PROBLEMS,
+    REJECTS_COLUMN,
+    REJECTS_REASON,
+    REJECTS_ROW,
+    REJECTS_VALUE,
     WRONG_FIELD_COUNT,
     censored_column,
 )
@@ -586,12 +591,12 @@ def validate_chunk(
     accepted = ~reject_mask
     rejects = pd.DataFrame(
         {
-            "row": np.asarray(rows)[reject_mask],
+            REJECTS_ROW: np.asarray(rows)[reject_mask],
             "patient_id": id_text.array[reject_mask].to_numpy(dtype=object),
-            "column": first_column[reject_mask],
-            "value": [_cell_text(raw, c, i) for c, i in zip(first_column[reject_mask], np.flatnonzero(reject_mask))],
-            "reason": first_reason[reject_mask],
-            "all_problems": summary[reject_mask],
+            REJECTS_COLUMN: first_column[reject_mask],
+            REJECTS_VALUE: [_cell_text(raw, c, i) for c, i in zip(first_column[reject_mask], np.flatnonzero(reject_mask))],
+            REJECTS_REASON: first_reason[reject_mask],
+            REJECTS_ALL_PROBLEMS: summary[reject_mask],
         },
         columns=REJECT_COLUMNS,
     )

@@ -24,6 +24,7 @@ import pandas as pd
 
 from rifml.catalog import Catalog
 from rifml.contract import MISSING_ID, REJECT_COLUMNS, WRONG_FIELD_COUNT
+from rifml.contract import REJECTS_ALL_PROBLEMS, REJECTS_COLUMN, REJECTS_REASON, REJECTS_ROW, REJECTS_VALUE
 from rifml.errors import RifmlInputError
 from rifml.io.columns import ColumnMap, match_name, takes_unit
 from rifml.io.units import conversion, scale_column
@@ -204,27 +205,27 @@ def _panels(
     first_rows = rows[first_line.loc[sound].to_numpy()] if len(sound) else np.zeros(0, dtype=np.int64)
     checked = validate_chunk(wide, first_rows, catalog, decimal=decimal)
 
-    panel_rejects = checked.rejects.set_index("row")
+    panel_rejects = checked.rejects.set_index(REJECTS_ROW)
     failed = set(panel_rejects["patient_id"])
     accepted_patients = [p for p in sound if p not in failed]
     in_accepted = pd.Series(ids).isin(accepted_patients).to_numpy() & has_id
 
     # one reject row per refused line
     refused = np.flatnonzero(~in_accepted)
-    reject = pd.DataFrame({"row": rows[refused], "patient_id": ids[refused]})
+    reject = pd.DataFrame({REJECTS_ROW: rows[refused], "patient_id": ids[refused]})
     summary = _patient_summaries(ids, has_id, problems)
     own = pd.notna(problems.reason[refused])
     head = first_problem.reindex(ids[refused]).to_numpy()  # the patient's first problem line, or NaN
     from_panel = ~own & pd.isna(head)
     by_patient = panel_rejects.reset_index().set_index("patient_id")
     borrowed = np.where(own, refused, np.where(pd.isna(head), refused, head)).astype(np.int64)
-    reject["column"] = problems.column[borrowed]
-    reject["value"] = problems.value[borrowed]
-    reject["reason"] = problems.reason[borrowed]
-    reject["all_problems"] = [summary.get(p, r) for p, r in zip(ids[refused], problems.reason[borrowed])]
+    reject[REJECTS_COLUMN] = problems.column[borrowed]
+    reject[REJECTS_VALUE] = problems.value[borrowed]
+    reject[REJECTS_REASON] = problems.reason[borrowed]
+    reject[REJECTS_ALL_PROBLEMS] = [summary.get(p, r) for p, r in zip(ids[refused], problems.reason[borrowed])]
     if from_panel.any():
         verdict = by_patient.loc[ids[refused][from_panel]]
-        for name in ("column", "value", "reason", "all_problems"):
+        for name in (REJECTS_COLUMN, REJECTS_VALUE, REJECTS_REASON, REJECTS_ALL_PROBLEMS):
             reject.loc[from_panel, name] = verdict[name].to_numpy()
     reject = reject[REJECT_COLUMNS].reset_index(drop=True)
 
