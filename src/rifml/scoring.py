@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rifml.contract import REJECTS_REASON
 from rifml.features import lab_ids
 from rifml.in_order import InOrder
 from rifml.labs import LabAdaptation
@@ -128,7 +129,7 @@ class Tally:
     def add(self, rejects: pd.DataFrame, calls: pd.DataFrame | None, accepted_lines: int, profile_column: str) -> None:
         """Count one chunk: its rejects (``reason`` column), its calls (called profile in ``profile_column``)
         and the input lines behind them."""
-        self.reasons.update(rejects["reason"].value_counts().to_dict())
+        self.reasons.update(rejects[REJECTS_REASON].value_counts().to_dict())
         if calls is not None and len(calls):
             self.profiles.update(calls[profile_column].value_counts().to_dict())
             self.scored += accepted_lines

@@ -33,6 +33,7 @@ from rifml.contract import (
     REJECTS_ALL_PROBLEMS,
     REJECTS_COLUMN,
     REJECTS_REASON,
+    REJECTS_ROW,
     REJECTS_VALUE,
     SCORED,
     STATUS,
@@ -99,7 +100,7 @@ def score_frame(profiler: ImmuneProfiler, raw: pd.DataFrame, labs: LabAdaptation
     calls.index = checked.panel.index
     out = calls.reindex(rows)
     out[catalog.id_column] = raw[catalog.id_column].to_numpy() if catalog.id_column in raw else None
-    rejects = checked.rejects.set_index("row")
+    rejects = checked.rejects.set_index(REJECTS_ROW)
     out[STATUS] = np.where(out.index.isin(rejects.index), REJECTED, SCORED)
     out[REJECT_REASON] = rejects[REJECTS_REASON].reindex(out.index).fillna("").to_numpy()
     for field, name in REJECT_DETAILS.items():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 # The panel rejects' reasons for a missing or repeated id: the outcomes rejects say the same words.
 from rifml.contract import DUPLICATE_ID, MISSING_ID  # noqa: F401 (re-exported)
-from rifml.contract import SUBTYPE, SUBTYPE_PROFILE
+from rifml.contract import REJECTS_COLUMN, REJECTS_REASON, REJECTS_ROW, REJECTS_VALUE, SUBTYPE, SUBTYPE_PROFILE
 
 # The outcomes file.
 TREATMENT = "treatment"
@@ -40,7 +40,7 @@ RATE_COLUMNS = [
 INTERACTION_COLUMNS = ["level", "treatment", "groups", "n", "lr_statistic", "df", "p_value", "p_holm", "note"]
 
 # DIR/rejects.csv
-REJECT_COLUMNS = ["row", "patient_id", "column", "value", "reason"]
+REJECT_COLUMNS = [REJECTS_ROW, "patient_id", REJECTS_COLUMN, REJECTS_VALUE, REJECTS_REASON]  # the rejects file's, without all_problems
 UNKNOWN_ID = "patient_id not in the calls"
 MISSING_OUTCOME = "missing outcome"
 OUTCOME_NOT_BINARY = "outcome not 0/1"
