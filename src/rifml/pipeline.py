@@ -148,10 +148,11 @@ class ImmuneProfiler(BaseEstimator):
         subtype, and scoring routes every row through all of its trees); it learns at the
         classifier's rate scaled by ``classifier.n_estimators / subtype_trees`` (at most 0.5).
     refine : {"gaussian", "none"}
-        Whether the consensus partition is refined before it is named: clusters of the
-        same name merged, then a diagonal Gaussian mixture with one spread per cluster and
-        marker (:func:`rifml.subtypes.refine_named_partition`), or KMeans' round clusters
-        kept as they are.
+        Whether the partition (consensus KMeans, then the cuts of
+        :func:`rifml.subtypes.split_by_profile`) is refined before its final naming:
+        clusters of the same name merged, then a diagonal Gaussian mixture with one spread
+        per cluster and marker (:func:`rifml.subtypes.refine_named_partition`), or KMeans'
+        round clusters kept as they are.
     min_variance : float
         Floor of every cluster's variance per marker in that mixture, in squared
         within-group SDs of the clustering's scaled space.
