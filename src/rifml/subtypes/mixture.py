@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from rifml.subtypes.consensus import relabel_by_size
+
 # EM started from a partition settles in a few dozen iterations; it stops when the mean
 # log-likelihood per row gains less than REFINE_TOL.
 REFINE_MAX_ITER = 200
@@ -45,8 +47,6 @@ def refine_named_partition(
         Labels 0..k'-1 (k' <= k, numbered by decreasing size); ``labels`` merged but not
         refined when the mixture empties a component.
     """
-    from rifml.subtypes.consensus import relabel_by_size
-
     merged = pd.factorize(np.asarray(names))[0][np.asarray(labels)]
     refined = gaussian_refinement(scaled, merged, min_variance)
     return relabel_by_size(merged if refined is None else refined)
